@@ -1,0 +1,9 @@
+"""sketchlab: vector-sketch models on a current PyTorch.
+
+The public surface most users need:
+
+    from sketchlab.data.strokes import Sketches
+    from sketchlab.data.quickdraw import load_npz
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,475 @@
+"""Stroke formats, the pickle-free `Sketches` batch, normalisation and the seeds' augmentations.
+
+Formats used throughout sketchlab (all float32 unless said otherwise):
+
+* **stroke-3** `(n, 3)`: rows `(dx, dy, p)`; `(dx, dy)` is the offset from the previous point (the
+  first row's from the origin) and `p = 1` means the pen is lifted *after* this point.
+* **stroke-5** `(n, 5)`: rows `(dx, dy, p1, p2, p3)` with one-hot pen state: p1 = pen down after
+  this point, p2 = pen lifted, p3 = end of sketch (padding).
+* **absolute**: stroke-3 with the offsets accumulated, `(x, y, p)`.
+* **polylines**: a list of `(k, 2)` arrays of absolute points, one per stroke.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from sketchlab.errors import DataError
+
+# The seeds clip raw offsets to this magnitude before anything else (spec 2.3).
+RAW_OFFSET_LIMIT = 1000.0
+
+
+# --------------------------------------------------------------------------------------------
+# The batch type
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Sketches:
+    """A batch of variable-length stroke-3 sketches, stored pickle-free.
+
+    `points` holds every sketch's rows back to back; sketch i is `points[offsets[i]:offsets[i+1]]`.
+    Optional per-sketch fields: `category` (index into `category_names`), `z` (latent code),
+    `component` (latent mixture component). It round-trips through `.npz` without pickle.
+    """
+
+    points: np.ndarray
+    offsets: np.ndarray
+    category: np.ndarray | None = None
+    category_names: tuple[str, ...] = ()
+    z: np.ndarray | None = None
+    component: np.ndarray | None = None
+    # Offsets are in units of 1/scale_factor of the raw data when normalised; 1.0 means raw.
+    scale_factor: float = 1.0
+
+    def __post_init__(self):
+        self.points = np.ascontiguousarray(self.points, dtype=np.float32).reshape(-1, 3)
+        self.offsets = np.ascontiguousarray(self.offsets, dtype=np.int64).reshape(-1)
+        if self.offsets.size == 0 or self.offsets[0] != 0 or self.offsets[-1] != len(self.points):
+            raise DataError("Sketches: offsets must start at 0 and end at len(points)")
+        if np.any(np.diff(self.offsets) < 0):
+            raise DataError("Sketches: offsets must be non-decreasing")
+        n = len(self.offsets) - 1
+        if self.category is not None:
+            self.category = np.asarray(self.category, dtype=np.int64).reshape(n)
+        if self.component is not None:
+            self.component = np.asarray(self.component, dtype=np.int64).reshape(n)
+        if self.z is not None:
+            self.z = np.asarray(self.z, dtype=np.float32).reshape(n, -1)
+        self.category_names = tuple(str(c) for c in self.category_names)
+
+    # ---- construction ----------------------------------------------------------------------
+    @classmethod
+    def from_list(cls, sketches: Iterable[np.ndarray], category=None, **kw) -> "Sketches":
+        arrays = [np.asarray(s, dtype=np.float32).reshape(-1, 3) for s in sketches]
+        lengths = np.array([len(a) for a in arrays], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        points = np.concatenate(arrays, 0) if arrays else np.zeros((0, 3), np.float32)
+        if category is not None and np.isscalar(category):
+            category = np.full(len(arrays), int(category), dtype=np.int64)
+        return cls(points, offsets, category=category, **kw)
+
+    @classmethod
+    def concat(cls, parts: Sequence["Sketches"]) -> "Sketches":
+        """Concatenate batches; category indices are remapped onto the union of names."""
+        if not parts:
+            return cls.from_list([])
+        names: list[str] = []
+        for p in parts:
+            for c in p.category_names:
+                if c not in names:
+                    names.append(c)
+        points = np.concatenate([p.points for p in parts], 0)
+        offsets = [np.zeros(1, np.int64)]
+        base = 0
+        for p in parts:
+            offsets.append(p.offsets[1:] + base)
+            base += len(p.points)
+        have = lambda attr: all(getattr(p, attr) is not None for p in parts)  # noqa: E731
+        category = None
+        if have("category"):
+            category = np.concatenate(
+                [np.array([names.index(p.category_names[c]) if p.category_names else c
+                           for c in p.category], dtype=np.int64) for p in parts])
+        z = np.concatenate([p.z for p in parts], 0) if have("z") else None
+        comp = np.concatenate([p.component for p in parts]) if have("component") else None
+        scales = {p.scale_factor for p in parts}
+        if len(scales) > 1:
+            raise DataError(f"Sketches.concat: batches have different scale factors {sorted(scales)}")
+        return cls(points, np.concatenate(offsets), category=category, category_names=tuple(names),
+                   z=z, component=comp, scale_factor=scales.pop())
+
+    # ---- access ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def __getitem__(self, index):
+        if isinstance(index, (int, np.integer)):
+            i = int(index)
+            if i < 0:
+                i += len(self)
+            if not 0 <= i < len(self):
+                raise IndexError(index)
+            return self.points[self.offsets[i]:self.offsets[i + 1]]
+        idx = np.arange(len(self))[index]
+        return self.select(idx)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for i in range(len(self)):
+            yield self.points[self.offsets[i]:self.offsets[i + 1]]
+
+    def to_list(self) -> list[np.ndarray]:
+        return [s.copy() for s in self]
+
+    def select(self, idx) -> "Sketches":
+        """A new batch holding the sketches at integer positions `idx` (in that order)."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        out = Sketches.from_list([self[int(i)] for i in idx], category_names=self.category_names,
+                                 scale_factor=self.scale_factor)
+        if self.category is not None:
+            out.category = self.category[idx]
+        if self.z is not None:
+            out.z = self.z[idx]
+        if self.component is not None:
+            out.component = self.component[idx]
+        return out
+
+    def category_name(self, i: int) -> str | None:
+        if self.category is None or not self.category_names:
+            return None
+        return self.category_names[int(self.category[i])]
+
+    # ---- files -----------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a pickle-free `.npz` atomically (temp file, then rename)."""
+        arrays = {
+            "points": self.points,
+            "offsets": self.offsets,
+            "scale_factor": np.array(self.scale_factor, dtype=np.float64),
+            "format": np.array("sketchlab.Sketches/1"),
+        }
+        if self.category is not None:
+            arrays["category"] = self.category
+        if self.category_names:
+            arrays["category_names"] = np.array(self.category_names, dtype=np.str_)
+        if self.z is not None:
+            arrays["z"] = self.z
+        if self.component is not None:
+            arrays["component"] = self.component
+        atomic_savez(path, **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Sketches":
+        """Read a file written by `save` (never unpickles anything)."""
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if "points" not in f or "offsets" not in f:
+                    raise DataError(f"{path}: not a sketchlab Sketches file (no 'points'/'offsets' "
+                                    f"arrays; keys are {sorted(f.files)}). For sketch-rnn npz files "
+                                    f"use sketchlab.data.quickdraw.load_npz.")
+                kw = dict(points=f["points"], offsets=f["offsets"])
+                for key in ("category", "z", "component"):
+                    if key in f:
+                        kw[key] = f[key]
+                if "category_names" in f:
+                    kw["category_names"] = tuple(f["category_names"].tolist())
+                if "scale_factor" in f:
+                    kw["scale_factor"] = float(f["scale_factor"])
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+            raise DataError(f"{path}: cannot read as a sketchlab Sketches npz ({e})") from e
+        out = cls(**kw)
+        check_finite(out.points, str(path))
+        return out
+
+
+def atomic_savez(path: str | os.PathLike, **arrays) -> None:
+    """`np.savez` to a temporary file in the same folder, then rename over `path`.
+
+    A killed process leaves either the old file or the new one, never a torn one.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+
+def check_finite(points: np.ndarray, where: str) -> None:
+    if points.size and not np.all(np.isfinite(points)):
+        bad = int(np.argwhere(~np.isfinite(points))[0][0])
+        raise DataError(f"{where}: row {bad} holds NaN or inf; remove or fix that sketch")
+
+
+def validate_stroke3(sketch, where: str, max_len: int | None = None) -> np.ndarray:
+    """Return `sketch` as float32 `(n, 3)` or raise a DataError naming `where` and the problem."""
+    try:
+        arr = np.asarray(sketch, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{where}: not a numeric array ({e})") from e
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise DataError(f"{where}: expected a stroke-3 array of shape (n, 3), got {arr.shape}")
+    if len(arr) == 0:
+        raise DataError(f"{where}: empty sketch (0 points)")
+    check_finite(arr, where)
+    if max_len is not None and len(arr) > max_len:
+        raise DataError(f"{where}: {len(arr)} points is longer than the limit {max_len}")
+    pen = arr[:, 2]
+    if np.any((pen != 0) & (pen != 1)):
+        raise DataError(f"{where}: pen column must hold 0 or 1, found {np.unique(pen)[:5]}")
+    return arr
+
+
+# --------------------------------------------------------------------------------------------
+# Format conversions
+# --------------------------------------------------------------------------------------------
+
+
+def to_absolute(sketch: np.ndarray) -> np.ndarray:
+    """stroke-3 offsets -> absolute `(x, y, p)` positions (the origin is the pen's start)."""
+    s = np.asarray(sketch, dtype=np.float32)
+    out = s.copy()
+    out[:, :2] = np.cumsum(s[:, :2], axis=0)
+    return out
+
+
+def to_offsets(absolute: np.ndarray) -> np.ndarray:
+    """Absolute `(x, y, p)` -> stroke-3; the first row keeps its position as an offset from 0."""
+    a = np.asarray(absolute, dtype=np.float32)
+    out = a.copy()
+    out[1:, :2] = a[1:, :2] - a[:-1, :2]
+    return out
+
+
+def to_polylines(sketch: np.ndarray) -> list[np.ndarray]:
+    """stroke-3 -> list of absolute `(k, 2)` polylines, split after every pen lift."""
+    a = to_absolute(sketch)
+    if len(a) == 0:
+        return []
+    cuts = np.nonzero(a[:, 2] > 0.5)[0] + 1
+    parts = np.split(a[:, :2], cuts)
+    return [p for p in parts if len(p)]
+
+
+def from_polylines(polylines: Sequence[np.ndarray]) -> np.ndarray:
+    """List of absolute polylines -> stroke-3 (first offset measured from the origin)."""
+    rows = []
+    for line in polylines:
+        line = np.asarray(line, dtype=np.float32).reshape(-1, 2)
+        if len(line) == 0:
+            continue
+        pen = np.zeros((len(line), 1), np.float32)
+        pen[-1] = 1.0
+        rows.append(np.concatenate([line, pen], 1))
+    if not rows:
+        return np.zeros((0, 3), np.float32)
+    return to_offsets(np.concatenate(rows, 0))
+
+
+def to_stroke5(sketch: np.ndarray, max_len: int) -> np.ndarray:
+    """stroke-3 `(n, 3)` -> stroke-5 `(max_len, 5)`, padded with end rows `(0, 0, 0, 0, 1)`.
+
+    The last real point keeps its own pen bit (the seeds' `to_big_strokes`).
+    """
+    s = np.asarray(sketch, dtype=np.float32)
+    n = len(s)
+    if n > max_len:
+        raise DataError(f"sketch of {n} points is longer than max_len={max_len}")
+    out = np.zeros((max_len, 5), np.float32)
+    out[:n, :2] = s[:, :2]
+    out[:n, 3] = s[:, 2]
+    out[:n, 2] = 1.0 - s[:, 2]
+    out[n:, 4] = 1.0
+    return out
+
+
+def pad_batch(sketches: Sequence[np.ndarray], max_len: int) -> np.ndarray:
+    """The seeds' `pad_seq_batch`: `(B, max_len + 1, 5)` with row 0 = S0 = (0, 0, 1, 0, 0).
+
+    Decoder input is `[:, :max_len]`, target `[:, 1:]`.
+    """
+    out = np.zeros((len(sketches), max_len + 1, 5), np.float32)
+    for i, s in enumerate(sketches):
+        out[i, 1:] = to_stroke5(s, max_len)
+    out[:, 0, 2] = 1.0
+    return out
+
+
+def stroke5_to_stroke3(seq: np.ndarray) -> np.ndarray:
+    """stroke-5 -> stroke-3, truncated before the first end-of-sketch row (exclusive).
+
+    The pen bit is p2 (`seq_5d_to_3d` in the seeds). The end row is the one whose p3 is set.
+    """
+    s = np.asarray(seq, dtype=np.float32)
+    ends = np.nonzero(s[:, 4] > 0.5)[0]
+    n = int(ends[0]) if len(ends) else len(s)
+    out = np.zeros((n, 3), np.float32)
+    out[:, :2] = s[:n, :2]
+    out[:, 2] = s[:n, 3]
+    return out
+
+
+def bounds(sketch: np.ndarray) -> tuple[float, float, float, float]:
+    """`(min_x, max_x, min_y, max_y)` of the absolute positions, origin included (seeds' get_bounds)."""
+    a = to_absolute(sketch)
+    xs = np.concatenate([[0.0], a[:, 0]])
+    ys = np.concatenate([[0.0], a[:, 1]])
+    return float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
+
+
+# --------------------------------------------------------------------------------------------
+# Simplification
+# --------------------------------------------------------------------------------------------
+
+
+def rdp(points: np.ndarray, epsilon: float) -> np.ndarray:
+    """Ramer-Douglas-Peucker simplification of one polyline `(k, 2)`; keeps both endpoints.
+
+    Iterative (no recursion limit on long strokes). Distance is to the segment's infinite line,
+    or to the start point when the segment is degenerate, as in the `rdp` package Google used.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    n = len(pts)
+    if n < 3:
+        return pts.astype(np.float32)
+    keep = np.zeros(n, dtype=bool)
+    keep[0] = keep[-1] = True
+    stack = [(0, n - 1)]
+    while stack:
+        i, j = stack.pop()
+        if j <= i + 1:
+            continue
+        a, b = pts[i], pts[j]
+        seg = pts[i + 1:j]
+        d = b - a
+        norm = np.hypot(d[0], d[1])
+        if norm == 0.0:
+            dist = np.hypot(seg[:, 0] - a[0], seg[:, 1] - a[1])
+        else:
+            dist = np.abs(d[0] * (a[1] - seg[:, 1]) - d[1] * (a[0] - seg[:, 0])) / norm
+        k = int(np.argmax(dist))
+        if dist[k] > epsilon:
+            m = i + 1 + k
+            keep[m] = True
+            stack.append((i, m))
+            stack.append((m, j))
+    return pts[keep].astype(np.float32)
+
+
+def simplify(sketch: np.ndarray, epsilon: float = 2.0) -> np.ndarray:
+    """RDP-simplify every stroke of a stroke-3 sketch."""
+    return from_polylines([rdp(p, epsilon) for p in to_polylines(sketch)])
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------------------------
+
+
+def clip_offsets(sketch: np.ndarray, limit: float = RAW_OFFSET_LIMIT) -> np.ndarray:
+    """Clip raw offsets to +-limit (the seeds clip all three columns; the pen bit is unaffected)."""
+    s = np.asarray(sketch, dtype=np.float32).copy()
+    s[:, :2] = np.clip(s[:, :2], -limit, limit)
+    return s
+
+
+def scale_factor(sketches: Iterable[np.ndarray]) -> float:
+    """Population std of all dx and dy values pooled (the seeds' `calculate_normalizing_scale_factor`).
+
+    Computed on the training split after clipping; every split is divided by this one number.
+    """
+    total = 0.0
+    total_sq = 0.0
+    count = 0
+    for s in sketches:
+        xy = np.asarray(s, dtype=np.float64)[:, :2]
+        total += xy.sum()
+        total_sq += np.square(xy).sum()
+        count += xy.size
+    if count == 0:
+        raise DataError("cannot compute a scale factor from an empty training set")
+    mean = total / count
+    var = max(total_sq / count - mean * mean, 0.0)
+    std = float(np.sqrt(var))
+    if not np.isfinite(std) or std <= 0:
+        raise DataError(f"scale factor is {std}: every offset in the training set is identical")
+    return std
+
+
+def normalize(sketch: np.ndarray, factor: float) -> np.ndarray:
+    s = np.asarray(sketch, dtype=np.float32).copy()
+    s[:, :2] /= factor
+    return s
+
+
+def denormalize(sketch: np.ndarray, factor: float) -> np.ndarray:
+    s = np.asarray(sketch, dtype=np.float32).copy()
+    s[:, :2] *= factor
+    return s
+
+
+# --------------------------------------------------------------------------------------------
+# The seeds' augmentations (training split only)
+# --------------------------------------------------------------------------------------------
+
+
+def random_scale(sketch: np.ndarray, factor: float, rng: np.random.Generator) -> np.ndarray:
+    """Stretch dx and dy by independent factors drawn from U(1 - factor, 1 + factor)."""
+    s = np.asarray(sketch, dtype=np.float32).copy()
+    sx, sy = rng.uniform(1.0 - factor, 1.0 + factor, size=2)
+    s[:, 0] *= sx
+    s[:, 1] *= sy
+    return s
+
+
+def augment_strokes(sketch: np.ndarray, prob: float, rng: np.random.Generator) -> np.ndarray:
+    """sketch-rnn's point dropping (spec 2.4 step 2).
+
+    A pen-down point whose predecessor (last kept point) is pen-down, deep inside a stroke
+    (`count > 2` consecutive pen-down candidates), is dropped with probability `prob`; its offset is
+    added to the last kept point so every later absolute position is unchanged. Stroke ends are
+    never dropped.
+    """
+    s = np.asarray(sketch, dtype=np.float32)
+    if prob <= 0 or len(s) < 3:
+        return s.copy()
+    result = [s[0].copy()]
+    prev = s[0]
+    count = 0
+    for i in range(1, len(s)):
+        cand = s[i]
+        if cand[2] == 1 or prev[2] == 1:
+            count = 0
+        else:
+            count += 1
+        if cand[2] == 0 and prev[2] == 0 and count > 2 and rng.random() < prob:
+            result[-1][0] += cand[0]
+            result[-1][1] += cand[1]
+        else:
+            result.append(cand.copy())
+            prev = cand
+    return np.stack(result).astype(np.float32)

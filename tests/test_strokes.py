@@ -1,0 +1,123 @@
+import numpy as np
+import pytest
+
+from sketchlab.data import strokes as S
+from sketchlab.errors import DataError
+
+SQUARE = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [-10, 0, 0], [0, -10, 1],
+                   [20, 5, 0], [3, 0, 1]], np.float32)
+
+
+def test_absolute_roundtrip_and_polylines():
+    a = S.to_absolute(SQUARE)
+    assert a[4, :2].tolist() == [0, 0]
+    assert np.allclose(S.to_offsets(a), SQUARE)
+    lines = S.to_polylines(SQUARE)
+    assert [len(l) for l in lines] == [5, 2]
+    assert lines[1].tolist() == [[20, 5], [23, 5]]
+    assert np.allclose(S.from_polylines(lines), SQUARE)
+
+
+def test_stroke5_padding_matches_seed_layout():
+    batch = S.pad_batch([SQUARE], max_len=9)
+    assert batch.shape == (1, 10, 5)
+    assert batch[0, 0].tolist() == [0, 0, 1, 0, 0]                  # S0
+    assert batch[0, 1].tolist() == [0, 0, 1, 0, 0]                  # first point, pen down
+    assert batch[0, 5].tolist() == [0, -10, 0, 1, 0]                # pen lifted after point 4
+    assert batch[0, 7].tolist() == [3, 0, 0, 1, 0]                  # last point keeps p2
+    assert batch[0, 8].tolist() == [0, 0, 0, 0, 1]                  # padding
+    back = S.stroke5_to_stroke3(batch[0, 1:])
+    assert np.allclose(back, SQUARE)
+    with pytest.raises(DataError):
+        S.to_stroke5(SQUARE, 3)
+
+
+def test_bounds_include_origin():
+    s = np.array([[5, 5, 0], [5, 0, 1]], np.float32)
+    assert S.bounds(s) == (0.0, 10.0, 0.0, 5.0)
+
+
+def test_rdp_hand_case():
+    # a straight line collapses to its endpoints
+    straight = np.stack([np.arange(50), 2 * np.arange(50)], 1).astype(np.float32)
+    assert S.rdp(straight, 0.5).tolist() == [[0, 0], [49, 98]]
+
+
+def test_rdp_exact_points():
+    # distances to the chord (0,0)-(10,0): 3 (kept, > 2) then 1 and 1 (dropped)
+    line = np.array([[0, 0], [2, 1], [5, 3], [8, 1], [10, 0]], np.float32)
+    assert S.rdp(line, 2.0).tolist() == [[0, 0], [5, 3], [10, 0]]
+
+
+def test_scale_factor_is_pooled_population_std():
+    a = np.array([[1, 2, 0], [3, 4, 1]], np.float32)
+    b = np.array([[5, 6, 1]], np.float32)
+    vals = np.array([1, 2, 3, 4, 5, 6], np.float64)
+    assert S.scale_factor([a, b]) == pytest.approx(vals.std())
+    with pytest.raises(DataError):
+        S.scale_factor([])
+
+
+def test_augment_strokes_preserves_absolute_positions(rng):
+    line = np.zeros((40, 3), np.float32)
+    line[:, 0] = 1
+    line[:, 1] = np.arange(40) % 3
+    line[19, 2] = 1
+    line[-1, 2] = 1
+    out = S.augment_strokes(line, 0.5, rng)
+    assert len(out) < len(line)
+    # the absolute position of every pen-lift point is unchanged
+    a, b = S.to_absolute(line), S.to_absolute(out)
+    assert np.allclose(a[a[:, 2] == 1, :2], b[b[:, 2] == 1, :2])
+    assert np.allclose(a[-1], b[-1])
+    # the first three points of a stroke are never dropped
+    assert np.allclose(out[:3], line[:3])
+    assert np.allclose(S.augment_strokes(line, 0.0, rng), line)
+
+
+def test_random_scale_range(rng):
+    s = np.ones((5, 3), np.float32)
+    s[:, 2] = 0
+    out = S.random_scale(s, 0.1, rng)
+    assert np.all((out[:, :2] >= 0.9) & (out[:, :2] <= 1.1))
+    assert np.all(out[:, 0] == out[0, 0]) and np.all(out[:, 1] == out[0, 1])
+
+
+def test_sketches_roundtrip(tmp_path):
+    sk = S.Sketches.from_list([SQUARE, SQUARE[:3]], category=np.array([1, 0]),
+                              category_names=("cat", "dog"), scale_factor=2.5)
+    sk.z = np.ones((2, 4), np.float32)
+    assert len(sk) == 2 and sk.lengths.tolist() == [7, 3]
+    assert np.allclose(sk[1], SQUARE[:3])
+    sub = sk[[1]]
+    assert len(sub) == 1 and sub.category.tolist() == [0] and sub.z.shape == (1, 4)
+    path = tmp_path / "s.npz"
+    sk.save(path)
+    with np.load(path, allow_pickle=False) as f:   # pickle-free on disk
+        assert "points" in f.files
+    back = S.Sketches.load(path)
+    assert back.category_names == ("cat", "dog") and back.scale_factor == 2.5
+    assert np.allclose(back.points, sk.points) and back.category.tolist() == [1, 0]
+    both = S.Sketches.concat([sk, S.Sketches.from_list([SQUARE], category=0, category_names=("dog",),
+                                                        scale_factor=2.5)])
+    assert both.category.tolist() == [1, 0, 1]   # 'dog' remapped onto the union
+
+
+def test_sketches_load_rejects_garbage(tmp_path):
+    p = tmp_path / "bad.npz"
+    p.write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="bad.npz"):
+        S.Sketches.load(p)
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (np.zeros((0, 3)), "empty"),
+    (np.array([[np.nan, 0, 1]]), "NaN"),
+    (np.zeros((5, 2)), "shape"),
+    (np.array([[0, 0, 2]]), "pen"),
+])
+def test_validate_stroke3(bad, msg):
+    with pytest.raises(DataError, match=msg):
+        S.validate_stroke3(bad, "x.npz[train][3]")
+    with pytest.raises(DataError, match="longer"):
+        S.validate_stroke3(np.zeros((10, 3)), "x", max_len=5)
