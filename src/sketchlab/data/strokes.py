@@ -13,14 +13,14 @@ Formats used throughout sketchlab (all float32 unless said otherwise):
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from sketchlab.errors import DataError
+from sketchlab.fileio import atomic_write
 
 # The seeds clip raw offsets to this magnitude before anything else (spec 2.3).
 RAW_OFFSET_LIMIT = 1000.0
@@ -194,24 +194,8 @@ class Sketches:
 
 
 def atomic_savez(path: str | os.PathLike, **arrays) -> None:
-    """`np.savez` to a temporary file in the same folder, then rename over `path`.
-
-    A killed process leaves either the old file or the new one, never a torn one.
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """`np.savez` written atomically (temp file, then rename): never a torn file."""
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 # --------------------------------------------------------------------------------------------

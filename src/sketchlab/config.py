@@ -1,0 +1,172 @@
+"""Configuration: the training hyperparameters every model shares, and the originals' `--hparams` syntax.
+
+Each model's `Config` is a flat dataclass (like the originals' `HParams`) that inherits the
+training fields below and adds its own, with the paper's defaults. A flat config keeps the seeds'
+command lines working unchanged: `--hparams "categories=[bee,bus],dec_model=hyper"`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+from sketchlab.errors import ConfigError
+
+
+@dataclass
+class TrainingConfig:
+    """Training-loop hyperparameters read by `sketchlab.train.trainer` (paper defaults per model)."""
+
+    batch_size: int = 100
+    learning_rate: float = 1e-3
+    # lr(step) = (learning_rate - min_learning_rate) * decay_rate ** (step / lr_decay_every) + min
+    decay_rate: float = 0.9999
+    min_learning_rate: float = 1e-5
+    lr_decay_every: float = 1.0
+    optimizer: str = "adam"          # "adam" | "adamw"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    # "value": clip every gradient element to +-grad_clip (magenta sketch-rnn, RPCL seeds);
+    # "norm": rescale each parameter's gradient to norm <= grad_clip (SP-gra2seq, SketchGloc);
+    # "global_norm": torch's clip_grad_norm_ over all parameters; "none".
+    clip_mode: str = "value"
+    eval_every: int = 0              # evaluate every N steps; 0 = at the end of every epoch
+    patience: int = 5                # stop after this many evaluations without improvement; 0 = never
+    reload_best: bool = False        # rewind to the best checkpoint after a non-improving evaluation
+    valid_metric: str = "recon"      # which loss term (eval mode) selects the best checkpoint
+    max_valid_batches: int = 0       # 0 = the whole validation split
+    checkpoint_every: int = 500      # steps between resumable checkpoints (also at every evaluation)
+    amp: bool = True                 # bf16 autocast on CUDA where the model allows it
+    seed: int = 0
+    max_steps: int = 0               # stop after this many steps; 0 = until early stopping
+
+
+def config_fields(cfg_cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cfg_cls)}
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cfg_cls, values: dict[str, Any], *, where: str = "config") -> Any:
+    """Build `cfg_cls` from a dict, refusing unknown keys (a config of another model, a typo)."""
+    known = config_fields(cfg_cls)
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: unknown hyperparameter(s) {unknown} for {cfg_cls.__qualname__}; "
+                          f"known: {sorted(known)}")
+    hints = typing.get_type_hints(cfg_cls)
+    return cfg_cls(**{k: _coerce(v, hints[k], k, where) for k, v in values.items()})
+
+
+def split_hparams(text: str) -> list[tuple[str, str]]:
+    """Split `k=v,k=[x,y],k2=v2` into (name, value) pairs at top-level commas."""
+    pairs = []
+    for item in split_top(text, where=f"--hparams {text!r}"):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            raise ConfigError(f"--hparams: {item!r} is not of the form name=value")
+        k, v = item.split("=", 1)
+        pairs.append((k.strip(), v.strip()))
+    return pairs
+
+
+def apply_hparams(cfg, text: str | None):
+    """Return a copy of `cfg` with the `--hparams` overrides applied (types follow the dataclass)."""
+    if not text:
+        return cfg
+    known = config_fields(type(cfg))
+    hints = typing.get_type_hints(type(cfg))
+    changes = {}
+    for k, v in split_hparams(text):
+        if k not in known:
+            raise ConfigError(f"--hparams: unknown hyperparameter {k!r}; known: {sorted(known)}")
+        changes[k] = _coerce(v, hints[k], k, "--hparams")
+    return dataclasses.replace(cfg, **changes)
+
+
+def _strip_quotes(s: str) -> str:
+    s = s.strip()
+    if len(s) >= 2 and s[0] == s[-1] and s[0] in "'\"":
+        return s[1:-1]
+    return s
+
+
+def _coerce(value: Any, hint, name: str, where: str):
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        non_none = [a for a in args if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
+            return None
+        hint = non_none[0]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    try:
+        if origin in (list, tuple):
+            if isinstance(value, str):
+                inner = value.strip()
+                if inner.startswith("[") or inner.startswith("("):
+                    inner = inner[1:-1]
+                parts = [p for p in (x.strip() for x in split_top(inner)) if p != ""]
+            else:
+                parts = list(value)
+            elem = args[0] if args else str
+            out = [_coerce(p, elem, name, where) for p in parts]
+            return tuple(out) if origin is tuple else out
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            s = _strip_quotes(str(value)).lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"not a boolean: {value!r}")
+        if hint is int:
+            if isinstance(value, bool):
+                raise ValueError("boolean given for an integer")
+            f = float(_strip_quotes(str(value)))
+            if f != int(f):
+                raise ValueError(f"not an integer: {value!r}")
+            return int(f)
+        if hint is float:
+            return float(_strip_quotes(str(value)))
+        if hint is str:
+            return _strip_quotes(str(value))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {name}={value!r}: {e}") from e
+    return value
+
+
+def split_top(text: str, where: str = "value") -> list[str]:
+    """Split at commas that are not inside brackets or quotes."""
+    out, depth, quote, cur = [], 0, None, []
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[({":
+            depth += 1
+        elif ch in "])}":
+            depth -= 1
+        if ch == "," and depth == 0 and not quote:
+            out.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    if depth != 0 or quote:
+        raise ConfigError(f"{where}: unbalanced brackets or quotes")
+    out.append("".join(cur))
+    return out
+
+
+__all__ = ["TrainingConfig", "apply_hparams", "from_dict", "to_dict", "split_hparams"]

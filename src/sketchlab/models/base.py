@@ -1,0 +1,92 @@
+"""What every sketchlab model shares: the data hooks the trainer calls and the model interface.
+
+A model is an `nn.Module` with a `Config` dataclass (the paper's defaults, inheriting the training
+fields of `sketchlab.config.TrainingConfig`) and these methods:
+
+* `make_batch(sketches, train, rng) -> dict[str, Tensor]`: collate normalised stroke-3 sketches
+  (CPU tensors; the trainer moves them), applying the training augmentations when `train`;
+* `loss(batch, step) -> dict[str, Tensor]` with `"loss"` the scalar to minimise;
+* `on_step_end(step)`: called after the optimiser step (write non-gradient buffers here);
+* `encode(batch) -> Tensor` and `generate(...) -> Sketches`.
+
+Data preparation hooks are classmethods because they run before the model exists: the trainer
+filters the raw splits, computes the scale factor on the training split, normalises every split,
+and lets the model adapt data-dependent settings (e.g. RPCL's max_seq_len = longest sketch).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from sketchlab.data import strokes as S
+from sketchlab.data.strokes import Sketches
+
+
+class SketchModel(nn.Module):
+    name: ClassVar[str] = "base"
+    Config: ClassVar[type]
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        # Offsets the model sees are raw offsets / scale_factor; set from the run's training split.
+        self.scale_factor = 1.0
+
+    # ---- data preparation (before the model exists) -----------------------------------------
+    @classmethod
+    def filter_sketches(cls, config, sketches: Sketches) -> Sketches:
+        """Clip raw offsets to +-1000 and drop sketches longer than `config.max_seq_len` (if > 0)."""
+        max_len = int(getattr(config, "max_seq_len", 0) or 0)
+        keep = [i for i, n in enumerate(sketches.lengths) if n > 0 and (max_len <= 0 or n <= max_len)]
+        out = sketches.select(keep) if len(keep) != len(sketches) else sketches
+        pts = out.points.copy()
+        pts[:, :2] = np.clip(pts[:, :2], -S.RAW_OFFSET_LIMIT, S.RAW_OFFSET_LIMIT)
+        return Sketches(pts, out.offsets, category=out.category, category_names=out.category_names,
+                        z=out.z, component=out.component, scale_factor=out.scale_factor)
+
+    @classmethod
+    def compute_scale_factor(cls, config, train: Sketches) -> float:
+        """The seeds' normaliser: population std of the training split's dx and dy pooled."""
+        return S.scale_factor(train)
+
+    @classmethod
+    def adapt_config(cls, config, splits: dict[str, Sketches]):
+        """Return `config` with data-dependent fields filled in (default: unchanged)."""
+        return config
+
+    # ---- the interface ------------------------------------------------------------------------
+    def make_batch(self, sketches: list[np.ndarray], train: bool,
+                   rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def loss(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, torch.Tensor], step: int = 0) -> dict[str, torch.Tensor]:
+        # DDP wraps `forward`, so the loss is the forward pass.
+        return self.loss(batch, step)
+
+    def on_step_end(self, step: int) -> None:
+        """Called by the trainer after each optimiser step."""
+
+    def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name} has no encoder")
+
+    def generate(self, *args, **kwargs) -> Sketches:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        for b in self.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def sample_options(self) -> dict[str, Any]:
+        """Options `sketchlab sample` may pass to `generate` for this model (name -> help)."""
+        return {}

@@ -1,0 +1,537 @@
+"""The model-agnostic training loop (minGPT style): one trainer for every sketchlab model.
+
+It owns what the seeds scattered over their scripts: the data splits and the scale factor, the
+shuffled epochs, Adam and the learning-rate decay, both gradient-clipping modes, validation with
+early stopping (optionally rewinding to the best checkpoint, as the RPCL seeds do), atomic
+checkpoints that a killed run resumes from, NaN protection, AMP, CSV/TensorBoard logs, a progress
+bar, and multi-GPU data parallelism under `torchrun`.
+
+Reproducibility: the order of epoch `e` is `default_rng([seed, e]).permutation(N)` and the
+augmentation RNG of step `s` is `default_rng([seed, 1, s])`, so a resumed run sees exactly the
+batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from sketchlab.data import strokes as S
+from sketchlab.data.strokes import Sketches
+from sketchlab.errors import CheckpointError, ConfigError, DataError
+from sketchlab.train import checkpoint as ckpt
+
+# Consecutive non-finite steps after which the trainer rewinds to the last checkpoint.
+MAX_BAD_STEPS = 5
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    """`cuda`, then `mps`, then `cpu`, unless the user asked for one."""
+    if requested:
+        dev = torch.device(requested)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device {requested}: CUDA is not available on this machine")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def learning_rate(cfg, step: int) -> float:
+    """The seeds' decay: (lr0 - lr_min) * decay ** (step / lr_decay_every) + lr_min."""
+    return ((cfg.learning_rate - cfg.min_learning_rate)
+            * cfg.decay_rate ** (step / cfg.lr_decay_every) + cfg.min_learning_rate)
+
+
+def clip_gradients(params: list[torch.nn.Parameter], mode: str, clip: float) -> None:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads or mode == "none" or clip <= 0:
+        return
+    if mode == "value":          # tf.clip_by_value on every element (magenta, RPCL seeds)
+        for g in grads:
+            g.clamp_(-clip, clip)
+    elif mode == "norm":         # tf.clip_by_norm per variable (SP-gra2seq, SketchGloc)
+        for g in grads:
+            n = torch.linalg.vector_norm(g.float())
+            g.mul_(torch.clamp(clip / (n + 1e-12), max=1.0).to(g.dtype))
+    elif mode == "global_norm":
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    else:
+        raise ConfigError(f"clip_mode={mode!r}: choose value, norm, global_norm or none")
+
+
+def to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Data preparation
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedData:
+    splits: dict[str, Sketches]       # normalised by scale_factor
+    scale_factor: float
+    categories: tuple[str, ...]
+    config: object                    # the model config with data-dependent fields filled in
+
+
+def prepare_data(model_cls, config, raw: dict[str, Sketches]) -> PreparedData:
+    """Filter, compute the scale factor on train, normalise every split, adapt the config."""
+    for split in ("train", "valid"):
+        if split not in raw or len(raw[split]) == 0:
+            raise DataError(f"the {split!r} split is missing or empty")
+    filtered = {k: model_cls.filter_sketches(config, v) for k, v in raw.items()}
+    for split, sk in filtered.items():
+        if len(sk) == 0:
+            raise DataError(f"no {split} sketch is left after filtering (max_seq_len="
+                            f"{getattr(config, 'max_seq_len', None)}); raise max_seq_len")
+        S.check_finite(sk.points, f"{split} split")
+    factor = float(model_cls.compute_scale_factor(config, filtered["train"]))
+    splits = {}
+    for k, sk in filtered.items():
+        pts = sk.points.copy()
+        pts[:, :2] /= factor
+        splits[k] = Sketches(pts, sk.offsets, category=sk.category,
+                             category_names=sk.category_names, scale_factor=factor)
+    config = model_cls.adapt_config(config, splits)
+    return PreparedData(splits, factor, tuple(filtered["train"].category_names), config)
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging
+# ---------------------------------------------------------------------------------------------
+
+
+class RunLog:
+    """log.csv (wide: step, epoch, lr, elapsed, train terms, valid_ terms) + optional TensorBoard."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.path = run_dir / "log.csv"
+        self.enabled = enabled
+        self.columns: list[str] | None = None
+        self.tb = None
+        if not enabled:
+            return
+        if self.path.is_file():
+            with open(self.path, newline="") as fh:
+                header = next(csv.reader(fh), None)
+            self.columns = header or None
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+
+            self.tb = SummaryWriter(str(run_dir / "tb"))
+        except Exception:
+            self.tb = None
+
+    def write(self, row: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        if self.columns is None:
+            base = ["step", "epoch", "lr", "elapsed"]
+            terms = [k for k in row if k not in base and not k.startswith("valid_")]
+            self.columns = base + terms + ["valid_" + t for t in terms]
+            with open(self.path, "w", newline="") as fh:
+                csv.writer(fh).writerow(self.columns)
+        with open(self.path, "a", newline="") as fh:
+            csv.writer(fh).writerow([_fmt(row.get(c)) for c in self.columns])
+        if self.tb is not None:
+            for k, v in row.items():
+                if k not in ("step", "epoch") and v is not None:
+                    self.tb.add_scalar(k.replace("valid_", "valid/") if k.startswith("valid_")
+                                       else f"train/{k}", v, int(row["step"]))
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _fmt(v):
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v
+
+
+# ---------------------------------------------------------------------------------------------
+# The trainer
+# ---------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Train `model` on prepared splits into `run_dir`, resuming from it when it holds a checkpoint.
+
+    `max_steps` caps the global step counter; `max_epochs` the epochs; otherwise the model's early
+    stopping (`patience`) decides. `log` receives human-readable progress lines.
+    """
+
+    def __init__(self, model, data: PreparedData, run_dir, *, device: torch.device | None = None,
+                 max_steps: int | None = None, max_epochs: int | None = None,
+                 progress: bool = True, log: Callable[[str], None] = print,
+                 model_name: str | None = None):
+        self.cfg = model.config
+        self.data = data
+        self.run_dir = Path(run_dir)
+        self.max_steps = max_steps if max_steps is not None else (model.config.max_steps or None)
+        self.max_epochs = max_epochs
+        self.progress = progress
+        self.log_fn = log
+        self.model_name = model_name or model.name
+
+        # Multi-GPU under torchrun: one process per device, gradients all-reduced by DDP.
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.distributed = self.world > 1
+        if self.distributed and not dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() and device is None else "gloo"
+            dist.init_process_group(backend)
+        if device is None:
+            device = pick_device()
+            if self.distributed and device.type == "cuda":
+                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = device
+        self.is_main = self.rank == 0
+
+        self.model = model.to(device)
+        self.model.scale_factor = data.scale_factor
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = self._make_optimizer()
+        self.ddp = None
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=getattr(self.cfg, "ddp_find_unused", False))
+
+        n_train = len(data.splits["train"])
+        per_rank = n_train // self.world
+        self.batches_per_epoch = per_rank // self.cfg.batch_size
+        if self.batches_per_epoch == 0:
+            raise DataError(f"the training split has {n_train} sketches, fewer than one batch of "
+                            f"{self.cfg.batch_size} per process; lower batch_size with --hparams")
+
+        # Counters (restored on resume).
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.best_valid = math.inf
+        self.bad_evals = 0
+        self.elapsed = 0.0
+        self.stopped_early = False
+        self.last_eval_step = -1
+
+    # ---- set-up --------------------------------------------------------------------------------
+    def _make_optimizer(self):
+        cfg = self.cfg
+        kind = getattr(cfg, "optimizer", "adam").lower()
+        betas = (cfg.adam_beta1, cfg.adam_beta2)
+        if kind == "adam":
+            return torch.optim.Adam(self.params, lr=cfg.learning_rate, betas=betas, eps=cfg.adam_eps,
+                                    weight_decay=cfg.weight_decay)
+        if kind == "adamw":
+            return torch.optim.AdamW(self.params, lr=cfg.learning_rate, betas=betas,
+                                     eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+        raise ConfigError(f"optimizer={kind!r}: choose adam or adamw")
+
+    def _autocast(self):
+        if self.device.type == "cuda" and getattr(self.cfg, "amp", False):
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def say(self, msg: str) -> None:
+        if self.is_main:
+            self.log_fn(msg)
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def _state(self) -> dict:
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return {
+            "model": self.model_name,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "best_valid": self.best_valid,
+            "bad_evals": self.bad_evals,
+            "elapsed": self.elapsed,
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": cuda_rng,
+        }
+
+    def save(self, best: bool = False) -> None:
+        if not self.is_main:
+            return
+        if not (self.run_dir / "config.json").is_file():
+            ckpt.write_run_config(self.run_dir, self.model_name, self.cfg, self.data.scale_factor,
+                                  self.data.categories,
+                                  extra={"train_size": len(self.data.splits["train"])})
+        meta = {"model": self.model_name, "step": self.step}
+        ckpt.save_weights(self.run_dir / "model.safetensors", self.model, meta)
+        ckpt.save_state(self.run_dir / "state.pt", self._state())
+        if best:
+            ckpt.save_weights(self.run_dir / "best.safetensors", self.model, meta)
+            ckpt.save_state(self.run_dir / "best_state.pt", self._state())
+
+    def _load(self, weights: Path, state_path: Path) -> None:
+        meta = ckpt.load_weights(weights, self.model, self.model_name)
+        state = ckpt.load_state(state_path)
+        if state.get("model") != self.model_name:
+            raise CheckpointError(f"{state_path}: state of a {state.get('model')!r} run, "
+                                  f"not {self.model_name!r}")
+        if "step" in meta and int(meta["step"]) != int(state["step"]):
+            # Killed between the two renames: the weights are newer than the optimizer state.
+            self.say(f"note: {weights.name} is at step {meta['step']} but {state_path.name} at "
+                     f"{state['step']}; resuming from the weights' step with the older optimizer state")
+            state["step"] = int(meta["step"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.best_valid = float(state["best_valid"])
+        self.bad_evals = int(state["bad_evals"])
+        self.elapsed = float(state.get("elapsed", 0.0))
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+
+    def maybe_resume(self) -> bool:
+        """Resume from `run_dir` if it holds a checkpoint of this model. Returns True if resumed."""
+        state_path = self.run_dir / "state.pt"
+        if not state_path.is_file():
+            return False
+        info = ckpt.read_run_config(self.run_dir, expect_model=self.model_name)
+        if abs(float(info.get("scale_factor", 0)) - self.data.scale_factor) > 1e-6 * self.data.scale_factor:
+            raise CheckpointError(f"{self.run_dir}: its data scale factor {info.get('scale_factor')} "
+                                  f"differs from this data's {self.data.scale_factor}; resume with "
+                                  f"the same data and categories, or choose a new --out")
+        self._load(self.run_dir / "model.safetensors", state_path)
+        self.say(f"resumed {self.run_dir} at step {self.step} (epoch {self.epoch}, "
+                 f"batch {self.batch_in_epoch}/{self.batches_per_epoch})")
+        return True
+
+    def _rewind_to_best(self, reason: str) -> None:
+        best_w, best_s = self.run_dir / "best.safetensors", self.run_dir / "best_state.pt"
+        if self.distributed:
+            dist.barrier()
+        if best_w.is_file() and best_s.is_file():
+            keep = (self.best_valid, self.bad_evals)
+            self._load(best_w, best_s)
+            self.best_valid, self.bad_evals = keep
+            self.say(f"{reason}: rewound to the best checkpoint (step {self.step})")
+
+    # ---- batches -------------------------------------------------------------------------------
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        perm = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.data.splits["train"]))
+        return perm[self.rank::self.world]
+
+    def _train_batch(self, order: np.ndarray, b: int, step: int):
+        bs = self.cfg.batch_size
+        train = self.data.splits["train"]
+        idx = order[b * bs:(b + 1) * bs]
+        rng = np.random.default_rng([self.cfg.seed, 1, step, self.rank])
+        return self.model.make_batch([train[int(i)] for i in idx], True, rng)
+
+    def valid_batches(self, split: str = "valid"):
+        sk = self.data.splits[split]
+        bs = self.cfg.batch_size
+        n = max(1, len(sk) // bs) if len(sk) >= bs else 1
+        if self.cfg.max_valid_batches:
+            n = min(n, self.cfg.max_valid_batches)
+        rng = np.random.default_rng([self.cfg.seed, 2])
+        for b in range(n):
+            items = [sk[i] for i in range(b * bs, min((b + 1) * bs, len(sk)))]
+            yield self.model.make_batch(items, False, rng)
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, split: str = "valid") -> dict[str, float]:
+        self.model.eval()
+        sums: dict[str, float] = {}
+        count = 0
+        for batch in self.valid_batches(split):
+            batch = to_device(batch, self.device)
+            with self._autocast():
+                out = self.model.loss(batch, self.step)
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += 1
+        self.model.train()
+        return {k: v / max(count, 1) for k, v in sums.items()}
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def _should_stop(self) -> bool:
+        if self.max_steps is not None and self.step >= self.max_steps:
+            return True
+        if self.max_epochs is not None and self.epoch >= self.max_epochs:
+            return True
+        return self.stopped_early
+
+    def train(self) -> dict:
+        """Run until max_steps / max_epochs / early stopping. Returns a summary dict."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.maybe_resume()
+        self.model.train()
+        cfg = self.cfg
+        runlog = RunLog(self.run_dir, self.is_main)
+        total = self.max_steps if self.max_steps is not None else None
+        bar = None
+        if self.progress and self.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, initial=min(self.step, total or self.step), unit="step",
+                       dynamic_ncols=True, desc=self.model_name)
+        pool = ThreadPoolExecutor(max_workers=1)   # prepares the next batch while this one runs
+        bad_steps = 0
+        term_sums: dict[str, float] = {}
+        term_count = 0
+        t_last = time.time()
+        forward = self.ddp if self.ddp is not None else self.model
+        try:
+            while not self._should_stop():
+                order = self._epoch_order(self.epoch)
+                pending = None
+                while self.batch_in_epoch < self.batches_per_epoch and not self._should_stop():
+                    b, step = self.batch_in_epoch, self.step
+                    batch = (pending.result() if pending is not None
+                             else self._train_batch(order, b, step))
+                    pending = (pool.submit(self._train_batch, order, b + 1, step + 1)
+                               if b + 1 < self.batches_per_epoch else None)
+                    lr = learning_rate(cfg, step)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    batch = to_device(batch, self.device)
+                    # Zeroed (not None) gradients: Adam then moves every parameter each step,
+                    # as TF's Adam does, even a branch the loss skipped this step.
+                    self.optimizer.zero_grad(set_to_none=False)
+                    with self._autocast():
+                        out = forward(batch, step)
+                    loss = out["loss"]
+                    finite = bool(torch.isfinite(loss))
+                    if finite:
+                        loss.backward()
+                        clip_gradients(self.params, cfg.clip_mode, cfg.grad_clip)
+                        finite = bool(torch.stack([torch.isfinite(p.grad).all() for p in self.params
+                                                   if p.grad is not None]).all())
+                    if not finite:
+                        # Skip the update: the parameters stay at the last good state.
+                        bad_steps += 1
+                        self.say(f"step {step}: non-finite loss or gradient; update skipped "
+                                 f"({bad_steps} in a row)")
+                        if bad_steps >= MAX_BAD_STEPS:
+                            pending = None
+                            self._recover_from_nan()
+                            bad_steps = 0
+                            break
+                        self.batch_in_epoch += 1
+                        continue
+                    bad_steps = 0
+                    self.optimizer.step()
+                    self.model.on_step_end(step)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    for k, v in out.items():
+                        term_sums[k] = term_sums.get(k, 0.0) + float(v.detach())
+                    term_count += 1
+                    now = time.time()
+                    self.elapsed += now - t_last
+                    t_last = now
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{float(loss):.3f}", epoch=self.epoch)
+                    log_every = max(1, min(100, self.batches_per_epoch))
+                    if self.step % log_every == 0:
+                        row = {"step": self.step, "epoch": self.epoch, "lr": lr,
+                               "elapsed": round(self.elapsed, 2)}
+                        row.update({k: v / term_count for k, v in term_sums.items()})
+                        runlog.write(row)
+                        term_sums, term_count = {}, 0
+                    if cfg.eval_every and self.step % cfg.eval_every == 0:
+                        self._validate(runlog)
+                    elif self.step % max(1, cfg.checkpoint_every) == 0:
+                        self.save()
+                else:
+                    if self.batch_in_epoch >= self.batches_per_epoch:
+                        self.epoch += 1
+                        self.batch_in_epoch = 0
+                        if not cfg.eval_every:
+                            self._validate(runlog)
+            if self.last_eval_step != self.step and not self.stopped_early:
+                self._validate(runlog)   # a run cut by max_steps still gets its best checkpoint
+            else:
+                self.save()
+        except KeyboardInterrupt:
+            self.save()
+            self.say(f"interrupted: checkpoint written at step {self.step}; run the same command "
+                     f"to resume")
+            raise
+        finally:
+            pool.shutdown(wait=True)
+            if bar is not None:
+                bar.close()
+            runlog.close()
+        return {"step": self.step, "epoch": self.epoch, "best_valid": self.best_valid,
+                "stopped_early": self.stopped_early, "elapsed": self.elapsed}
+
+    def _validate(self, runlog: RunLog) -> None:
+        self.last_eval_step = self.step
+        metrics = self.evaluate("valid")
+        key = self.cfg.valid_metric
+        if key not in metrics:
+            raise ConfigError(f"valid_metric={key!r} is not a loss term of {self.model_name} "
+                              f"(terms: {sorted(metrics)})")
+        value = metrics[key]
+        row = {"step": self.step, "epoch": self.epoch, "lr": learning_rate(self.cfg, self.step),
+               "elapsed": round(self.elapsed, 2)}
+        row.update({f"valid_{k}": v for k, v in metrics.items()})
+        runlog.write(row)
+        improved = value < self.best_valid
+        self.say(f"step {self.step} epoch {self.epoch}: valid {key} {value:.4f}"
+                 + (" (best)" if improved else f" (best {self.best_valid:.4f})"))
+        if improved:
+            self.best_valid = value
+            self.bad_evals = 0
+            self.save(best=True)
+            return
+        self.bad_evals += 1
+        if self.cfg.patience and self.bad_evals >= self.cfg.patience:
+            self.stopped_early = True
+            self.say(f"early stop: {self.bad_evals} evaluations without improvement")
+            self.save()
+            return
+        if self.cfg.reload_best:
+            self._rewind_to_best(f"no improvement ({self.bad_evals}/{self.cfg.patience})")
+        self.save()
+
+    def _recover_from_nan(self) -> None:
+        """Too many non-finite steps in a row: go back to the last checkpoint on disk."""
+        weights, state = self.run_dir / "model.safetensors", self.run_dir / "state.pt"
+        if weights.is_file() and state.is_file():
+            self._load(weights, state)
+            self.say(f"recovered from repeated non-finite steps: restored the checkpoint of step "
+                     f"{self.step}; if it happens again, lower learning_rate or grad_clip")
+        else:
+            raise DataError("the loss is non-finite from the first steps and there is no "
+                            "checkpoint to go back to: check the data (NaN, huge offsets) or lower "
+                            "learning_rate")

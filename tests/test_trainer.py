@@ -1,0 +1,191 @@
+"""The generic trainer on a tiny model: learning, lr schedule, clipping, resume, NaN, early stop."""
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from sketchlab.config import TrainingConfig
+from sketchlab.data import strokes as S
+from sketchlab.data.strokes import Sketches
+from sketchlab.errors import CheckpointError
+from sketchlab.models.base import SketchModel
+from sketchlab.train import checkpoint as ckpt
+from sketchlab.train.trainer import Trainer, clip_gradients, learning_rate, prepare_data
+
+
+@dataclass
+class TinyConfig(TrainingConfig):
+    max_seq_len: int = 12
+    batch_size: int = 8
+    learning_rate: float = 0.05
+    decay_rate: float = 0.999
+    valid_metric: str = "loss"
+    patience: int = 0
+    checkpoint_every: int = 5
+    nan_calls: tuple[int, ...] = ()          # training calls of loss() (0-based) that return NaN
+
+
+class Tiny(SketchModel):
+    """Predicts each sketch's mean offset from its first offset; keeps a running-mean buffer."""
+
+    name = "tiny"
+    Config = TinyConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.lin = torch.nn.Linear(2, 2)
+        self.register_buffer("seen", torch.zeros(()))
+        self._pending = None
+        self.calls = 0
+
+    def make_batch(self, sketches, train, rng):
+        x = np.stack([s[0, :2] for s in sketches]).astype(np.float32)
+        y = np.stack([s[:, :2].mean(0) for s in sketches]).astype(np.float32)
+        return {"x": torch.from_numpy(x), "y": torch.from_numpy(y)}
+
+    def loss(self, batch, step=0):
+        pred = self.lin(batch["x"])
+        mse = ((pred - batch["y"]) ** 2).mean()
+        if self.training:
+            if self.calls in self.config.nan_calls:
+                mse = mse * float("nan")
+            self.calls += 1
+        self._pending = float(len(batch["x"]))
+        return {"loss": mse, "mse": mse.detach()}
+
+    def on_step_end(self, step):
+        self.seen += self._pending
+
+
+def toy_splits(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    def make(k):
+        out = []
+        for _ in range(k):
+            m = rng.integers(3, 10)
+            s = np.zeros((m, 3), np.float32)
+            s[:, :2] = rng.normal(size=(m, 2)) * 5 + rng.normal(size=2) * 10
+            s[-1, 2] = 1
+            out.append(s)
+        return Sketches.from_list(out, category=0, category_names=("toy",))
+    return {"train": make(n), "valid": make(16), "test": make(16)}
+
+
+def build(tmp_path, **over):
+    cfg = TinyConfig(**over)
+    data = prepare_data(Tiny, cfg, toy_splits())
+    return Tiny(data.config), data
+
+
+def test_prepare_data_normalises_by_train_std():
+    raw = toy_splits()
+    data = prepare_data(Tiny, TinyConfig(), raw)
+    assert data.scale_factor == pytest.approx(S.scale_factor(raw["train"]))
+    assert S.scale_factor(data.splits["train"]) == pytest.approx(1.0, rel=1e-5)
+    assert data.categories == ("toy",)
+
+
+def test_learning_rate_schedule_hand_values():
+    cfg = TrainingConfig(learning_rate=1e-3, min_learning_rate=1e-5, decay_rate=0.9999)
+    assert learning_rate(cfg, 0) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 10000) == pytest.approx(9.9e-4 * 0.9999 ** 10000 + 1e-5)
+    cfg3 = TrainingConfig(lr_decay_every=3.0)   # RPCL: 0.9999^(s/3)
+    assert learning_rate(cfg3, 300) == pytest.approx(9.9e-4 * 0.9999 ** 100 + 1e-5)
+
+
+def test_clip_modes():
+    p1 = torch.nn.Parameter(torch.zeros(2))
+    p2 = torch.nn.Parameter(torch.zeros(1))
+    p1.grad = torch.tensor([3.0, -4.0])
+    p2.grad = torch.tensor([0.5])
+    clip_gradients([p1, p2], "value", 1.0)
+    assert p1.grad.tolist() == [1.0, -1.0] and p2.grad.tolist() == [0.5]
+    p1.grad = torch.tensor([3.0, -4.0])
+    clip_gradients([p1, p2], "norm", 1.0)      # per parameter: (3,-4)/5; 0.5 untouched
+    assert torch.allclose(p1.grad, torch.tensor([0.6, -0.8])) and p2.grad.tolist() == [0.5]
+
+
+def test_trains_and_writes_run_dir(tmp_path):
+    model, data = build(tmp_path)
+    before = Trainer(model, data, tmp_path / "run", progress=False, max_steps=0, log=lambda m: None).evaluate()
+    tr = Trainer(model, data, tmp_path / "run", progress=False, max_steps=40, log=lambda m: None)
+    summary = tr.train()
+    assert summary["step"] == 40
+    after = tr.evaluate()
+    assert after["loss"] < 0.5 * before["loss"]
+    run = tmp_path / "run"
+    for f in ("config.json", "model.safetensors", "state.pt", "best.safetensors", "log.csv"):
+        assert (run / f).is_file(), f
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"] == "tiny" and cfg["scale_factor"] == pytest.approx(data.scale_factor)
+    header = (run / "log.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["step", "epoch", "lr", "elapsed"] and "valid_loss" in header
+    assert float(model.seen) == 40 * 8      # on_step_end ran after every step
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    torch.manual_seed(0)
+    m_full, data = build(tmp_path)
+    Trainer(m_full, data, tmp_path / "full", progress=False, max_steps=23, log=lambda m: None).train()
+
+    torch.manual_seed(0)
+    m_a, data = build(tmp_path)
+    Trainer(m_a, data, tmp_path / "cut", progress=False, max_steps=11, log=lambda m: None).train()
+    torch.manual_seed(123)   # a fresh process: different init, restored from the checkpoint
+    m_b, data = build(tmp_path)
+    msgs = []
+    tr = Trainer(m_b, data, tmp_path / "cut", progress=False, max_steps=23, log=msgs.append)
+    tr.train()
+    assert any("resumed" in m for m in msgs)
+    assert tr.step == 23
+    for (k, a), (_, b) in zip(m_full.state_dict().items(), m_b.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), k   # buffers included
+
+
+def test_nan_step_is_skipped(tmp_path):
+    model, data = build(tmp_path, nan_calls=(3,))
+    msgs = []
+    tr = Trainer(model, data, tmp_path / "run", progress=False, max_steps=6, log=msgs.append)
+    tr.train()
+    assert any("non-finite" in m for m in msgs)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert tr.step == 6
+
+
+def test_repeated_nan_restores_last_checkpoint(tmp_path):
+    # NaN from the 8th call on: one skip, the epoch-end checkpoint at step 7, four more skips;
+    # the fifth in a row restores step 7 and training carries on
+    model, data = build(tmp_path, nan_calls=tuple(range(7, 12)))
+    msgs = []
+    tr = Trainer(model, data, tmp_path / "run", progress=False, max_steps=10, log=msgs.append)
+    tr.train()
+    assert any("restored the checkpoint of step 7" in m for m in msgs)
+    assert tr.step == 10 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_refuses_checkpoint_of_other_model(tmp_path):
+    model, data = build(tmp_path)
+    Trainer(model, data, tmp_path / "run", progress=False, max_steps=2, log=lambda m: None).train()
+    cfg_path = tmp_path / "run" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["model"] = "sketch-rnn"
+    cfg_path.write_text(json.dumps(cfg))
+    model2, data2 = build(tmp_path)
+    with pytest.raises(CheckpointError, match="sketch-rnn"):
+        Trainer(model2, data2, tmp_path / "run", progress=False, max_steps=4, log=lambda m: None).train()
+    with pytest.raises(CheckpointError, match="config.json"):
+        ckpt.read_run_config(tmp_path / "nothing-here")
+
+
+def test_early_stopping_and_reload_best(tmp_path):
+    # lr so large that validation gets worse: patience 2 stops the run, rewinding in between
+    model, data = build(tmp_path, learning_rate=50.0, min_learning_rate=50.0, patience=2,
+                        reload_best=True, clip_mode="none", eval_every=2)
+    msgs = []
+    tr = Trainer(model, data, tmp_path / "run", progress=False, max_steps=200, log=msgs.append)
+    summary = tr.train()
+    assert summary["stopped_early"] and summary["step"] < 200
+    assert any("rewound" in m for m in msgs)
