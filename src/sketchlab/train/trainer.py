@@ -189,7 +189,7 @@ class Trainer:
     def __init__(self, model, data: PreparedData, run_dir, *, device: torch.device | None = None,
                  max_steps: int | None = None, max_epochs: int | None = None,
                  progress: bool = True, log: Callable[[str], None] = print,
-                 model_name: str | None = None):
+                 model_name: str | None = None, run_info: dict | None = None):
         self.cfg = model.config
         self.data = data
         self.run_dir = Path(run_dir)
@@ -198,6 +198,7 @@ class Trainer:
         self.progress = progress
         self.log_fn = log
         self.model_name = model_name or model.name
+        self.run_info = dict(run_info or {})   # extra config.json fields (e.g. the data source)
 
         # Multi-GPU under torchrun: one process per device, gradients all-reduced by DDP.
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -286,7 +287,8 @@ class Trainer:
         if not (self.run_dir / "config.json").is_file():
             ckpt.write_run_config(self.run_dir, self.model_name, self.cfg, self.data.scale_factor,
                                   self.data.categories,
-                                  extra={"train_size": len(self.data.splits["train"])})
+                                  extra={"train_size": len(self.data.splits["train"]),
+                                         **self.run_info})
         meta = {"model": self.model_name, "step": self.step}
         ckpt.save_weights(self.run_dir / "model.safetensors", self.model, meta)
         ckpt.save_state(self.run_dir / "state.pt", self._state())

@@ -1,0 +1,50 @@
+"""Where training data comes from: a folder of sketch-rnn npz files, or the built-in doodles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sketchlab.data.strokes import Sketches
+from sketchlab.errors import ConfigError, DataError
+
+BUILTIN = "builtin"
+
+
+def parse_categories(text: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """`"a,b"` or `"[a,b]"` or a list -> `["a", "b"]` (blank entries dropped)."""
+    if text is None:
+        return []
+    if isinstance(text, (list, tuple)):
+        items = list(text)
+    else:
+        items = text.strip().strip("[]{}").split(",")
+    return [c.strip().strip("'\"") for c in items if c.strip().strip("'\"")]
+
+
+def load_splits(data_dir: str | Path | None, categories: list[str] | None = None, *,
+                limit_per_category: int | None = None, seed: int = 0,
+                builtin_per_category: int = 1000) -> dict[str, Sketches]:
+    """Raw (un-normalised) train/valid/test splits.
+
+    `data_dir` None or "builtin" gives the built-in procedural doodles (no files needed);
+    otherwise each category is read from `<data_dir>/<category>.npz` with the safe loader.
+    """
+    if data_dir is None or str(data_dir) == BUILTIN:
+        from sketchlab.data.synthetic import CATEGORIES, make_splits
+
+        cats = categories or list(CATEGORIES)
+        unknown = [c for c in cats if c not in CATEGORIES]
+        if unknown:
+            raise ConfigError(f"unknown built-in doodle categories {unknown}; "
+                              f"available: {', '.join(CATEGORIES)}")
+        return make_splits(n_per_category=builtin_per_category, categories=cats, seed=seed)
+    from sketchlab.data.quickdraw import load_categories
+
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"--data-dir {data_dir}: no such folder")
+    if not categories:
+        found = sorted(p.stem for p in data_dir.glob("*.npz"))
+        raise ConfigError(f"--categories is required with --data-dir; {data_dir} holds: "
+                          f"{', '.join(found) if found else 'no .npz files'}")
+    return load_categories(data_dir, categories, limit_per_category=limit_per_category)

@@ -1,0 +1,246 @@
+"""sketch-rnn (Ha & Eck 2017): a sequence-to-sequence VAE over stroke-5 sketches.
+
+Reads top to bottom: config (magenta's `get_default_hparams`), encoder, decoder, loss, generate.
+
+* Encoder: a bidirectional LSTM over the real points (S0 excluded); the last valid output of each
+  direction, concatenated, gives mu and a log-variance `presig` (weights N(0, 0.001)).
+* Decoder: LSTM / LayerNorm-LSTM / HyperLSTM from `sketchlab.nn.rnn`; its initial state is
+  tanh(Linear(z)) and z is concatenated to every input step (conditional model), or zero state
+  and no z (unconditional model).
+* Output: the 20-component bivariate Gaussian mixture + 3-way pen softmax (`sketchlab.nn.mixture`).
+* Loss: magenta's r_cost (mean over batch x max_seq_len, pen term unmasked in training and masked
+  in evaluation) + kl_weight(step) * max(KL, kl_tolerance), with
+  kl_weight(step) = kl_weight - (kl_weight - kl_weight_start) * kl_decay_rate ** step.
+  Evaluation uses the final kl_weight so validation losses are comparable across steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from sketchlab.config import TrainingConfig
+from sketchlab.data import strokes as S
+from sketchlab.data.strokes import Sketches
+from sketchlab.errors import ConfigError
+from sketchlab.models.base import SketchModel
+from sketchlab.nn.mixture import MixtureHead, mixture_nll
+from sketchlab.nn.rnn import make_cell
+from sketchlab.nn.sampling import sample_sequences
+
+
+@dataclass
+class Config(TrainingConfig):
+    max_seq_len: int = 250
+    enc_model: str = "lstm"
+    enc_rnn_size: int = 256
+    dec_model: str = "lstm"              # "lstm" | "layer_norm" | "hyper"
+    dec_rnn_size: int = 512
+    z_size: int = 128
+    num_mixture: int = 20
+    conditional: bool = True             # False: a decoder-only language model of sketches
+    kl_weight: float = 0.5
+    kl_weight_start: float = 0.01
+    kl_tolerance: float = 0.2
+    kl_decay_rate: float = 0.99995
+    use_recurrent_dropout: bool = True
+    recurrent_dropout_prob: float = 0.90  # keep probability
+    use_input_dropout: bool = False
+    input_dropout_prob: float = 0.90
+    use_output_dropout: bool = False
+    output_dropout_prob: float = 0.90
+    random_scale_factor: float = 0.15
+    augment_stroke_prob: float = 0.10
+    temperature: float = 0.25            # default sampling temperature
+    # training (magenta: Adam, clip by value 1.0, lr decay per step, keep the best valid cost)
+    batch_size: int = 100
+    learning_rate: float = 1e-3
+    decay_rate: float = 0.9999
+    min_learning_rate: float = 1e-5
+    grad_clip: float = 1.0
+    clip_mode: str = "value"
+    eval_every: int = 500
+    patience: int = 0
+    valid_metric: str = "loss"
+
+
+def _gaussian_linear(n_in: int, n_out: int, std: float) -> nn.Linear:
+    lin = nn.Linear(n_in, n_out)
+    nn.init.normal_(lin.weight, 0.0, std)
+    nn.init.zeros_(lin.bias)
+    return lin
+
+
+def last_valid(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """`h[b, lengths[b] - 1]` for a `(B, T, H)` tensor."""
+    idx = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, h.shape[-1])
+    return h.gather(1, idx).squeeze(1)
+
+
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """TF's `reverse_sequence`: reverse the first `lengths[b]` steps of each row, keep the padding."""
+    T = x.shape[1]
+    t = torch.arange(T, device=x.device).unsqueeze(0)
+    L = lengths.unsqueeze(1)
+    idx = torch.where(t < L, L - 1 - t, t)
+    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+class SketchRNN(SketchModel):
+    name = "sketch-rnn"
+    Config = Config
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        c = config
+        keep = c.recurrent_dropout_prob if c.use_recurrent_dropout else 1.0
+        if c.conditional:
+            self.enc_fw = make_cell(c.enc_model, 5, c.enc_rnn_size, recurrent_dropout_keep=keep)
+            self.enc_bw = make_cell(c.enc_model, 5, c.enc_rnn_size, recurrent_dropout_keep=keep)
+            self.fc_mu = _gaussian_linear(2 * c.enc_rnn_size, c.z_size, 0.001)
+            self.fc_presig = _gaussian_linear(2 * c.enc_rnn_size, c.z_size, 0.001)
+        dec_in = 5 + (c.z_size if c.conditional else 0)
+        self.decoder = make_cell(c.dec_model, dec_in, c.dec_rnn_size, recurrent_dropout_keep=keep)
+        if c.conditional:
+            self.fc_init = _gaussian_linear(c.z_size, self.decoder.state_size, 0.001)
+        self.input_dropout = nn.Dropout(1 - c.input_dropout_prob) if c.use_input_dropout else nn.Identity()
+        self.output_dropout = nn.Dropout(1 - c.output_dropout_prob) if c.use_output_dropout else nn.Identity()
+        self.head = MixtureHead(c.dec_rnn_size, c.num_mixture)
+
+    # ---- data ----------------------------------------------------------------------------------
+    def make_batch(self, sketches, train, rng):
+        c = self.config
+        if train:
+            sketches = [S.random_scale(s, c.random_scale_factor, rng) for s in sketches]
+            if c.augment_stroke_prob > 0:
+                sketches = [S.augment_strokes(s, c.augment_stroke_prob, rng) for s in sketches]
+        return {
+            "strokes": torch.from_numpy(S.pad_batch(sketches, c.max_seq_len)),
+            "lengths": torch.tensor([len(s) for s in sketches], dtype=torch.long),
+        }
+
+    # ---- encoder -------------------------------------------------------------------------------
+    def encode_dist(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, presig) of q(z | sketch); presig is the log-variance."""
+        if not self.config.conditional:
+            raise ConfigError("an unconditional sketch-rnn has no encoder")
+        x = batch["strokes"][:, 1:]                       # the real points, S0 excluded
+        lengths = batch["lengths"].to(x.device)
+        zeros = lambda cell: x.new_zeros(x.shape[0], cell.state_size)  # noqa: E731
+        h_fw, _ = self.enc_fw.sequence(x, zeros(self.enc_fw))
+        h_bw, _ = self.enc_bw.sequence(reverse_padded(x, lengths), zeros(self.enc_bw))
+        feat = torch.cat([last_valid(h_fw, lengths), last_valid(h_bw, lengths)], -1)
+        return self.fc_mu(feat), self.fc_presig(feat)
+
+    def encode(self, batch) -> torch.Tensor:
+        """The latent code used for retrieval and maps: mu."""
+        return self.encode_dist(batch)[0]
+
+    # ---- decoder -------------------------------------------------------------------------------
+    def initial_state(self, z: torch.Tensor | None, batch_size: int, device) -> torch.Tensor:
+        if z is None:
+            return torch.zeros(batch_size, self.decoder.state_size, device=device)
+        return torch.tanh(self.fc_init(z))
+
+    def decode(self, inputs: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
+        """Teacher-forced decoder: stroke-5 inputs (B, T, 5) -> raw mixture parameters (B, T, 6M+3)."""
+        B, T, _ = inputs.shape
+        x = inputs
+        if z is not None:
+            x = torch.cat([inputs, z.unsqueeze(1).expand(B, T, z.shape[-1])], -1)
+        x = self.input_dropout(x)
+        h, _ = self.decoder.sequence(x, self.initial_state(z, B, inputs.device))
+        return self.head(self.output_dropout(h))
+
+    # ---- loss ----------------------------------------------------------------------------------
+    def kl_weight_at(self, step: int) -> float:
+        c = self.config
+        if not self.training:
+            return c.kl_weight
+        return c.kl_weight - (c.kl_weight - c.kl_weight_start) * c.kl_decay_rate ** step
+
+    def loss(self, batch, step: int = 0):
+        c = self.config
+        strokes = batch["strokes"]
+        z = None
+        terms = {}
+        if c.conditional:
+            mu, presig = self.encode_dist(batch)
+            z = mu + torch.exp(presig / 2) * torch.randn_like(mu)
+            kl = -0.5 * torch.mean(1 + presig - mu.square() - presig.exp())
+            kl_cost = torch.clamp(kl, min=c.kl_tolerance)
+            terms["kl"] = kl.detach()
+        raw = self.decode(strokes[:, :-1], z).float()
+        nll = mixture_nll(raw, strokes[:, 1:], training=self.training, reduction="mean")
+        recon = nll["offset"] + nll["pen"]
+        total = recon
+        if c.conditional:
+            total = recon + self.kl_weight_at(step) * kl_cost
+        terms.update({"loss": total, "recon": recon.detach(), "offset": nll["offset"].detach(),
+                      "pen": nll["pen"].detach()})
+        return terms
+
+    # ---- generation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode_z(self, z: torch.Tensor | None, n: int, temperature: float, greedy: bool = False,
+                 generator: torch.Generator | None = None) -> list[np.ndarray]:
+        """Sample `n` sketches (normalised stroke-3) from codes `z` (or unconditionally)."""
+        device = self.device
+        state = self.initial_state(z, n, device)
+        seq = sample_sequences(self.decoder, self.head, state, z, self.config.max_seq_len,
+                               temperature=temperature, greedy=greedy, generator=generator)
+        return [S.stroke5_to_stroke3(s) for s in seq.cpu().numpy()]
+
+    @torch.no_grad()
+    def generate(self, n: int | None = None, *, references: Sketches | None = None,
+                 temperature: float | None = None, seed: int = 0, batch_size: int = 500,
+                 greedy: bool = False, sample_z: bool = False) -> Sketches:
+        """Unconditional (z ~ N(0, I)) or conditioned on `references` (normalised sketches; z = mu,
+        or a draw from q(z|x) with `sample_z`). Returns normalised sketches carrying their z."""
+        self.eval()
+        c = self.config
+        temperature = c.temperature if temperature is None else float(temperature)
+        if temperature <= 0 and not greedy:
+            raise ConfigError(f"temperature must be > 0 (got {temperature}); use greedy=True for argmax")
+        device = self.device
+        gen = torch.Generator(device=device).manual_seed(seed)
+        if references is not None:
+            if not c.conditional:
+                raise ConfigError("an unconditional sketch-rnn cannot be conditioned on references")
+            n = len(references) if n is None else min(n, len(references))
+        elif n is None:
+            raise ConfigError("give n (how many sketches) or references to condition on")
+        out, codes = [], []
+        for start in range(0, n, batch_size):
+            m = min(batch_size, n - start)
+            z = None
+            if c.conditional:
+                if references is not None:
+                    items = [references[i] for i in range(start, start + m)]
+                    batch = {k: v.to(device) for k, v in
+                             self.make_batch(items, False, np.random.default_rng(0)).items()}
+                    mu, presig = self.encode_dist(batch)
+                    z = mu
+                    if sample_z:
+                        z = mu + torch.exp(presig / 2) * torch.randn(mu.shape, generator=gen, device=device)
+                else:
+                    z = torch.randn(m, c.z_size, generator=gen, device=device)
+                codes.append(z.cpu().numpy())
+            out += self.decode_z(z, m, temperature, greedy, gen)
+        result = Sketches.from_list(out, scale_factor=self.scale_factor)
+        if codes:
+            result.z = np.concatenate(codes, 0)
+        if references is not None and references.category is not None:
+            result.category = references.category[:n]
+            result.category_names = references.category_names
+        return result
+
+    def sample_options(self):
+        return {"greedy": "pick the most likely component and pen state instead of sampling",
+                "sample_z": "condition on a draw from q(z|x) instead of its mean"}
+
+
+__all__ = ["Config", "SketchRNN"]

@@ -1,0 +1,230 @@
+"""`sketchlab train` and `sketchlab sample`."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sketchlab.config import apply_hparams, from_dict, split_hparams
+from sketchlab.data.sources import load_splits, parse_categories
+from sketchlab.data.strokes import Sketches
+from sketchlab.errors import ConfigError, DataError
+from sketchlab.models import MODELS, get_model_class
+from sketchlab.train import checkpoint as ckpt
+from sketchlab.train.trainer import Trainer, pick_device, prepare_data
+
+TRAIN_EPILOG = """examples:
+  sketchlab train sketch-rnn --out runs/doodles --max-steps 2000          # built-in doodles
+  sketchlab train sketch-rnn --data-dir data/sketchrnn --categories aaron_sheep --out runs/sheep \\
+      --hparams "dec_model=layer_norm,dec_rnn_size=512"
+  sketchlab train rpcl-pix2seq --data-dir data/spg --out runs/rpcl \\
+      --hparams "categories=[airplane,apple,butterfly,cactus,pig],batch_size=200"
+
+Running the same command again resumes from the run's last checkpoint.
+"""
+
+SAMPLE_EPILOG = """examples:
+  sketchlab sample runs/sheep --out sheep.npz --n 64 --temperature 0.3
+  sketchlab sample runs/rpcl --out cond.npz --condition-on test --n 100
+  sketchlab sample runs/rpcl --out comp3.npz --component 3 --n 25
+  sketchlab sample runs/knitter --out healed.npz --condition-on broken.npz --strength 0.3
+
+Writes a pickle-free Sketches npz (raw data units) and a PNG grid beside it.
+"""
+
+
+def register_cli(sub) -> None:
+    p = sub.add_parser("train", help="train a model", epilog=TRAIN_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", choices=list(MODELS), help="which model")
+    p.add_argument("--data-dir", default=None,
+                   help="folder of sketch-rnn npz files (one per category); default: built-in doodles")
+    p.add_argument("--categories", default=None, help="comma-separated categories (or categories=[...] in --hparams)")
+    p.add_argument("--out", required=True, help="run directory (created; resumed if it holds a checkpoint)")
+    p.add_argument("--hparams", default=None, help='overrides in the originals\' syntax: "k=v,k=[x,y]"')
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total")
+    p.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs")
+    p.add_argument("--limit-per-category", type=int, default=None,
+                   help="use at most this many sketches per category and split")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="draw sketches from a trained run", epilog=SAMPLE_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("run", help="run directory made by `sketchlab train`")
+    s.add_argument("--out", required=True, help="output .npz (a PNG grid is written beside it)")
+    s.add_argument("--n", type=int, default=None, help="how many sketches (default 64, or all references)")
+    s.add_argument("--temperature", type=float, default=None, help="sampling temperature (model default)")
+    s.add_argument("--condition-on", default=None,
+                   help="test | valid | train (the run's data) or a .npz file of reference sketches")
+    s.add_argument("--component", type=int, default=None, help="latent component / unit to sample from (RPCL)")
+    s.add_argument("--strength", type=float, default=None, help="noise level for refinement (SketchKnitter)")
+    s.add_argument("--sampler", default=None, help="diffusion sampler: ddpm | ddim | shortcut")
+    s.add_argument("--steps", type=int, default=None, help="diffusion sampling steps")
+    s.add_argument("--greedy", action="store_true", help="most likely choices instead of sampling")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--which", choices=["best", "latest"], default="best", help="which checkpoint")
+    s.add_argument("--device", default=None)
+    s.set_defaults(func=cmd_sample)
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+
+
+def _config_for_run(cls, out: Path, hparams: str | None):
+    """A fresh config with --hparams applied, or the saved one when resuming `out`."""
+    if (out / "state.pt").is_file():
+        info = ckpt.read_run_config(out, expect_model=cls.name)
+        cfg = from_dict(cls.Config, info["config"], where=str(out / "config.json"))
+        if hparams and apply_hparams(cfg, hparams) != cfg:
+            print(f"note: resuming {out}: its saved hyperparameters are used; --hparams ignored")
+        return cfg, info
+    return apply_hparams(cls.Config(), hparams), None
+
+
+def cmd_train(args) -> int:
+    cls = get_model_class(args.model)
+    out = Path(args.out)
+    categories = parse_categories(args.categories)
+    rest = []
+    for k, v in split_hparams(args.hparams or ""):
+        if k == "categories":            # the originals keep the category list in their hparams
+            categories = parse_categories(v)
+        else:
+            rest.append(f"{k}={v}")
+    cfg, saved = _config_for_run(cls, out, ",".join(rest))
+    if saved is not None:
+        categories = saved.get("categories") or categories
+        data_dir = saved.get("data_dir", args.data_dir)
+        limit = saved.get("limit_per_category", args.limit_per_category)
+    else:
+        data_dir, limit = args.data_dir, args.limit_per_category
+    if data_dir is None:
+        print("no --data-dir: training on the built-in doodles")
+    t0 = time.time()
+    raw = load_splits(data_dir, categories or None, limit_per_category=limit, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    data = prepare_data(cls, cfg, raw)
+    print(f"data: {', '.join(f'{k} {len(v)}' for k, v in data.splits.items())} sketches; "
+          f"categories {', '.join(data.categories)}; scale factor {data.scale_factor:.4f} "
+          f"({time.time() - t0:.1f}s)")
+    model = cls(data.config)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"{cls.name}: {n_params / 1e6:.2f}M parameters")
+    run_info = {"data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
+                "limit_per_category": limit}
+    trainer = Trainer(model, data, out, device=pick_device(args.device), max_steps=args.max_steps,
+                      max_epochs=args.max_epochs, progress=not args.no_progress, run_info=run_info)
+    print(f"device: {trainer.device}")
+    summary = trainer.train()
+    print(f"done: step {summary['step']}, epoch {summary['epoch']}, best valid "
+          f"{model.config.valid_metric} {summary['best_valid']:.4f}; run in {out}")
+    _draw_loss_curve(out)
+    return 0
+
+
+def _draw_loss_curve(run_dir: Path) -> None:
+    log = run_dir / "log.csv"
+    if not log.is_file():
+        return
+    try:
+        from sketchlab.render.png import plot_log_csv
+    except ImportError:
+        return
+    plot_log_csv(log, run_dir / "loss.png")
+    print(f"loss curve: {run_dir / 'loss.png'}")
+
+
+# ---------------------------------------------------------------------------------------------
+# sample
+# ---------------------------------------------------------------------------------------------
+
+
+def load_references(spec: str, run_dir: Path, model, info: dict) -> Sketches:
+    """Reference sketches in the model's normalised units: a split of the run's data or a file."""
+    cls = type(model)
+    if spec in ("test", "valid", "train"):
+        raw = load_splits(info.get("data_dir"), info.get("categories") or None,
+                          limit_per_category=info.get("limit_per_category"),
+                          seed=model.config.seed)
+        sk = raw[spec]
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise DataError(f"--condition-on {spec}: not a split name (test, valid, train) and no such file")
+        try:
+            sk = Sketches.load(path)
+            if sk.scale_factor != 1.0:      # stored normalised: back to raw units first
+                sk.points[:, :2] *= sk.scale_factor
+                sk.scale_factor = 1.0
+        except DataError:
+            from sketchlab.data.quickdraw import load_npz
+
+            sk = load_npz(path)["test"]
+    sk = cls.filter_sketches(model.config, sk)
+    if len(sk) == 0:
+        raise DataError(f"--condition-on {spec}: no usable sketch (all longer than max_seq_len?)")
+    pts = sk.points.copy()
+    pts[:, :2] /= model.scale_factor
+    return Sketches(pts, sk.offsets, category=sk.category, category_names=sk.category_names,
+                    scale_factor=model.scale_factor)
+
+
+def cmd_sample(args) -> int:
+    run = Path(args.run)
+    info = ckpt.read_run_config(run)
+    device = pick_device(args.device)
+    model = ckpt.load_model(run, device=device, which=args.which)
+    refs = load_references(args.condition_on, run, model, info) if args.condition_on else None
+    n = args.n if args.n is not None else (None if refs is not None else 64)
+    kwargs = {"n": n, "references": refs, "temperature": args.temperature, "seed": args.seed}
+    optional = {"component": args.component, "strength": args.strength, "sampler": args.sampler,
+                "steps": args.steps, "batch_size": args.batch_size,
+                "greedy": True if args.greedy else None}
+    accepted = inspect.signature(model.generate).parameters
+    for k, v in optional.items():
+        if v is None:
+            continue
+        if k not in accepted:
+            flag = "--" + k.replace("_", "-")
+            raise ConfigError(f"{flag} does not apply to a {info['model']} model")
+        kwargs[k] = v
+    t0 = time.time()
+    out = model.generate(**kwargs)
+    dt = time.time() - t0
+    raw = to_raw_units(out)
+    raw.save(args.out)
+    print(f"{len(raw)} sketches in {dt:.1f}s ({len(raw) / max(dt, 1e-9):.0f}/s) -> {args.out}")
+    png = Path(args.out).with_suffix(".png")
+    if draw_grid(raw, png, refs_raw=to_raw_units(refs) if refs is not None else None):
+        print(f"grid: {png}")
+    return 0
+
+
+def to_raw_units(sk: Sketches) -> Sketches:
+    """Normalised sketches -> raw data units (scale_factor 1), for files users and metrics read."""
+    pts = sk.points.copy()
+    pts[:, :2] *= sk.scale_factor
+    return Sketches(pts, sk.offsets, category=sk.category, category_names=sk.category_names,
+                    z=sk.z, component=sk.component, scale_factor=1.0)
+
+
+def draw_grid(sketches: Sketches, path: Path, refs_raw: Sketches | None = None, limit: int = 64) -> bool:
+    """A PNG grid of the first `limit` sketches (references above their samples when given)."""
+    try:
+        from sketchlab.render.png import save_grid
+    except ImportError:
+        return False
+    shown = sketches[np.arange(min(limit, len(sketches)))]
+    save_grid(shown, path)
+    return True
