@@ -33,7 +33,8 @@ def test_fit_polylines_hand_case():
     xs = np.concatenate([l[:, 0] for l in lines])
     assert xs.min() == pytest.approx(10) and xs.max() == pytest.approx(90)
     # a sketch of one repeated point becomes a dot in the middle
-    assert np.allclose(layout.fit_polylines(np.array([[5, 5, 1]], np.float32), 0, 0, 64, 64, 4)[0], [[32, 32]])
+    dot = np.array([[5, 5, 1]], np.float32)
+    assert np.allclose(layout.fit_polylines(dot, 0, 0, 64, 64, 4)[0], [[32, 32]])
 
 
 def test_grid_shape():

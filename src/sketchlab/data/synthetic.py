@@ -408,8 +408,8 @@ def _cup(style: int, rng: np.random.Generator) -> list[Stroke]:
             if rng.random() < 0.3:  # steam
                 for k in range(int(rng.integers(1, 4))):
                     sx = cx + (k - 1) * w_top * 0.25 + rng.normal(0, 0.02)
-                    strokes.append(_wavy(sx, top - 0.08, sx + rng.normal(0, 0.03), top - rng.uniform(0.25, 0.35),
-                                         rng.uniform(1.0, 2.0), 0.025))
+                    end_x, end_y = sx + rng.normal(0, 0.03), top - rng.uniform(0.25, 0.35)
+                    strokes.append(_wavy(sx, top - 0.08, end_x, end_y, rng.uniform(1.0, 2.0), 0.025))
         else:
             if rng.random() < 0.5:  # liquid level
                 ly = top + height * rng.uniform(0.2, 0.4)
@@ -440,13 +440,14 @@ def _cup(style: int, rng: np.random.Generator) -> list[Stroke]:
         else:
             strokes.append(_resample(_ellipse(hx, hy, hr * 1.3, hr, -np.pi / 2, np.pi / 2)))
         sy = top + depth + rng.uniform(0.0, 0.03)
-        sw = w * rng.uniform(0.65, 0.85)
+        sw = w / 2 * rng.uniform(1.1, 1.45)  # the saucer's half width
         if rng.random() < 0.6:
-            strokes.append(_loop(_ellipse(0.5, sy, sw, rng.uniform(0.04, 0.08), n=40), rng, close=(-0.05, 0.08)))
+            saucer = _ellipse(0.5, sy, sw, rng.uniform(0.04, 0.08), n=40)
+            strokes.append(_loop(saucer, rng, close=(-0.05, 0.08)))
         else:
             lip = rng.uniform(0.02, 0.05)
-            strokes.append(_maybe_reverse(_line((0.5 - sw, sy - lip), (0.5 - sw * 0.8, sy), (0.5 + sw * 0.8, sy),
-                                                (0.5 + sw, sy - lip)), rng))
+            saucer = _line((0.5 - sw, sy - lip), (0.5 - sw * 0.8, sy), (0.5 + sw * 0.8, sy), (0.5 + sw, sy - lip))
+            strokes.append(_maybe_reverse(saucer, rng))
         if rng.random() < 0.3:
             strokes = [strokes[1], strokes[0]] + strokes[2:]
     return strokes

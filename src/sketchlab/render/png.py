@@ -241,7 +241,7 @@ def plot_curves(csv_path: str | os.PathLike, out_path: str | os.PathLike | None 
     pad = 0.05 * (y_hi - y_lo)
     y_lo, y_hi = y_lo - pad, y_hi + pad
     x_ticks = [t for t in _nice_ticks(x_lo, x_hi, 6) if x_lo <= t <= x_hi]
-    y_ticks = [t for t in _nice_ticks(y_lo, y_hi, 5) if y_lo <= t <= y_hi]
+    y_ticks = [t for t in _nice_ticks(y_lo, y_hi, 7) if y_lo <= t <= y_hi]
     pw, ph = w * ss - left - right, h * ss - top - bottom
 
     def px(v):
