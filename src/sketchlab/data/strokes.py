@@ -364,6 +364,67 @@ def rdp(points: np.ndarray, epsilon: float) -> np.ndarray:
     return pts[keep].astype(np.float32)
 
 
+def rdp_mask(points: np.ndarray, offsets: np.ndarray, epsilon: float) -> np.ndarray:
+    """Which points `rdp` keeps, for many polylines at once (the fast path of `rdp`).
+
+    `points` `(N, 2)` holds the polylines back to back, polyline i being
+    `points[offsets[i]:offsets[i + 1]]`. Returns a bool mask over `points`. RDP's result does not
+    depend on the order in which segments are examined, so each round here examines every
+    unsettled segment of every polyline together (one numpy pass instead of one Python iteration
+    per segment) and splits it at its farthest point, the first one on ties, with the same
+    float64 distance formula: the choices are identical to `rdp`'s.
+    """
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    offsets = np.asarray(offsets, dtype=np.int64).reshape(-1)
+    xs, ys = pts[:, 0].copy(), pts[:, 1].copy()
+    keep = np.zeros(len(pts), dtype=bool)
+    starts, ends = offsets[:-1], offsets[1:] - 1
+    nonempty = ends >= starts
+    keep[starts[nonempty]] = True
+    keep[ends[nonempty]] = True
+    unsettled = ~keep  # interior points whose segment has not been decided yet
+    while True:
+        cand = np.flatnonzero(unsettled)
+        if cand.size == 0:
+            return keep
+        # each candidate's segment runs from the kept point before it to the kept point after it
+        kept = np.flatnonzero(keep)
+        after = np.searchsorted(kept, cand)
+        first, last = kept[after - 1], kept[after]
+        ax, ay, px, py = xs[first], ys[first], xs[cand], ys[cand]
+        d0 = xs[last] - ax
+        d1 = ys[last] - ay
+        norm = np.hypot(d0, d1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dist = np.abs(d0 * (ay - py) - d1 * (ax - px)) / norm
+        degenerate = norm == 0.0
+        if degenerate.any():
+            dist[degenerate] = np.hypot(px[degenerate] - ax[degenerate], py[degenerate] - ay[degenerate])
+        # candidates of one segment are contiguous: runs of equal `first`
+        new_run = np.r_[True, first[1:] != first[:-1]]
+        run_start = np.flatnonzero(new_run)
+        run_of = np.cumsum(new_run) - 1
+        run_max = np.maximum.reduceat(dist, run_start)
+        pos = np.arange(cand.size)
+        run_argmax = np.minimum.reduceat(np.where(dist == run_max[run_of], pos, cand.size), run_start)
+        split = run_max > epsilon
+        chosen = cand[run_argmax[split]]
+        keep[chosen] = True
+        unsettled[chosen] = False
+        unsettled[cand[~split[run_of]]] = False
+
+
+def rdp_many(polylines: Sequence[np.ndarray], epsilon: float) -> list[np.ndarray]:
+    """`[rdp(p, epsilon) for p in polylines]`, computed in one batched pass (`rdp_mask`)."""
+    arrays = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in polylines]
+    if not arrays:
+        return []
+    offsets = np.concatenate([[0], np.cumsum([len(a) for a in arrays])])
+    pts = np.concatenate(arrays, 0)
+    keep = rdp_mask(pts, offsets, epsilon)
+    return [pts[i:j][keep[i:j]].astype(np.float32) for i, j in zip(offsets[:-1], offsets[1:])]
+
+
 def simplify(sketch: np.ndarray, epsilon: float = 2.0) -> np.ndarray:
     """RDP-simplify every stroke of a stroke-3 sketch."""
     return from_polylines([rdp(p, epsilon) for p in to_polylines(sketch)])

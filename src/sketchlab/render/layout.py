@@ -1,0 +1,107 @@
+"""What the SVG and PNG renderers share: input coercion, fitting a sketch into a cell, the grid
+shape and the stroke colours.
+
+A stroke-3 sketch's first row is a pen-up move from the origin to the first point, and a row
+with `p = 1` lifts the pen after its point, so drawing a sketch means drawing its polylines
+(`strokes.to_polylines`) and nothing in between. The origin is not part of the drawing, so the
+fit uses the bounding box of the drawn points only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from typing import Callable, Sequence
+
+import numpy as np
+
+from sketchlab.data.strokes import Sketches, to_polylines
+from sketchlab.errors import ConfigError, DataError
+
+# A qualitative palette (Tableau 10, slightly darkened for thin lines on white).
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
+INK = "#1a1a1a"
+
+
+def as_sketch_list(sketches) -> list[np.ndarray]:
+    """A `Sketches`, one stroke-3 array, or a sequence of them -> list of float32 `(n, 3)` arrays."""
+    if isinstance(sketches, Sketches):
+        return list(sketches)
+    if isinstance(sketches, np.ndarray) and sketches.ndim == 2:
+        sketches = [sketches]
+    out = []
+    for i, s in enumerate(sketches):
+        arr = np.asarray(s, dtype=np.float32)
+        if arr.ndim != 2 or arr.shape[1] != 3:
+            raise DataError(f"sketch {i}: expected a stroke-3 array of shape (n, 3), got {arr.shape}")
+        out.append(arr)
+    return out
+
+
+def stroke_colours(n_strokes: int, colour_strokes: bool, colour: str = INK) -> list[str]:
+    """One colour per stroke: the palette in drawing order, or `colour` for all."""
+    if colour_strokes:
+        return [PALETTE[i % len(PALETTE)] for i in range(n_strokes)]
+    return [colour] * n_strokes
+
+
+def fit_polylines(sketch: np.ndarray, x0: float, y0: float, width: float, height: float,
+                  margin: float) -> list[np.ndarray]:
+    """The sketch's polylines scaled uniformly to fit the box `(x0, y0, width, height)` less
+    `margin` on every side, centred. Returns absolute `(k, 2)` float64 arrays in box pixels.
+
+    A sketch whose points are all equal becomes a dot in the middle of the box.
+    """
+    lines = [p.astype(np.float64) for p in to_polylines(sketch)]
+    if not lines:
+        return []
+    allpts = np.concatenate(lines, 0)
+    if not np.all(np.isfinite(allpts)):
+        raise DataError("cannot draw a sketch holding NaN or inf offsets")
+    lo, hi = allpts.min(0), allpts.max(0)
+    extent = hi - lo
+    inner_w, inner_h = max(width - 2 * margin, 1.0), max(height - 2 * margin, 1.0)
+    scale = min(inner_w / max(extent[0], 1e-9), inner_h / max(extent[1], 1e-9))
+    if not np.isfinite(scale) or extent.max() <= 1e-9:
+        scale = 1.0
+    centre_src = (lo + hi) / 2
+    centre_dst = np.array([x0 + width / 2, y0 + height / 2])
+    return [(p - centre_src) * scale + centre_dst for p in lines]
+
+
+def grid_shape(n: int, cols: int | None) -> tuple[int, int]:
+    """`(rows, cols)` for `n` cells; `cols=None` picks a near-square grid."""
+    if n <= 0:
+        return 0, 0
+    if cols is None or cols <= 0:
+        cols = math.ceil(math.sqrt(n))
+    cols = min(cols, n)
+    return math.ceil(n / cols), cols
+
+
+def check_titles(titles: Sequence[str] | None, n: int, what: str = "titles") -> list[str] | None:
+    if titles is None:
+        return None
+    titles = [str(t) for t in titles]
+    if len(titles) != n:
+        raise ConfigError(f"{len(titles)} {what} for {n} sketches; give one per sketch")
+    return titles
+
+
+def atomic_write(path: str | os.PathLike, write: Callable, mode: str = "wb") -> None:
+    """Call `write(file)` on a temporary file in the target folder, then rename it to `path`,
+    so a killed process never leaves a torn drawing."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
