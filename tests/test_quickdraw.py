@@ -808,3 +808,41 @@ def test_restricted_unpickler_refuses_abuse_of_allowed_globals(tmp_path, stream,
     with pytest.raises(DataError, match=match):
         qd.load_npz(path, ["train"])
     assert qd._ALLOWED_GLOBALS[("numpy", "dtype")].fn is qd._dtype  # nothing was rewritten
+
+
+def test_import_gzip_format_override_and_explicit_splits_file(tmp_path):
+    import gzip
+
+    lines = [json.dumps({"key_id": f"g{i}", "drawing": [[[0, 1, 2, 3, 10, 40], [0, 0, 0, 0, 0, 30]]]})
+             for i in range(6)]
+    with gzip.open(tmp_path / "zig.ndjson.gz", "wt") as fh:
+        fh.write("\n".join(lines))
+    splits = tmp_path / "my_splits.json"
+    splits.write_text(json.dumps({"zig": {"train": ["g0", "g1", "g2"], "valid": ["g3"],
+                                          "test": ["g4", "g5"]}}))
+    # As simplified data the points stay; forced through RDP (epsilon 2) the collinear run
+    # collapses: (10, 0) lies 6 px off the line (0, 0)-(40, 30), (1..3, 0) lie on (0, 0)-(10, 0).
+    kept = qd.import_ndjson([tmp_path / "zig.ndjson.gz"], tmp_path / "a", splits_file=splits,
+                            progress=False)
+    assert (kept["categories"]["zig"]["train"], kept["categories"]["zig"]["test"]) == (3, 2)
+    assert kept["categories"]["zig"]["test_carved_from_train"] == 0
+    assert qd.load_npz_split(tmp_path / "a" / "zig.npz", "train").lengths.tolist() == [6] * 3
+    forced = qd.import_ndjson([tmp_path / "zig.ndjson.gz"], tmp_path / "b", fmt="spg",
+                              splits_file=splits, progress=False)
+    assert forced["formats"] == {"spg": 6}
+    assert qd.load_npz_split(tmp_path / "b" / "zig.npz", "test")[0].tolist() == [
+        [0, 0, 0], [10, 0, 0], [30, 30, 1]]
+
+
+def test_cli_data_without_subcommand_prints_help(monkeypatch, capsys):
+    code, out, _ = _run_cli(monkeypatch, capsys, "data")
+    assert code == 1 and "import" in out and "download" in out and "info" in out
+
+
+def test_cli_download_continues_after_one_failure(server, tmp_path, monkeypatch, capsys):
+    server.files["/sketchrnn/cat.npz"] = _npz_bytes(tmp_path)
+    code, out, err = _run_cli(monkeypatch, capsys, "data", "download", "emu", "cat", "--out",
+                              str(tmp_path / "dl"), "--base-url", server.url, "--quiet")
+    assert code == 2 and "emu: error: unknown category 'emu'" in err
+    assert "1 of 2 downloads failed: emu" in err
+    assert (tmp_path / "dl" / "cat.npz").is_file() and "cat.npz" in out
