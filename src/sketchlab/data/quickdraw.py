@@ -19,6 +19,11 @@ What a bad file gets (the policy every loader here follows):
 
 `sketchlab data import` drops and counts bad ndjson lines instead (see `import_ndjson`): one bad
 drawing among a million must not stop a conversion.
+
+Public API: `load_npz` / `load_npz_split` / `read_npz_array` (safe reading), `save_sketchrnn_npz`
+(the standard layout, readable by the original repos), `load_categories` (what the trainer
+calls), `describe_npz` (`data info`), `import_ndjson` + `drawing_to_stroke3` (`data import`),
+`download_category` (`data download`). The command-line wrappers live in `commands.py`.
 """
 
 from __future__ import annotations
@@ -851,6 +856,37 @@ def _output_name(category: str) -> str:
     return category.replace(os.sep, "_").replace("/", "_") + ".npz"
 
 
+def _write_category(cat: _Category, out_dir: Path, fractions: tuple[float, float, float],
+                    seed: int, epsilon: float, max_points: int) -> dict:
+    """Split one imported category, write `<name>.npz` atomically, return its report entry."""
+    if not cat.sketches:
+        return {"file": None, "dropped": dict(cat.dropped),
+                "note": "no usable drawing; nothing written"}
+    plan = _assign_splits(cat, fractions, seed)
+    lengths = np.array([len(s) for s in cat.sketches])
+    entry = {
+        "file": _output_name(cat.name),
+        **{s: len(plan["indices"][s]) for s in SPLITS},
+        "mean_length": round(float(lengths.mean()), 1),
+        "max_length": int(lengths.max()),
+        "split_source": cat.splits_file or (f"seeded {'/'.join(f'{f:.4g}' for f in fractions)} "
+                                            f"(seed {seed})"),
+        "test_carved_from_train": plan["test_carved_from_train"],
+        "dropped": dict(cat.dropped),
+        "sources": sorted(cat.sources),
+    }
+    provenance = {"category": cat.name, "epsilon": epsilon, "max_points": max_points,
+                  "seed": seed, **{k: entry[k] for k in (
+                      "split_source", "test_carved_from_train", "sources")}}
+    extra = {f"{s}_key_ids": np.array([cat.key_ids[i] for i in plan["indices"][s]],
+                                      dtype=np.str_) for s in SPLITS}
+    extra["sketchlab_import"] = np.array(json.dumps(provenance))
+    save_sketchrnn_npz(out_dir / entry["file"],
+                       {s: [cat.sketches[i] for i in plan["indices"][s]] for s in SPLITS},
+                       extra=extra)
+    return entry
+
+
 def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                   fmt: str = "auto", categories: Sequence[str] | None = None,
                   split: tuple[float, float, float] = (0.9, 0.05, 0.05), seed: int = 0,
@@ -974,9 +1010,9 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
                         drop(cat, e.reason, where)
                         continue
                     given = None
-                    if table is not None:
+                    if table is not None and key in table[1]:
                         cat.splits_file = table[0]
-                        given = table[1].get(key, {}).get(key_id)
+                        given = table[1][key].get(key_id)
                     pending.append((cat, key_id, given, where, line_fmt, lines))
                     if len(pending) >= batch_size:
                         finish_pending()
@@ -996,35 +1032,8 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report_cats: dict[str, dict] = {}
-    for key in sorted(cats):
-        cat = cats[key]
-        if not cat.sketches:
-            report_cats[cat.name] = {"file": None, "dropped": dict(cat.dropped),
-                                     "note": "no usable drawing; nothing written"}
-            continue
-        plan = _assign_splits(cat, fractions, seed)
-        lengths = np.array([len(s) for s in cat.sketches])
-        entry = {
-            "file": _output_name(cat.name),
-            **{s: len(plan["indices"][s]) for s in SPLITS},
-            "mean_length": round(float(lengths.mean()), 1),
-            "max_length": int(lengths.max()),
-            "split_source": cat.splits_file or f"seeded {fractions} (seed {seed})",
-            "test_carved_from_train": plan["test_carved_from_train"],
-            "dropped": dict(cat.dropped),
-            "sources": sorted(cat.sources),
-        }
-        provenance = {"category": cat.name, "epsilon": epsilon, "max_points": max_points,
-                      "seed": seed, **{k: entry[k] for k in (
-                          "split_source", "test_carved_from_train", "sources")}}
-        extra = {f"{s}_key_ids": np.array([cat.key_ids[i] for i in plan["indices"][s]],
-                                          dtype=np.str_) for s in SPLITS}
-        extra["sketchlab_import"] = np.array(json.dumps(provenance))
-        save_sketchrnn_npz(out_dir / entry["file"],
-                           {s: [cat.sketches[i] for i in plan["indices"][s]] for s in SPLITS},
-                           extra=extra)
-        report_cats[cat.name] = entry
+    report_cats = {cats[key].name: _write_category(cats[key], out_dir, fractions, seed, epsilon,
+                                                   max_points) for key in sorted(cats)}
     report = {
         "sources": [os.fspath(f) for f in files],
         "out": os.fspath(out_dir),
