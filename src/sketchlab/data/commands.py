@@ -61,12 +61,21 @@ def _fractions(text: str) -> tuple[float, float, float]:
     return parts  # type: ignore[return-value]
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 def _print_table(headers: list[str], rows: list[list]) -> None:
     cells = [[str(c) for c in r] for r in [headers, *rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    numeric = [all(_is_number(r[i]) or r[i] == "-" for r in cells[1:]) for i in range(len(headers))]
     for n, r in enumerate(cells):
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
-                        enumerate(zip(r, widths))))
+        print("  ".join(c.rjust(w) if num else c.ljust(w)
+                        for c, w, num in zip(r, widths, numeric)).rstrip())
         if n == 0:
             print("  ".join("-" * w for w in widths))
 
@@ -98,10 +107,12 @@ def _cmd_import(args) -> int:
               if c.get("test_carved_from_train")}
     if carved:
         sources = sorted({report["categories"][n]["split_source"] for n in carved})
+        low, high = min(carved.values()), max(carved.values())
+        sizes = str(low) if low == high else f"{low}-{high}"
         print(f"note: {', '.join(sources)} gives no test split (e.g. SPG withholds it): a seeded "
               f"test split (seed {report['seed']}) was carved out of train for {len(carved)} "
-              f"categor{'y' if len(carved) == 1 else 'ies'} ({min(carved.values())}-"
-              f"{max(carved.values())} sketches each); recorded in each npz and the report.")
+              f"categor{'y' if len(carved) == 1 else 'ies'} ({sizes} sketches each); recorded "
+              f"in each npz and the report.")
     print(f"wrote {len([c for c in report['categories'].values() if c.get('file')])} npz files and "
           f"{os.path.join(report['out'], 'import_report.json')}")
     return 0
