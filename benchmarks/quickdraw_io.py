@@ -1,6 +1,6 @@
 """Benchmark: QuickDraw data I/O against the plain way, in the same run.
 
-* `rdp`: the import's batched RDP (`quickdraw.rdp_polylines`, 2,000 drawings per pass) against
+* `rdp`: the import's batched RDP (`strokes.rdp_many`, 2,000 drawings per pass) against
   the plain per-stroke `strokes.rdp`, on the dense SPG strokes (results must be identical);
 * `load`: the safe sketch-rnn reader (`load_npz`, restricted unpickler + validation into
   `Sketches`) against `np.load(allow_pickle=True)` (trusted shared file only, for reference);
@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from sketchlab.data import quickdraw as qd  # noqa: E402
+from sketchlab.data import strokes as S  # noqa: E402
 from sketchlab.data.strokes import rdp  # noqa: E402
 
 DATA = Path(os.environ.get("SKETCHLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -51,7 +52,7 @@ def bench_rdp(n_drawings: int = 2000) -> dict:
                      for line in lines]
     polylines = [p for d in drawings for p in d]
     t_plain, plain = _timed(lambda: [rdp(p, 2.0) for p in polylines], repeats=1)
-    t_fast, fast = _timed(lambda: qd.rdp_polylines(polylines, 2.0))
+    t_fast, fast = _timed(lambda: S.rdp_many(polylines, 2.0))
     same = all(np.array_equal(a, b) for a, b in zip(plain, fast))
     return {"drawings": len(drawings), "polylines": len(polylines),
             "points": int(sum(len(p) for p in polylines)), "plain_s": round(t_plain, 4),

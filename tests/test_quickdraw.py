@@ -242,24 +242,6 @@ def test_on_bad_must_be_known(tmp_path):
 # ============================================================================================
 
 
-def test_batched_rdp_equals_strokes_rdp_exactly(rng):
-    for trial in range(300):
-        lines = []
-        for _ in range(int(rng.integers(0, 6))):
-            n = int(rng.integers(0, 60))
-            walk = np.cumsum(rng.normal(size=(n, 2)) * rng.uniform(0.3, 6), axis=0)
-            if trial % 2:
-                walk = np.rint(walk)  # integer points: many exact ties in the distances
-            if trial % 5 == 0 and n:
-                walk[:] = walk[0]  # degenerate segment (both ends equal)
-            lines.append(walk)
-        got = qd.rdp_polylines(lines, 2.0)
-        want = [S.rdp(p, 2.0) for p in lines]
-        assert len(got) == len(want)
-        for g, w in zip(got, want):
-            assert g.dtype == np.float32 and np.array_equal(g, w)
-
-
 def test_simplified_drawing_only_becomes_relative():
     drawing = [[[10, 20, 20], [0, 0, 30]], [[50, 60], [40, 40]]]
     s3 = qd.drawing_to_stroke3(drawing, "simplified")

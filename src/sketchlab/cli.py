@@ -15,7 +15,11 @@ from sketchlab import __version__
 from sketchlab.errors import SketchlabError
 
 # Modules that contribute subcommands, in the order `--help` lists them.
-CLI_MODULES: list[str] = []
+CLI_MODULES: list[str] = [
+    "sketchlab.data.commands",
+    "sketchlab.render.commands",
+    "sketchlab.train.commands",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,14 +30,16 @@ def load_splits(data_dir: str | Path | None, categories: list[str] | None = None
     otherwise each category is read from `<data_dir>/<category>.npz` with the safe loader.
     """
     if data_dir is None or str(data_dir) == BUILTIN:
-        from sketchlab.data.synthetic import CATEGORIES, make_splits
+        from sketchlab.data.synthetic import CATEGORIES, make_doodle_splits
 
         cats = categories or list(CATEGORIES)
         unknown = [c for c in cats if c not in CATEGORIES]
         if unknown:
             raise ConfigError(f"unknown built-in doodle categories {unknown}; "
                               f"available: {', '.join(CATEGORIES)}")
-        return make_splits(n_per_category=builtin_per_category, categories=cats, seed=seed)
+        n_eval = max(10, builtin_per_category // 10)
+        return make_doodle_splits(n_train=builtin_per_category, n_valid=n_eval, n_test=n_eval,
+                                  categories=cats, seed=seed)
     from sketchlab.data.quickdraw import load_categories
 
     data_dir = Path(data_dir)

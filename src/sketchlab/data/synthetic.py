@@ -40,7 +40,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sketchlab.data.strokes import Sketches, atomic_savez, rdp_mask
+from sketchlab.data.quickdraw import save_sketchrnn_npz
+from sketchlab.data.strokes import Sketches, rdp_mask
+from sketchlab.fileio import atomic_write_text
 from sketchlab.errors import ConfigError
 
 CATEGORIES: tuple[str, ...] = ("house", "sun", "fish", "cup", "star")
@@ -697,15 +699,10 @@ def write_npz_dataset(out_dir: str | os.PathLike, n_per_category: int = 1000, se
         styles[name] = {"styles": list(STYLES[name])}
         for split, n in sizes.items():
             sketches, style = _make_category(name, n, seed, split)
-            column = np.empty(len(sketches), dtype=object)
-            for i, s in enumerate(sketches):
-                column[i] = s.astype(np.int16)
-            arrays[split] = column
+            arrays[split] = list(sketches)
             styles[name][split] = style.tolist()
         path = out / f"{name}.npz"
-        atomic_savez(path, **arrays)
+        save_sketchrnn_npz(path, arrays)
         paths.append(path)
-    tmp = out / ".styles.json.tmp"
-    tmp.write_text(json.dumps(styles))
-    os.replace(tmp, out / "styles.json")
+    atomic_write_text(out / "styles.json", json.dumps(styles))
     return paths

@@ -137,11 +137,9 @@ def _draw_loss_curve(run_dir: Path) -> None:
     log = run_dir / "log.csv"
     if not log.is_file():
         return
-    try:
-        from sketchlab.render.png import plot_log_csv
-    except ImportError:
-        return
-    plot_log_csv(log, run_dir / "loss.png")
+    from sketchlab.render.png import plot_curves
+
+    plot_curves(log, run_dir / "loss.png", series=["loss", "valid_loss"], title=run_dir.name)
     print(f"loss curve: {run_dir / 'loss.png'}")
 
 
@@ -221,10 +219,11 @@ def to_raw_units(sk: Sketches) -> Sketches:
 
 def draw_grid(sketches: Sketches, path: Path, refs_raw: Sketches | None = None, limit: int = 64) -> bool:
     """A PNG grid of the first `limit` sketches (references above their samples when given)."""
-    try:
-        from sketchlab.render.png import save_grid
-    except ImportError:
-        return False
+    from sketchlab.render import save_grid
+
     shown = sketches[np.arange(min(limit, len(sketches)))]
-    save_grid(shown, path)
+    titles = None
+    if shown.category is not None and shown.category_names:
+        titles = [shown.category_name(i) for i in range(len(shown))]
+    save_grid(shown, path, titles=titles)
     return True
