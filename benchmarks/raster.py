@@ -1,0 +1,168 @@
+"""Benchmark: batched rasterizer vs a plain per-sketch PIL rasterizer, on real sketches.
+
+Times, on the same sketches in the same run:
+* `pil_reference`: the plain way, one sketch at a time: PIL `ImageDraw.line` per stroke on a 4x
+  larger canvas, box-downsampled for anti-aliasing (single process);
+* `rasterize` (numpy, threads over all CPU cores);
+* `rasterize_torch` on the CPU, and on CUDA when present (synchronised, after a warm-up), plus the
+  time for one 75,000-sketch QuickDraw category (the originals' seq2png takes 30-60 minutes).
+Prints one JSON object (sketches/s and ratios) and writes it to $OUT/raster.json when OUT is set.
+
+    PYTHONPATH=src python benchmarks/raster.py                 # 10,000 sheep at 48x48
+    PYTHONPATH=src python benchmarks/raster.py --n 2000 --size 225
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from sketchlab.data.raster import rasterize, rasterize_torch  # noqa: E402
+from sketchlab.data.strokes import Sketches  # noqa: E402
+
+SHEEP = Path(os.environ.get("SKETCHLAB_SHARED_DATA", REPO.parent / "shared" / "data")) / "sketchrnn" / "aaron_sheep.npz"
+
+
+def load_sheep(n: int) -> tuple[list[np.ndarray], int]:
+    """n real sketches: sheep train + valid + test (8,000), repeated from the start if n is larger."""
+    try:
+        from sketchlab.data.quickdraw import load_npz  # the safe loader, once merged
+
+        splits = load_npz(SHEEP, ("train", "valid", "test"))
+        sketches = [s for split in ("train", "valid", "test") for s in splits[split]]
+    except ImportError:
+        # Until the safe loader lands: this trusted shared file only, in this benchmark only.
+        # Never use allow_pickle=True on a user's file.
+        with np.load(SHEEP, allow_pickle=True, encoding="latin1") as f:
+            sketches = [s for split in ("train", "valid", "test") for s in f[split]]
+    sketches = [np.asarray(s, dtype=np.float32) for s in sketches]
+    unique = len(sketches)
+    return [sketches[i % unique] for i in range(n)], unique
+
+
+def pil_reference(sketch: np.ndarray, size: int = 48, margin: float = 1.5, line_width: float = 1.0,
+                  supersample: int = 4) -> np.ndarray:
+    """The plain way: same placement as seq2png, PIL lines at 4x, box-filtered down (AA)."""
+    pos = np.cumsum(sketch[:, :2].astype(np.float64), axis=0)
+    lo = np.minimum(pos.min(0), 0.0)
+    hi = np.maximum(pos.max(0), 0.0)
+    extent = hi - lo
+    norm = extent.max()
+    scale = (size - 2 * margin) / max(norm, 1e-5)
+    pts = ((pos - lo + (norm - extent) / 2) * scale + margin) * supersample
+    img = Image.new("L", (size * supersample, size * supersample), 255)
+    draw = ImageDraw.Draw(img)
+    width = max(1, round(line_width * supersample))
+    first = 0
+    for i in range(len(sketch)):
+        if sketch[i, 2] > 0.5 or i == len(sketch) - 1:  # a stroke ends here
+            if i > first:
+                draw.line([tuple(p) for p in pts[first:i + 1]], fill=0, width=width)
+            first = i + 1
+    return np.asarray(img.resize((size, size), Image.BOX))
+
+
+def timed(fn, repeats: int, sync=None) -> float:
+    """Median seconds of `repeats` calls after one warm-up call."""
+    fn()
+    if sync:
+        sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        if sync:
+            sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def padded(sketches: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    lengths = torch.tensor([len(s) for s in sketches])
+    out = torch.zeros(len(sketches), int(lengths.max()), 3)
+    for i, s in enumerate(sketches):
+        out[i, :len(s)] = torch.from_numpy(s)
+    return out, lengths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=10_000, help="sketches to rasterize (default 10000)")
+    parser.add_argument("--size", type=int, default=48, help="image side in pixels (default 48)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per path (median)")
+    parser.add_argument("--category", type=int, default=75_000,
+                        help="sketches in one category for the CUDA category time (default 75000)")
+    args = parser.parse_args()
+
+    sketches, unique = load_sheep(args.n)
+    batch = Sketches.from_list(sketches)
+    strokes, lengths = padded(sketches)
+    n, size = args.n, args.size
+    result = {
+        "benchmark": "raster", "n": n, "unique_sketches": unique, "size": size,
+        "data": "aaron_sheep train+valid+test", "cpu_count": os.cpu_count(),
+        "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
+    }
+
+    # The plain reference runs once over all n (it is the slow one).
+    start = time.perf_counter()
+    reference = np.stack([pil_reference(s, size) for s in sketches])
+    pil_s = time.perf_counter() - start
+    result["pil_reference_sketches_per_s"] = n / pil_s
+
+    images = rasterize(batch, size)
+    numpy_s = timed(lambda: rasterize(batch, size), args.repeats)
+    result["numpy_sketches_per_s"] = n / numpy_s
+    result["numpy_vs_pil"] = pil_s / numpy_s
+    result["mean_abs_diff_vs_pil_reference"] = float(np.abs(images.astype(np.int16) - reference).mean())
+
+    torch_cpu = rasterize_torch(strokes, lengths, size)
+    result["torch_cpu_vs_numpy_max_abs_diff"] = float((torch_cpu - torch.from_numpy(images).float()).abs().max())
+    cpu_s = timed(lambda: rasterize_torch(strokes, lengths, size), args.repeats)
+    result["torch_cpu_threads"] = torch.get_num_threads()
+    result["torch_cpu_sketches_per_s"] = n / cpu_s
+    result["torch_cpu_vs_pil"] = pil_s / cpu_s
+
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+        result["cuda_device"] = torch.cuda.get_device_name(device)
+        s_dev, l_dev = strokes.to(device), lengths.to(device)
+        out = rasterize_torch(s_dev, l_dev, size)
+        result["cuda_vs_numpy_max_abs_diff"] = float((out.cpu() - torch.from_numpy(images).float()).abs().max())
+        cuda_s = timed(lambda: rasterize_torch(s_dev, l_dev, size), args.repeats, torch.cuda.synchronize)
+        result["cuda_sketches_per_s"] = n / cuda_s
+        result["cuda_vs_pil"] = pil_s / cuda_s
+        # One QuickDraw category: the n sketches tiled up to `category` sketches.
+        reps = -(-args.category // n)
+        cat_s = s_dev.repeat(reps, 1, 1)[:args.category]
+        cat_l = l_dev.repeat(reps)[:args.category]
+        del out
+        torch.cuda.reset_peak_memory_stats()
+        category_s = timed(lambda: rasterize_torch(cat_s, cat_l, size), args.repeats, torch.cuda.synchronize)
+        result["cuda_category_sketches"] = args.category
+        result["cuda_category_seconds"] = category_s
+        result["cuda_category_sketches_per_s"] = args.category / category_s
+        result["cuda_peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+
+    text = json.dumps(result, indent=2)
+    print(text)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"]).mkdir(parents=True, exist_ok=True)
+        (Path(os.environ["OUT"]) / "raster.json").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
