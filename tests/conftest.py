@@ -8,6 +8,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SKETCHLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def pytest_configure(config):
+    import torch
+
+    # One intra-op thread: the tests use small tensors, and OpenMP threads spinning against other
+    # processes on a 2-core machine made tiny loops up to 30x slower.
+    torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

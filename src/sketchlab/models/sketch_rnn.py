@@ -27,9 +27,8 @@ from sketchlab.data import strokes as S
 from sketchlab.data.strokes import Sketches
 from sketchlab.errors import ConfigError
 from sketchlab.models.base import SketchModel
-from sketchlab.nn.mixture import MixtureHead, mixture_nll
-from sketchlab.nn.rnn import make_cell
-from sketchlab.nn.sampling import sample_sequences
+from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms
+from sketchlab.nn.rnn import make_cell, sample_sequences
 
 
 @dataclass
@@ -174,7 +173,7 @@ class SketchRNN(SketchModel):
             kl_cost = torch.clamp(kl, min=c.kl_tolerance)
             terms["kl"] = kl.detach()
         raw = self.decode(strokes[:, :-1], z).float()
-        nll = mixture_nll(raw, strokes[:, 1:], training=self.training, reduction="mean")
+        nll = mixture_loss_terms(raw, strokes[:, 1:], training=self.training, reduction="mean")
         recon = nll["offset"] + nll["pen"]
         total = recon
         if c.conditional:
@@ -190,7 +189,7 @@ class SketchRNN(SketchModel):
         """Sample `n` sketches (normalised stroke-3) from codes `z` (or unconditionally)."""
         device = self.device
         state = self.initial_state(z, n, device)
-        seq = sample_sequences(self.decoder, self.head, state, z, self.config.max_seq_len,
+        seq = sample_sequences(self.decoder, self.head, state, self.config.max_seq_len, z=z,
                                temperature=temperature, greedy=greedy, generator=generator)
         return [S.stroke5_to_stroke3(s) for s in seq.cpu().numpy()]
 
