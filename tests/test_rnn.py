@@ -379,3 +379,24 @@ def test_batched_sampling_is_reproducible_and_well_formed():
     assert a.shape == (6, 20, 5) and torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(a[..., 2:].sum(-1), torch.ones(6, 20))
     assert sampler.graph is None  # CPU: eager loop
+
+
+@pytest.mark.slow
+def test_pointwise_functions_trace_as_one_graph():
+    # On CUDA the per-step pointwise functions are compiled with torch.compile(fullgraph=True).
+    # Trace them on CPU with the aot_eager backend (no compiler needed): any graph break or
+    # tracing error would show up in fusion_status() and the results must still match.
+    from sketchlab.nn import rnn
+
+    prev = rnn.fusion_status()
+    try:
+        rnn.set_fusion(True, backend="aot_eager", devices=("cpu",))
+        for kind in KINDS:
+            cell = small_cell(kind, H=8).train()
+            x, s0 = inputs(cell, B=2, T=3)
+            ref = run_and_grads(cell, x, s0, "reference")
+            fast = run_and_grads(cell, x, s0, "bptt")
+            assert rnn.fusion_status()["error"] is None
+            assert max_rel_err(ref, fast) < 2e-5
+    finally:
+        rnn.set_fusion(prev["enabled"], backend=prev["backend"], devices=prev["devices"])
