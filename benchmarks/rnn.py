@@ -49,6 +49,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from sketchlab.nn import rnn as rnn_mod  # noqa: E402
+from sketchlab.nn.cudagraph import GraphedStep  # noqa: E402
 from sketchlab.nn.mixture import MixtureHead, mixture_nll, sample_step, split_params  # noqa: E402
 from sketchlab.nn.rnn import BatchedSampler, make_cell  # noqa: E402
 
@@ -128,30 +129,6 @@ def make_step(model, opt, path, bf16, device):
         return loss.detach()
 
     return step
-
-
-class GraphedStep:
-    """A whole training step captured in one CUDA graph (static input tensors, fused capturable
-    Adam, grads kept allocated). The capture runs `warmup` real steps first on a side stream."""
-
-    def __init__(self, step, args, warmup=3):
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmup):
-                step(*args)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.out = step(*args)
-        self.args = args
-
-    def __call__(self, *args):
-        for s, a in zip(self.args, args):
-            if s.data_ptr() != a.data_ptr():
-                s.copy_(a)
-        self.graph.replay()
-        return self.out
 
 
 def snapshot(model, opt):

@@ -309,6 +309,8 @@ def _pointwise(name: str, device_type: str) -> Callable:
             try:
                 return _compiled(*args)
             except Exception as e:  # compile errors surface at the first call
+                if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                    raise  # a failing CUDA-graph capture is the caller's to report
                 _disable_fusion(e)
                 return _eager(*args)
 
