@@ -15,6 +15,16 @@ from sketchlab.nn.rnn import BatchedSampler, HyperLSTMCell, LayerNormLSTMCell, L
 KINDS = ["lstm", "layer_norm", "hyper"]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These tensors are tiny: thread fan-out costs more than it saves, badly so on a loaded
+    # 2-core machine. Restored afterwards so other test modules are unaffected.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def small_cell(kind, I=5, H=12, keep=0.9, dtype=torch.float32, seed=0, perturb=0.1):
     torch.manual_seed(seed)
     cell = make_cell(kind, I, H, recurrent_dropout_keep=keep, hyper_num_units=8, hyper_embedding_size=4).to(dtype)
@@ -379,3 +389,99 @@ def test_batched_sampling_is_reproducible_and_well_formed():
     assert a.shape == (6, 20, 5) and torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(a[..., 2:].sum(-1), torch.ones(6, 20))
     assert sampler.graph is None  # CPU: eager loop
+
+
+@pytest.mark.slow
+def test_pointwise_functions_trace_as_one_graph():
+    # On CUDA the per-step pointwise functions are compiled with torch.compile(fullgraph=True).
+    # Trace them on CPU with the aot_eager backend (no compiler needed): any graph break or
+    # tracing error would show up in fusion_status() and the results must still match.
+    from sketchlab.nn import rnn
+
+    prev = rnn.fusion_status()
+    try:
+        rnn.set_fusion(True, backend="aot_eager", devices=("cpu",))
+        for kind in KINDS:
+            cell = small_cell(kind, H=8).train()
+            x, s0 = inputs(cell, B=2, T=3)
+            ref = run_and_grads(cell, x, s0, "reference")
+            fast = run_and_grads(cell, x, s0, "bptt")
+            assert rnn.fusion_status()["error"] is None
+            assert max_rel_err(ref, fast) < 2e-5
+    finally:
+        rnn.set_fusion(prev["enabled"], backend=prev["backend"], devices=prev["devices"])
+
+
+# --------------------------------------------------------------------------------------------
+# CUDA (skipped without a GPU): compiled pointwise functions, whole-step graphs, graphed sampling
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", KINDS)
+def test_cuda_fast_path_matches_reference(kind):
+    from sketchlab.nn import rnn
+
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        cell = small_cell(kind, H=64).cuda().train()
+        x, s0 = inputs(cell, B=8, T=16)
+        x, s0 = x.detach().cuda().requires_grad_(), s0.detach().cuda().requires_grad_()
+        ref = run_and_grads(cell, x, s0, "reference")
+        fast = run_and_grads(cell, x, s0, "bptt")
+        assert rnn.fusion_status()["error"] is None
+        assert max_rel_err(ref, fast) < 1e-4
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+@pytest.mark.gpu
+def test_cuda_graphed_training_step_equals_eager():
+    from sketchlab.nn.cudagraph import GraphedStep
+    from sketchlab.nn.mixture import mixture_nll
+
+    cell = small_cell("hyper", H=64, keep=1.0).cuda().train()
+    head = MixtureHead(64).cuda()
+    params = list(cell.parameters()) + list(head.parameters())
+    opt = torch.optim.Adam(params, lr=1e-3, fused=True, capturable=True)
+    x = torch.randn(8, 16, cell.input_size, device="cuda")
+    s0 = torch.zeros(8, cell.state_size, device="cuda")
+    target = torch.zeros(8, 16, 5, device="cuda")
+    target[..., 2] = 1
+
+    def step(x, s0, target):
+        opt.zero_grad(set_to_none=False)
+        hs, _ = cell.sequence(x, s0)
+        loss = mixture_nll(head(hs), target, training=True)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    graphed = GraphedStep(step, (x, s0, target))
+    saved = [p.detach().clone() for p in params], [{k: v.clone() for k, v in st.items()} for st in opt.state.values()]
+    lg = [graphed(x, s0, target).item() for _ in range(2)]
+    pg = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, s in zip(params, saved[0]):
+            p.copy_(s)
+        for st, sv in zip(opt.state.values(), saved[1]):
+            for k, v in sv.items():
+                st[k].copy_(v)
+    le = [step(x, s0, target).item() for _ in range(2)]
+    assert lg == pytest.approx(le, rel=1e-5)
+    for a, b in zip(pg, params):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_cuda_graphed_sampling_equals_eager():
+    cell, head = _decoder("lstm")
+    cell, head = cell.cuda(), head.cuda()
+    state0 = torch.zeros(32, cell.state_size, device="cuda")
+    z = torch.randn(32, 3, device="cuda")
+    graphed = BatchedSampler(cell, head, 30, use_graph=True)
+    a = graphed(state0, z, 0.5, torch.Generator("cuda").manual_seed(1))
+    assert graphed.graph is not None, graphed.graph_error
+    b = BatchedSampler(cell, head, 30, use_graph=False)(state0, z, 0.5, torch.Generator("cuda").manual_seed(1))
+    torch.testing.assert_close(a, b)

@@ -269,28 +269,36 @@ _POINTWISE: dict[str, Callable] = {
 
 # torch.compile of the pointwise functions: on by default on CUDA, never on CPU. Turn it off with
 # SKETCHLAB_FUSE=0 or `set_fusion(False)`. A compile failure falls back to eager with a warning.
-_FUSION = {"enabled": os.environ.get("SKETCHLAB_FUSE", "1") != "0", "error": None}
+_FUSION = {"enabled": os.environ.get("SKETCHLAB_FUSE", "1") != "0", "error": None, "backend": "inductor", "devices": ("cuda",)}
 _COMPILED: dict[str, Callable] = {}
 
 
-def set_fusion(enabled: bool) -> None:
-    """Enable or disable torch.compile fusion of the per-step pointwise functions on CUDA."""
+def set_fusion(enabled: bool, *, backend: str | None = None, devices: tuple[str, ...] | None = None) -> None:
+    """Enable or disable torch.compile fusion of the per-step pointwise functions (on CUDA by
+    default; tests also trace them on CPU with backend="aot_eager")."""
     _FUSION["enabled"] = bool(enabled)
+    _FUSION["error"] = None
+    if backend is not None:
+        _FUSION["backend"] = backend
+    if devices is not None:
+        _FUSION["devices"] = tuple(devices)
+    _COMPILED.clear()
 
 
 def fusion_status() -> dict:
     """Whether pointwise fusion is on, and the error that turned it off, if any."""
-    return {"enabled": _FUSION["enabled"], "error": _FUSION["error"]}
+    return dict(_FUSION)
 
 
 def _pointwise(name: str, device_type: str) -> Callable:
     eager = _POINTWISE[name]
-    if device_type != "cuda" or not _FUSION["enabled"]:
+    if device_type not in _FUSION["devices"] or not _FUSION["enabled"]:
         return eager
     fn = _COMPILED.get(name)
     if fn is None:
         try:
-            compiled = torch.compile(eager, dynamic=False, fullgraph=True)
+            _raise_recompile_limit()
+            compiled = torch.compile(eager, backend=_FUSION["backend"], dynamic=False, fullgraph=True)
         except Exception as e:  # torch.compile unavailable (e.g. no triton)
             _disable_fusion(e)
             return eager
@@ -301,11 +309,27 @@ def _pointwise(name: str, device_type: str) -> Callable:
             try:
                 return _compiled(*args)
             except Exception as e:  # compile errors surface at the first call
+                if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                    raise  # a failing CUDA-graph capture is the caller's to report
                 _disable_fusion(e)
                 return _eager(*args)
 
         _COMPILED[name] = fn
     return fn
+
+
+def _raise_recompile_limit(limit: int = 64) -> None:
+    """Each function is compiled once per (shape, dtype, mask or not) combination, e.g. the
+    LayerNorm-LSTM step serves both the LayerNorm cell and the hyper cell at several sizes; the
+    default limit of 8 per function would silently send the rest to eager."""
+    import torch._dynamo
+
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name) and getattr(cfg, name) < limit:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                setattr(cfg, name, limit)
 
 
 def _disable_fusion(e: Exception) -> None:
