@@ -79,6 +79,15 @@ class SketchModel(nn.Module):
     def generate(self, *args, **kwargs) -> Sketches:
         raise NotImplementedError
 
+    def decode_codes(self, z: torch.Tensor, *, temperature: float | None = None, seed: int = 0,
+                     greedy: bool = False) -> Sketches:
+        """Decode latent codes `(N, z_size)` into normalised sketches (latent-variable models)."""
+        raise NotImplementedError(f"{self.name} does not decode latent codes")
+
+    def latent_labels(self, z: torch.Tensor) -> dict[str, np.ndarray]:
+        """Named discrete labels of codes for latent maps (e.g. {"component": ...}); none by default."""
+        return {}
+
     @property
     def device(self) -> torch.device:
         for p in self.parameters():

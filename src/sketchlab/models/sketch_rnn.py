@@ -194,6 +194,16 @@ class SketchRNN(SketchModel):
         return [S.stroke5_to_stroke3(s) for s in seq.cpu().numpy()]
 
     @torch.no_grad()
+    def decode_codes(self, z, *, temperature=None, seed=0, greedy=False) -> Sketches:
+        self.eval()
+        t = self.config.temperature if temperature is None else float(temperature)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        z = z.to(self.device, torch.float32)
+        out = Sketches.from_list(self.decode_z(z, len(z), t, greedy, gen), scale_factor=self.scale_factor)
+        out.z = z.cpu().numpy()
+        return out
+
+    @torch.no_grad()
     def generate(self, n: int | None = None, *, references: Sketches | None = None,
                  temperature: float | None = None, seed: int = 0, batch_size: int = 500,
                  greedy: bool = False, sample_z: bool = False) -> Sketches:
