@@ -17,6 +17,7 @@ ImageNet Inception-v3 (spec section 10).
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -152,7 +153,10 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
 
 def _sqrtm_trace(sigma1: np.ndarray, sigma2: np.ndarray, eps: float) -> float:
     """Tr sqrt(S1 S2) as the guided-diffusion evaluator computes it (scipy sqrtm)."""
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
+    with warnings.catch_warnings():
+        # The evaluator calls sqrtm(disp=False): a singular product is handled by the retry below.
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        covmean = linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
         offset = np.eye(len(sigma1)) * eps
         covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
