@@ -144,6 +144,7 @@ def _toy_set(n_per_class, rng):
     return Sketches.from_list(sk, category=cat, category_names=("square", "zigzag"))
 
 
+@pytest.mark.slow
 def test_train_classifier_writes_a_run(tmp_path, rng):
     cfg = C.ClassifierConfig(categories=("square", "zigzag"))
     tc = C.TrainConfig(epochs=2, batch_size=4, max_steps=3, eval_batch_size=8)

@@ -179,6 +179,7 @@ def clf_dir(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_cli_evaluate_samples_file(tmp_path, data_dir, clf_dir, capsys):
     rng = np.random.default_rng(5)
     samples = Sketches.from_list([make_sketch(c, rng) for c in CATS for _ in range(4)],
@@ -220,6 +221,7 @@ def test_cli_evaluate_real_split_and_errors(tmp_path, data_dir, clf_dir):
                  str(data_dir), "--out", str(out), "--device", "cpu"])
 
 
+@pytest.mark.slow
 def test_cli_classifier_train(tmp_path, data_dir):
     out = tmp_path / "clf"
     assert run_cli(["classifier", "train", "--data-dir", str(data_dir), "--categories",

@@ -464,6 +464,8 @@ def train_classifier(train: Sketches, valid: Sketches, out_dir: str | os.PathLik
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     use_amp = tc.amp and device.type == "cuda"
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True   # one fixed input shape: autotune the convolutions
     history, best = [], {"epoch": -1, "valid_accuracy": -1.0}
     step = 0
     bar = tqdm(total=total, desc="classifier", disable=not progress, dynamic_ncols=True)

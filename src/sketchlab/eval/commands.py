@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,11 @@ from sketchlab.eval.classifier import (ClassifierConfig, TrainConfig, atomic_wri
 from sketchlab.eval.evaluate import (EvalConfig, compare_runs, evaluate_sets, load_split,
                                      markdown_table, model_run_hooks, per_category_counts)
 
-_FMT = argparse.RawDescriptionHelpFormatter
+_FMT = argparse.RawDescriptionHelpFormatter   # keeps the examples' line breaks
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, 95)
 
 
 def _categories(text: str | None) -> list[str] | None:
@@ -193,15 +197,15 @@ def _common_eval_args(p: argparse.ArgumentParser) -> None:
 def register_cli(subparsers) -> None:
     clf = subparsers.add_parser(
         "classifier", help="train the Sketch-a-Net judge used by `sketchlab evaluate`",
-        formatter_class=_FMT, description="The Sketch-a-Net classifier behind Rec, IS and the "
-                                          "default features for FID, precision/recall and GS.")
+        formatter_class=_FMT, description=_wrap("The Sketch-a-Net classifier behind Rec, IS and the "
+                                          "default features for FID, precision/recall and GS."))
     clf_sub = clf.add_subparsers(dest="classifier_command", metavar="COMMAND")
     t = clf_sub.add_parser(
         "train", help="train Sketch-a-Net on rasterized sketches", formatter_class=_FMT,
-        description="Train Sketch-a-Net (Yu et al.; 225x225 input, 8 layers, dropout 0.5) on "
+        description=_wrap("Train Sketch-a-Net (Yu et al.; 225x225 input, 8 layers, dropout 0.5) on "
                     "sketches rendered on the fly (random 225 crops of 256 renders, flips, the "
                     "seeds' stroke augmentations). Keeps the checkpoint with the best validation "
-                    "accuracy.",
+                    "accuracy."),
         epilog="example:\n  sketchlab classifier train --data-dir data/spg20 "
                "--categories airplane,apple,pig --out runs/clf --epochs 30")
     t.add_argument("--data-dir", required=True, help="folder of per-category sketch-rnn .npz files")
@@ -224,12 +228,12 @@ def register_cli(subparsers) -> None:
     ev = subparsers.add_parser(
         "evaluate", help="score generated sketches: Rec, Ret, FID, IS, precision/recall, GS",
         formatter_class=_FMT,
-        description="Score SAMPLES (a sketchlab Sketches .npz with categories, or real:SPLIT for "
+        description=_wrap("Score SAMPLES (a sketchlab Sketches .npz with categories, or real:SPLIT for "
                     "real sketches) against the real reference split of the same categories, "
                     "with as many sketches per category. Writes metrics JSON and a markdown table "
                     "that also holds the reference rows (real test; real valid scored like "
                     "samples). FID/IS/P-R/GS use the classifier's features unless --features "
-                    "says otherwise: not comparable with ImageNet-Inception numbers.",
+                    "says otherwise: not comparable with ImageNet-Inception numbers."),
         epilog="examples:\n"
                "  sketchlab evaluate samples.npz --classifier runs/clf --data-dir data/spg20 "
                "--out metrics.json\n"
@@ -246,9 +250,9 @@ def register_cli(subparsers) -> None:
     cmp = subparsers.add_parser(
         "compare", help="sample several runs on the same references and score them in one table",
         formatter_class=_FMT,
-        description="For each RUN, generate one sketch per reference sketch (conditioned on it), "
+        description=_wrap("For each RUN, generate one sketch per reference sketch (conditioned on it), "
                     "re-encode for Ret, and score all runs with `sketchlab evaluate`'s protocol. "
-                    "Trains nothing.",
+                    "Trains nothing."),
         epilog="example:\n  sketchlab compare runs/sketchrnn runs/pix2seq --classifier runs/clf "
                "--data-dir data/spg20 --per-category 100 --out table.json")
     cmp.add_argument("runs", nargs="+", metavar="RUN")

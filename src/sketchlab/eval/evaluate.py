@@ -182,10 +182,12 @@ def evaluate_sets(samples: dict[str, Sketches], reference: Sketches,
         if name != reference_name:
             row["fid"] = M.frechet_distance(*M.feature_statistics(e.features), *ref_stats,
                                             method=cfg.fid_method)
-            row["precision"], row["recall"] = M.precision_recall(ref.features, e.features, cfg.pr_k)
+            row["precision"], row["recall"] = M.precision_recall(
+                ref.features, e.features, cfg.pr_k, device=classifier.device)
         if name in retrieval:
             gallery, queries = retrieval[name]
-            row.update(M.retrieval_metrics(gallery, queries, cfg.ret_topk))
+            row.update(M.retrieval_metrics(gallery, queries, cfg.ret_topk,
+                                           device=classifier.device))
         rows.append(row)
     timings["rec_is_fid_pr_ret"] = time.perf_counter() - t
 
