@@ -109,7 +109,7 @@ def main() -> None:
     ap.add_argument("--data-dir", help="real data: use its test/valid/train splits as sets")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--gs-runs", type=int, default=100)
-    ap.add_argument("--plain-gs-runs", type=int, default=8)
+    ap.add_argument("--plain-gs-runs", type=int, default=16)
     ap.add_argument("--plain-feature-images", type=int, default=64)
     args = ap.parse_args()
 
@@ -203,7 +203,8 @@ def main() -> None:
     serial, t_serial = timed(M.rlts, [feats_s], workers=1, **kw)
     workers = min(os.cpu_count() or 1, args.plain_gs_runs)
     pooled, t_pool = timed(M.rlts, [feats_s], workers=workers, **kw)
-    report["geometry_score"] = {"runs": args.plain_gs_runs, "workers": workers, "serial_s": round(t_serial, 3),
+    report["geometry_score"] = {"runs": args.plain_gs_runs, "workers": workers,
+                                "serial_s": round(t_serial, 3),
                                 "pool_s": round(t_pool, 3), "speedup": round(t_serial / t_pool, 2),
                                 "agree": bool(np.array_equal(serial[0], pooled[0]))}
 

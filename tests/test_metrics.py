@@ -259,4 +259,5 @@ def test_geometry_score_is_reproducible_and_scaled(rng):
 def test_geometry_score_workers_do_not_change_the_result(rng):
     circle, disk = _circle_and_disk(rng, 200)
     kw = dict(n=12, gamma=1 / 8, seed=5)
-    assert M.geometry_score(circle, disk, workers=2, **kw) == M.geometry_score(circle, disk, workers=1, **kw)
+    pooled = M.geometry_score(circle, disk, workers=2, **kw)
+    assert pooled == M.geometry_score(circle, disk, workers=1, **kw)

@@ -378,7 +378,8 @@ def save_classifier(run_dir: str | os.PathLike, model: SketchANet, config: Class
         atomic_write_json(run_dir / "metrics.json", metrics)
 
 
-def load_classifier(run_dir: str | os.PathLike, device=None, batch_size: int = 256) -> SketchANetFeatures:
+def load_classifier(run_dir: str | os.PathLike, device=None,
+                    batch_size: int = 256) -> SketchANetFeatures:
     """Load a classifier run written by `sketchlab classifier train`, ready to judge sketches."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file

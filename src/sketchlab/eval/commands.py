@@ -131,7 +131,8 @@ def cmd_evaluate(args) -> int:
     reference = load_split(args.data_dir, cats, args.reference_split, counts)
     real, real_split = _load_real(args, cats, counts, real_samples_split)
     retrieval = None
-    name = args.name or (f"real {real_samples_split}" if real_samples_split else Path(args.samples).stem)
+    default_name = f"real {real_samples_split}" if real_samples_split else Path(args.samples).stem
+    name = args.name or default_name
     if args.run:
         if samples.z is None:
             raise DataError(f"{args.samples}: Ret needs the code each sample was generated from "

@@ -52,6 +52,16 @@ def _as_tensor(x, name: str, device=None, dtype=torch.float64) -> torch.Tensor:
     return t
 
 
+# Distance tiles hold at most this many entries (128 MiB in float64), whatever N is.
+_TILE_ENTRIES = 1 << 24
+
+
+def _block_rows(block_size: int | None, n_cols: int) -> int:
+    if block_size is not None:
+        return max(1, int(block_size))
+    return max(1, min(4096, _TILE_ENTRIES // max(1, n_cols)))
+
+
 def _squared_distances(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
     """`||a_i - b_j||^2` for a block of rows, by the expansion (clamped at 0 against rounding)."""
     return ((a * a).sum(1, keepdim=True) + b_sq[None, :] - 2.0 * (a @ b.T)).clamp_min_(0.0)
@@ -88,7 +98,8 @@ def recognition_accuracy(logits, labels, ks: Sequence[int] = (1,)) -> dict[str, 
 # ------------------------------------------------------------------------------------------------
 
 
-def retrieval_ranks(gallery_codes, query_codes, block_size: int = 1024, device=None) -> np.ndarray:
+def retrieval_ranks(gallery_codes, query_codes, block_size: int | None = None,
+                    device=None) -> np.ndarray:
     """0-based rank of query i's own gallery item i among all N gallery items.
 
     Distance is the mean squared difference over the code dimensions; gallery items at the same
@@ -106,6 +117,7 @@ def retrieval_ranks(gallery_codes, query_codes, block_size: int = 1024, device=N
         raise ConfigError(f"retrieval: gallery {tuple(g.shape)} and queries {tuple(q.shape)} must "
                           f"have the same shape (query i was generated from gallery item i)")
     n = len(g)
+    block_size = _block_rows(block_size, n)
     g_sq = (g * g).sum(1)
     ranks = torch.empty(n, dtype=torch.int64, device=g.device)
     for s in range(0, n, block_size):
@@ -128,7 +140,7 @@ def retrieval_ranks(gallery_codes, query_codes, block_size: int = 1024, device=N
 
 
 def retrieval_metrics(gallery_codes, query_codes, ks: Sequence[int] = (1, 10, 50),
-                      block_size: int = 1024, device=None) -> dict[str, float]:
+                      block_size: int | None = None, device=None) -> dict[str, float]:
     """`{"ret@k": fraction of queries whose own code is among their k nearest gallery codes}`.
 
     `gallery_codes[i]` is the code sketch i was generated from (in conditional generation, the
@@ -185,8 +197,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, method: str = "sqrtm", eps: float
     when sqrtm is not finite; imaginary parts up to 1e-3 on the diagonal dropped, larger ones
     refused); `"eigh"` is the symmetric-eigenvalue formulation (faster, same value).
     """
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    mu1, mu2 = (np.atleast_1d(np.asarray(m, np.float64)) for m in (mu1, mu2))
+    sigma1, sigma2 = (np.atleast_2d(np.asarray(s, np.float64)) for s in (sigma1, sigma2))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (len(mu1),) * 2:
         raise ConfigError(f"FID: shapes do not match: mu {mu1.shape} vs {mu2.shape}, "
                           f"sigma {sigma1.shape} vs {sigma2.shape}")
@@ -236,7 +248,7 @@ def inception_score(logits, splits: int = 10) -> tuple[float, float]:
 # ------------------------------------------------------------------------------------------------
 
 
-def knn_radii(features, k: int = 3, block_size: int = 2048, device=None) -> torch.Tensor:
+def knn_radii(features, k: int = 3, block_size: int | None = None, device=None) -> torch.Tensor:
     """Squared distance of each point to its k-th nearest neighbour in the same set (self excluded:
     the (k+1)-th smallest value with the self-distance 0 included, as `np.partition(..., k)`)."""
     x = _as_tensor(features, "features", device)
@@ -244,6 +256,7 @@ def knn_radii(features, k: int = 3, block_size: int = 2048, device=None) -> torc
         raise ConfigError(f"precision/recall with k={k} needs more than {k} points per set, "
                           f"got {len(x)}")
     x_sq = (x * x).sum(1)
+    block_size = _block_rows(block_size, len(x))
     out = torch.empty(len(x), dtype=x.dtype, device=x.device)
     for s in range(0, len(x), block_size):
         d = _squared_distances(x[s:s + block_size], x, x_sq)
@@ -251,13 +264,14 @@ def knn_radii(features, k: int = 3, block_size: int = 2048, device=None) -> torc
     return out
 
 
-def manifold_coverage(queries, manifold, radii: torch.Tensor, block_size: int = 2048,
+def manifold_coverage(queries, manifold, radii: torch.Tensor, block_size: int | None = None,
                       device=None) -> float:
     """Fraction of `queries` inside the union of balls `B(manifold_j, radius_j)` (`<=`)."""
     q = _as_tensor(queries, "queries", device)
     m = _as_tensor(manifold, "manifold", device)
     radii = radii.to(m.device, m.dtype)
     m_sq = (m * m).sum(1)
+    block_size = _block_rows(block_size, len(m))
     inside = 0
     for s in range(0, len(q), block_size):
         d = _squared_distances(q[s:s + block_size], m, m_sq)
@@ -265,7 +279,7 @@ def manifold_coverage(queries, manifold, radii: torch.Tensor, block_size: int = 
     return inside / len(q)
 
 
-def precision_recall(real_features, fake_features, k: int = 3, block_size: int = 2048,
+def precision_recall(real_features, fake_features, k: int = 3, block_size: int | None = None,
                      device=None) -> tuple[float, float]:
     """Improved precision (fake inside the real manifold) and recall (real inside the fake
     manifold) of Kynkaeaenniemi et al. 2019, with k-NN balls in squared Euclidean distance."""
