@@ -154,7 +154,7 @@ def main() -> None:
     report["evaluation"] = {"total_s": round(total, 3),
                             "phases_s": {k: round(v, 3) for k, v in result["timings"].items()},
                             "gs_runs": cfg.gs_runs,
-                            "gs_workers": default_workers(cfg.gs_runs * 3),
+                            "gs_workers": default_workers(cfg.gs_runs * 3, n),
                             "rows": [{k: v for k, v in r.items() if k != "rec@1_per_category"}
                                      for r in result["rows"]]}
 

@@ -45,7 +45,7 @@ class EvalConfig:
     gs_landmarks: int = 64
     gs_gamma: float | None = None   # None: 1/128 * N/5000 per set (reference code)
     gs_i_max: int = 100
-    gs_workers: int | None = None   # None: one per core (up to 16); 1: in this process
+    gs_workers: int | None = None   # None: topology.default_workers; 1: in this process
     gs_scale: float = 1000.0
     seed: int = 0
 

@@ -99,7 +99,11 @@ def _check_gudhi() -> None:
                           "`pip install sketchlab[metrics]`), or skip it with --no-gs") from e
 
 
-def default_workers(runs: int) -> int:
+def default_workers(runs: int, n_points: int) -> int:
+    """Processes worth starting: none for small jobs (a spawned worker costs about a second to
+    start), else one per core up to 16 and up to one per 10 runs."""
+    if runs * n_points < 200_000:
+        return 1
     return max(1, min(os.cpu_count() or 1, 16, runs // 10))
 
 
@@ -109,7 +113,8 @@ def rlts(point_sets: Sequence[np.ndarray], n: int = DEFAULT_RUNS, landmarks: int
     """Algorithm 1 for several clouds at once: per cloud an `(n, i_max)` array of RLTs.
 
     Cloud k uses landmark draws from `default_rng(seeds[k])` (default `seeds = 0, 1, 2, ...`).
-    With `workers > 1` the runs are spread over that many spawned processes.
+    With `workers > 1` the runs are spread over that many spawned processes (default: chosen by
+    `default_workers`).
     """
     _check_gudhi()
     sets = [np.ascontiguousarray(np.asarray(p, dtype=np.float64)) for p in point_sets]
@@ -124,7 +129,9 @@ def rlts(point_sets: Sequence[np.ndarray], n: int = DEFAULT_RUNS, landmarks: int
     draws = [np.random.default_rng(s).integers(0, len(p), size=(n, landmarks))
              for p, s in zip(sets, seeds)]
     gammas = [default_gamma(len(p)) if gamma is None else float(gamma) for p in sets]
-    workers = default_workers(n * len(sets)) if workers is None else int(workers)
+    if workers is None:
+        workers = default_workers(n * len(sets), max(len(p) for p in sets))
+    workers = int(workers)
     if workers <= 1:
         return [_rlt_runs(p, d, g, i_max) for p, d, g in zip(sets, draws, gammas)]
     # Chunks of runs per task; each task carries its cloud (a few MB) once.
