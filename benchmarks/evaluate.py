@@ -1,7 +1,7 @@
 """Time the whole evaluation of N generated sketches (render + features + every metric) and the
 fast paths against plain references, in one run. Prints JSON (and writes $OUT/evaluate.json).
 
-    python benchmarks/evaluate.py                     # CPU: small N
+    OMP_NUM_THREADS=1 python benchmarks/evaluate.py --plain-gs-runs 8   # CPU: small N
     python benchmarks/evaluate.py --n 2500 --device cuda --classifier runs/clf
     python benchmarks/evaluate.py --n 2500 --data-dir data/spg20 --classifier runs/clf
 
@@ -14,7 +14,8 @@ Plain references, each timed in the same run:
 * precision/recall: full float64 scipy distance matrices + np.partition (the official algorithm
   written plainly) vs blocked torch;
 * Ret: the seeds' loop (MSE to every gallery code per query, argsort) vs blocked expansion;
-* GS: serial runs vs the process pool (on a reduced number of runs);
+* rendering: batched vs one sketch per call;
+* GS: serial runs vs the process pool (one set, --plain-gs-runs runs);
 * FID: scipy sqrtm vs the eigh formulation.
 """
 
@@ -109,7 +110,7 @@ def main() -> None:
     ap.add_argument("--data-dir", help="real data: use its test/valid/train splits as sets")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--gs-runs", type=int, default=100)
-    ap.add_argument("--plain-gs-runs", type=int, default=16)
+    ap.add_argument("--plain-gs-runs", type=int, default=100)
     ap.add_argument("--plain-feature-images", type=int, default=64)
     args = ap.parse_args()
 
@@ -158,7 +159,20 @@ def main() -> None:
                             "rows": [{k: v for k, v in r.items() if k != "rec@1_per_category"}
                                      for r in result["rows"]]}
 
-    # --- features: batched vs one image per forward pass
+    # --- rendering alone: batched (the GPU rasterizer on CUDA) vs one sketch per call
+    def render_all(items, bs):
+        for i in range(0, len(items), bs):
+            judge.images(items[i:i + bs])
+
+    items = list(samples)
+    _, t_render = timed(render_all, items, judge.batch_size, sync=sync)
+    _, t_render1 = timed(render_all, items[: args.plain_feature_images], 1, sync=sync)
+    per_b, per_1 = t_render / len(items), t_render1 / min(len(items), args.plain_feature_images)
+    report["render"] = {"batched_sketches_per_s": round(1 / per_b, 1),
+                        "one_by_one_sketches_per_s": round(1 / per_1, 1),
+                        "speedup": round(per_1 / per_b, 2)}
+
+    # --- features: batched vs one image per forward pass (render included)
     sub = list(samples)[: args.plain_feature_images]
     (feats_s, _), t_batched = timed(judge.extract, samples, sync=sync)
 

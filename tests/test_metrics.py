@@ -261,3 +261,13 @@ def test_geometry_score_workers_do_not_change_the_result(rng):
     kw = dict(n=12, gamma=1 / 8, seed=5)
     pooled = M.geometry_score(circle, disk, workers=2, **kw)
     assert pooled == M.geometry_score(circle, disk, workers=1, **kw)
+
+
+@pytest.mark.gpu
+def test_cuda_paths_match_cpu(rng):
+    real, fake = rng.normal(size=(700, 64)), rng.normal(size=(600, 64)) * 1.2
+    assert M.precision_recall(real, fake, device="cuda") == M.precision_recall(real, fake)
+    gallery = rng.integers(-2, 3, size=(900, 16)).astype(float)
+    queries = gallery + rng.integers(-1, 2, size=gallery.shape)
+    assert (M.retrieval_ranks(gallery, queries, device="cuda")
+            == M.retrieval_ranks(gallery, queries)).all()
