@@ -107,7 +107,9 @@ def main() -> None:
                                                         "CUDA, 300 on CPU)")
     ap.add_argument("--categories", type=int, default=20)
     ap.add_argument("--classifier", help="a trained classifier run (default: random weights)")
-    ap.add_argument("--data-dir", help="real data: use its test/valid/train splits as sets")
+    ap.add_argument("--data-dir", help="real data instead of scribbles (see --splits)")
+    ap.add_argument("--splits", default="test,valid,train",
+                    help="with --data-dir: the splits standing in for samples,reference,real")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--gs-runs", type=int, default=100)
     ap.add_argument("--plain-gs-runs", type=int, default=100)
@@ -136,9 +138,8 @@ def main() -> None:
 
     if args.data_dir:
         per = -(-n // len(cats))
-        samples = E.load_split(args.data_dir, cats, "test", per)
-        reference = E.load_split(args.data_dir, cats, "valid", per)
-        real = E.load_split(args.data_dir, cats, "train", per)
+        names = args.splits.split(",")
+        samples, reference, real = (E.load_split(args.data_dir, cats, sp, per) for sp in names)
     else:
         samples, reference, real = (scribbles(n, len(cats), rng) for _ in range(3))
         if args.classifier:

@@ -2,6 +2,7 @@
 commands, on tiny synthetic data."""
 
 import argparse
+import importlib.util
 import json
 import sys
 import types
@@ -91,7 +92,8 @@ class StatsJudge(C.FeatureExtractor):
         return C.category_labels(sketches, CATS, where)
 
 
-FAST = E.EvalConfig(gs_runs=3, gs_workers=1, is_splits=2)
+FAST = E.EvalConfig(gs_runs=3, gs_workers=1, is_splits=2,
+                    gs=importlib.util.find_spec("gudhi") is not None)
 
 
 def test_load_split_counts_and_order(data_dir):
@@ -115,7 +117,7 @@ def test_identity_samples_score_like_the_reference(data_dir):
     assert rows["copy"]["rec@1"] == rows["reference"]["rec@1"] == 1.0
     assert rows["copy"]["is"] == pytest.approx(rows["reference"]["is"])
     assert rows["real"]["fid"] > 0 and "fid" not in rows["reference"]
-    assert all("gs_x1000" in rows[k] for k in ("real", "copy"))
+    assert all("gs_x1000" in rows[k] for k in ("real", "copy")) or not FAST.gs
     assert rows["copy"]["rec@1_per_category"] == {"square": 1.0, "zigzag": 1.0}
 
 
