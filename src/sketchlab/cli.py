@@ -19,6 +19,8 @@ CLI_MODULES: list[str] = [
     "sketchlab.data.commands",
     "sketchlab.render.commands",
     "sketchlab.train.commands",
+    "sketchlab.eval.commands",
+    "sketchlab.demo",
 ]
 
 

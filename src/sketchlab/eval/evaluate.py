@@ -253,35 +253,37 @@ def model_run_hooks(run_dir: Path, device=None, temperature: float = 0.2,
                     batch_size: int = 100, seed: int = 0) -> RunHooks:
     """RunHooks for a sketchlab model run: conditional generation and `Model.encode`.
 
-    Needs `sketchlab.models.load_run(run_dir, device)` returning a model that honours the model
-    interface (`make_batch`, `encode`, `generate`) with its data `scale_factor`.
+    References arrive in raw data units; the model works in units of its training scale factor.
     """
     import torch
 
-    try:
-        from sketchlab.models import load_run
-    except ImportError as e:
-        raise ConfigError("this build of sketchlab cannot load model runs yet "
-                          "(sketchlab.models.load_run is missing)") from e
-    model = load_run(run_dir, device=device)
-    scale = float(getattr(model, "scale_factor", 1.0))
+    from sketchlab.train.checkpoint import load_model
+    from sketchlab.train.commands import to_raw_units
+
+    model = load_model(run_dir, device=device or "cpu")
+    scale = float(model.scale_factor)
     rng = np.random.default_rng(seed)
 
-    def batches(sketches: Sketches):
-        raw = [s.copy() for s in sketches]
-        for s in raw:
-            s[:, :2] *= sketches.scale_factor / scale   # into the model's units
-        for i in range(0, len(raw), batch_size):
-            yield model.make_batch(raw[i:i + batch_size], train=False, rng=rng)
+    def to_model_units(sketches: Sketches) -> Sketches:
+        pts = sketches.points.copy()
+        pts[:, :2] *= sketches.scale_factor / scale
+        return Sketches(pts, sketches.offsets, category=sketches.category,
+                        category_names=sketches.category_names, scale_factor=scale)
 
     @torch.inference_mode()
     def encode(sketches: Sketches) -> np.ndarray:
-        return np.concatenate([model.encode(b).float().cpu().numpy() for b in batches(sketches)])
+        items = list(to_model_units(sketches))
+        codes = []
+        for i in range(0, len(items), batch_size):
+            batch = model.make_batch(items[i:i + batch_size], False, rng)
+            batch = {k: v.to(model.device) for k, v in batch.items()}
+            codes.append(model.encode(batch).float().cpu().numpy())
+        return np.concatenate(codes)
 
-    @torch.inference_mode()
     def sample(reference: Sketches) -> Sketches:
-        parts = [model.generate(b, temperature=temperature) for b in batches(reference)]
-        return Sketches.concat(parts)
+        out = model.generate(references=to_model_units(reference), temperature=temperature,
+                             seed=seed)
+        return to_raw_units(out)
 
     return RunHooks(Path(run_dir).name, sample, encode)
 

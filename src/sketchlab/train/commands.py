@@ -49,6 +49,8 @@ def register_cli(sub) -> None:
     p.add_argument("--hparams", default=None, help='overrides in the originals\' syntax: "k=v,k=[x,y]"')
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total")
     p.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop after this many minutes of training (a checkpoint is kept; rerun to go on)")
     p.add_argument("--limit-per-category", type=int, default=None,
                    help="use at most this many sketches per category and split")
     p.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
@@ -124,7 +126,8 @@ def cmd_train(args) -> int:
     run_info = {"data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
                 "limit_per_category": limit}
     trainer = Trainer(model, data, out, device=pick_device(args.device), max_steps=args.max_steps,
-                      max_epochs=args.max_epochs, progress=not args.no_progress, run_info=run_info)
+                      max_epochs=args.max_epochs, progress=not args.no_progress, run_info=run_info,
+                      max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
     print(f"device: {trainer.device}")
     summary = trainer.train()
     print(f"done: step {summary['step']}, epoch {summary['epoch']}, best valid "

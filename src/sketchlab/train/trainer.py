@@ -149,7 +149,8 @@ class RunLog:
             return
         if self.columns is None:
             base = ["step", "epoch", "lr", "elapsed"]
-            terms = [k for k in row if k not in base and not k.startswith("valid_")]
+            # Train and valid rows report the same terms; whichever comes first names them.
+            terms = list(dict.fromkeys(k.removeprefix("valid_") for k in row if k not in base))
             self.columns = base + terms + ["valid_" + t for t in terms]
             with open(self.path, "w", newline="") as fh:
                 csv.writer(fh).writerow(self.columns)
@@ -182,19 +183,22 @@ def _fmt(v):
 class Trainer:
     """Train `model` on prepared splits into `run_dir`, resuming from it when it holds a checkpoint.
 
-    `max_steps` caps the global step counter; `max_epochs` the epochs; otherwise the model's early
-    stopping (`patience`) decides. `log` receives human-readable progress lines.
+    `max_steps` caps the global step counter, `max_epochs` the epochs, `max_seconds` the wall-clock
+    time of this call; otherwise the model's early stopping (`patience`) decides. `log` receives human-readable progress lines.
     """
 
     def __init__(self, model, data: PreparedData, run_dir, *, device: torch.device | None = None,
                  max_steps: int | None = None, max_epochs: int | None = None,
                  progress: bool = True, log: Callable[[str], None] = print,
-                 model_name: str | None = None, run_info: dict | None = None):
+                 model_name: str | None = None, run_info: dict | None = None,
+                 max_seconds: float | None = None):
         self.cfg = model.config
         self.data = data
         self.run_dir = Path(run_dir)
         self.max_steps = max_steps if max_steps is not None else (model.config.max_steps or None)
         self.max_epochs = max_epochs
+        self.max_seconds = max_seconds       # wall-clock budget of this call (not of the whole run)
+        self._started = time.time()
         self.progress = progress
         self.log_fn = log
         self.model_name = model_name or model.name
@@ -388,11 +392,14 @@ class Trainer:
             return True
         if self.max_epochs is not None and self.epoch >= self.max_epochs:
             return True
+        if self.max_seconds is not None and time.time() - self._started >= self.max_seconds:
+            return True
         return self.stopped_early
 
     def train(self) -> dict:
         """Run until max_steps / max_epochs / early stopping. Returns a summary dict."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._started = time.time()
         self.maybe_resume()
         self.model.train()
         cfg = self.cfg
@@ -461,8 +468,8 @@ class Trainer:
                     t_last = now
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{float(loss):.3f}", epoch=self.epoch)
-                    log_every = max(1, min(100, self.batches_per_epoch))
+                        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", epoch=self.epoch)
+                    log_every = max(1, min(20, self.batches_per_epoch))
                     if self.step % log_every == 0:
                         row = {"step": self.step, "epoch": self.epoch, "lr": lr,
                                "elapsed": round(self.elapsed, 2)}
