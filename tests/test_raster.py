@@ -218,10 +218,15 @@ def test_torch_matches_numpy(rng, size, line_width):
     assert torch.equal(out, out.round())
 
 
-def test_sketches_and_lists_agree(rng):
-    sketches = random_sketches(rng, 5) + [np.zeros((0, 3), np.float32)]
-    np.testing.assert_array_equal(rasterize(Sketches.from_list(sketches)), rasterize(sketches))
-    np.testing.assert_array_equal(rasterize(sketches[2:3]), rasterize(sketches)[2:3])
+def test_sketches_and_lists_agree_and_batching_changes_nothing(rng):
+    empty = np.zeros((0, 3), np.float32)
+    sketches = [empty] + random_sketches(rng, 3) + [empty, empty] + random_sketches(rng, 2) + [empty]
+    together = rasterize(sketches)
+    np.testing.assert_array_equal(rasterize(Sketches.from_list(sketches)), together)
+    for i, sketch in enumerate(sketches):
+        np.testing.assert_array_equal(rasterize([sketch])[0], together[i])
+    torch_out = rasterize_torch(*padded(sketches)).numpy()
+    assert np.abs(torch_out - together).max() <= 1
 
 
 @pytest.mark.gpu
