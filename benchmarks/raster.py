@@ -33,20 +33,28 @@ sys.path.insert(0, str(REPO / "src"))
 from sketchlab.data.raster import rasterize, rasterize_torch  # noqa: E402
 from sketchlab.data.strokes import Sketches  # noqa: E402
 
-SHEEP = Path(os.environ.get("SKETCHLAB_SHARED_DATA", REPO.parent / "shared" / "data")) / "sketchrnn" / "aaron_sheep.npz"
+# Like tests/conftest.py: SKETCHLAB_SHARED_DATA, else shared/data beside (or inside) the repo.
+SHARED_CANDIDATES = [Path(p) for p in (os.environ.get("SKETCHLAB_SHARED_DATA"),) if p] + [
+    REPO.parent / "shared" / "data", REPO / "shared" / "data"]
+SHEEP = Path("sketchrnn") / "aaron_sheep.npz"
 
 
 def load_sheep(n: int) -> tuple[list[np.ndarray], int]:
-    """n real sketches: sheep train + valid + test (8,000), repeated from the start if n is larger."""
+    """n real sketches: sheep train + valid + test (8,000), repeated from the start if needed."""
+    path = next((base / SHEEP for base in SHARED_CANDIDATES if (base / SHEEP).is_file()), None)
+    if path is None:
+        where = ", ".join(str(p) for p in SHARED_CANDIDATES)
+        sys.exit(f"benchmarks/raster.py: {SHEEP} not found under {where}; "
+                 "set SKETCHLAB_SHARED_DATA to the shared data folder")
     try:
         from sketchlab.data.quickdraw import load_npz  # the safe loader, once merged
 
-        splits = load_npz(SHEEP, ("train", "valid", "test"))
+        splits = load_npz(path, ("train", "valid", "test"))
         sketches = [s for split in ("train", "valid", "test") for s in splits[split]]
     except ImportError:
         # Until the safe loader lands: this trusted shared file only, in this benchmark only.
         # Never use allow_pickle=True on a user's file.
-        with np.load(SHEEP, allow_pickle=True, encoding="latin1") as f:
+        with np.load(path, allow_pickle=True, encoding="latin1") as f:
             sketches = [s for split in ("train", "valid", "test") for s in f[split]]
     sketches = [np.asarray(s, dtype=np.float32) for s in sketches]
     unique = len(sketches)
@@ -100,9 +108,12 @@ def padded(sketches: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=10_000, help="sketches to rasterize (default 10000)")
+    parser.add_argument("--n", type=int, default=10_000,
+                        help="sketches to rasterize (default 10000)")
     parser.add_argument("--size", type=int, default=48, help="image side in pixels (default 48)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per path (median)")
+    parser.add_argument("--torch-cpu-n", type=int, default=2000,
+                        help="sketches for the (slow, test-only) torch CPU timing (default 2000)")
     parser.add_argument("--category", type=int, default=75_000,
                         help="sketches in one category for the CUDA category time (default 75000)")
     args = parser.parse_args()
@@ -115,6 +126,7 @@ def main() -> None:
         "benchmark": "raster", "n": n, "unique_sketches": unique, "size": size,
         "data": "aaron_sheep train+valid+test", "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
     # The plain reference runs once over all n (it is the slow one).
@@ -127,22 +139,34 @@ def main() -> None:
     numpy_s = timed(lambda: rasterize(batch, size), args.repeats)
     result["numpy_sketches_per_s"] = n / numpy_s
     result["numpy_vs_pil"] = pil_s / numpy_s
-    result["mean_abs_diff_vs_pil_reference"] = float(np.abs(images.astype(np.int16) - reference).mean())
+    result["mean_abs_diff_vs_pil_reference"] = float(
+        np.abs(images.astype(np.int16) - reference).mean())
 
-    torch_cpu = rasterize_torch(strokes, lengths, size)
-    result["torch_cpu_vs_numpy_max_abs_diff"] = float((torch_cpu - torch.from_numpy(images).float()).abs().max())
-    cpu_s = timed(lambda: rasterize_torch(strokes, lengths, size), args.repeats)
-    result["torch_cpu_threads"] = torch.get_num_threads()
-    result["torch_cpu_sketches_per_s"] = n / cpu_s
-    result["torch_cpu_vs_pil"] = pil_s / cpu_s
+    # The torch path on the CPU is the GPU code, there for testing: time it on a subset, with
+    # torch's default threads and with one thread (OpenMP threads suffer on a busy machine).
+    m = min(n, args.torch_cpu_n)
+    torch_cpu = rasterize_torch(strokes[:m], lengths[:m], size)
+    result["torch_cpu_vs_numpy_max_abs_diff"] = float(
+        (torch_cpu - torch.from_numpy(images[:m]).float()).abs().max())
+    result["torch_cpu_n"] = m
+    threads = torch.get_num_threads()
+    for name, count in (("torch_cpu", threads), ("torch_cpu_1thread", 1)):
+        torch.set_num_threads(count)
+        cpu_s = timed(lambda: rasterize_torch(strokes[:m], lengths[:m], size), args.repeats)
+        result[f"{name}_sketches_per_s"] = m / cpu_s
+        result[f"{name}_vs_pil"] = (pil_s / n) / (cpu_s / m)
+    torch.set_num_threads(threads)
+    result["torch_cpu_threads"] = threads
 
     if torch.cuda.is_available():
         device = torch.device("cuda")
         result["cuda_device"] = torch.cuda.get_device_name(device)
         s_dev, l_dev = strokes.to(device), lengths.to(device)
         out = rasterize_torch(s_dev, l_dev, size)
-        result["cuda_vs_numpy_max_abs_diff"] = float((out.cpu() - torch.from_numpy(images).float()).abs().max())
-        cuda_s = timed(lambda: rasterize_torch(s_dev, l_dev, size), args.repeats, torch.cuda.synchronize)
+        result["cuda_vs_numpy_max_abs_diff"] = float(
+            (out.cpu() - torch.from_numpy(images).float()).abs().max())
+        sync = torch.cuda.synchronize
+        cuda_s = timed(lambda: rasterize_torch(s_dev, l_dev, size), args.repeats, sync)
         result["cuda_sketches_per_s"] = n / cuda_s
         result["cuda_vs_pil"] = pil_s / cuda_s
         # One QuickDraw category: the n sketches tiled up to `category` sketches.
@@ -151,7 +175,7 @@ def main() -> None:
         cat_l = l_dev.repeat(reps)[:args.category]
         del out
         torch.cuda.reset_peak_memory_stats()
-        category_s = timed(lambda: rasterize_torch(cat_s, cat_l, size), args.repeats, torch.cuda.synchronize)
+        category_s = timed(lambda: rasterize_torch(cat_s, cat_l, size), args.repeats, sync)
         result["cuda_category_sketches"] = args.category
         result["cuda_category_seconds"] = category_s
         result["cuda_category_sketches_per_s"] = args.category / category_s

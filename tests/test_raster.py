@@ -218,10 +218,30 @@ def test_torch_matches_numpy(rng, size, line_width):
     assert torch.equal(out, out.round())
 
 
-def test_sketches_and_lists_agree(rng):
-    sketches = random_sketches(rng, 5) + [np.zeros((0, 3), np.float32)]
-    np.testing.assert_array_equal(rasterize(Sketches.from_list(sketches)), rasterize(sketches))
-    np.testing.assert_array_equal(rasterize(sketches[2:3]), rasterize(sketches)[2:3])
+def test_sketches_and_lists_agree_and_batching_changes_nothing(rng):
+    empty = np.zeros((0, 3), np.float32)
+    sketches = [empty] + random_sketches(rng, 3) + [empty, empty] + random_sketches(rng, 2) + [empty]
+    together = rasterize(sketches)
+    np.testing.assert_array_equal(rasterize(Sketches.from_list(sketches)), together)
+    for i, sketch in enumerate(sketches):
+        np.testing.assert_array_equal(rasterize([sketch])[0], together[i])
+    torch_out = rasterize_torch(*padded(sketches)).numpy()
+    assert np.abs(torch_out - together).max() <= 1
+
+
+def test_chunks_blocks_and_threads_change_nothing(rng, monkeypatch):
+    import sketchlab.data.raster as raster
+
+    sketches = random_sketches(rng, 30)
+    ref = rasterize(sketches)
+    ref_torch = rasterize_torch(*padded(sketches))
+    monkeypatch.setattr(raster, "_CPU_SKETCHES", 7)  # several thread tasks
+    monkeypatch.setattr(raster, "_CPU_PIECES", 5)  # several blocks per window shape
+    monkeypatch.setattr(raster, "_cpu_count", lambda: 3)
+    monkeypatch.setitem(raster._TORCH_SKETCHES, "cpu", 4)
+    monkeypatch.setitem(raster._TORCH_PIECES, "cpu", 9)
+    np.testing.assert_array_equal(rasterize(sketches), ref)
+    assert torch.equal(rasterize_torch(*padded(sketches)), ref_torch)
 
 
 @pytest.mark.gpu
