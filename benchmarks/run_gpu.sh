@@ -14,11 +14,11 @@ run() { local name=$1 limit=$2; shift 2
         echo "=== $name ($(date +%T))"; timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log" | tail -25; }
 for stage in "$@"; do
   case $stage in
-    tests)      run gpu_tests 300 python -m pytest -q -x -m gpu tests ;;
-    raster)     run raster 150 python benchmarks/raster.py ;;
-    rnn-hyper)  run rnn_hyper 300 python benchmarks/rnn.py --cells hyper --sizes 2048 --only-train ;;
-    rnn-lstm)   run rnn_lstm 300 python benchmarks/rnn.py --cells lstm,layer_norm --sizes 2048 --only-train ;;
-    rnn-sample) run rnn_sample 150 python benchmarks/rnn.py --only-sample ;;
+    tests)      run gpu_tests 200 python -m pytest -q -x -m gpu tests ;;
+    raster)     run raster 100 python benchmarks/raster.py ;;
+    rnn-hyper)  run rnn_hyper 240 python benchmarks/rnn.py --cells hyper --sizes 2048 --only-train ;;
+    rnn-lstm)   run rnn_lstm 240 python benchmarks/rnn.py --cells lstm,layer_norm --sizes 2048 --only-train ;;
+    rnn-sample) run rnn_sample 100 python benchmarks/rnn.py --only-sample ;;
     diffusion)  run diffusion 300 python benchmarks/diffusion.py ;;
     evaluate)   run evaluate 200 python benchmarks/evaluate.py --data-dir "$SPG20" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
