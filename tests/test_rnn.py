@@ -239,9 +239,9 @@ def run_and_grads(cell, x, s0, path, seed=5, autocast=False):
     for q in [x, s0, *cell.parameters()]:
         q.grad = None
     torch.manual_seed(seed)  # same dropout masks for every path
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
         hs, st = cell.sequence(x, s0, fast=path)
-    w = torch.linspace(-1, 1, hs.numel(), dtype=x.dtype).view_as(hs)
+    w = torch.linspace(-1, 1, hs.numel(), dtype=x.dtype, device=x.device).view_as(hs)
     loss = (hs.to(x.dtype) * w).sum() + (st.to(x.dtype) ** 2).sum()
     loss.backward()
     names = ["h", "final_state", "d_x", "d_state0"] + [f"d_{n}" for n, _ in cell.named_parameters()]
