@@ -175,10 +175,13 @@ def _check_params(size, margin, line_width) -> int:
 
 
 def _cpu_count() -> int:
+    """Threads for `rasterize`: the usable cores, capped by torch's thread setting (so a
+    DataLoader worker, where torch uses one thread, rasterizes on one thread too)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, torch.get_num_threads()))
 
 
 def _window(line_width: float) -> tuple[float, int]:
