@@ -42,6 +42,7 @@ class TrainingConfig:
     max_valid_batches: int = 0       # 0 = the whole validation split
     checkpoint_every: int = 500      # steps between resumable checkpoints (also at every evaluation)
     amp: bool = True                 # bf16 autocast on CUDA where the model allows it
+    cuda_graph: bool = True          # replay whole training steps from CUDA graphs where allowed
     seed: int = 0
     max_steps: int = 0               # stop after this many steps; 0 = until early stopping
 

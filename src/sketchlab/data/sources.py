@@ -37,8 +37,9 @@ def load_splits(data_dir: str | Path | None, categories: list[str] | None = None
         if unknown:
             raise ConfigError(f"unknown built-in doodle categories {unknown}; "
                               f"available: {', '.join(CATEGORIES)}")
-        n_eval = max(10, builtin_per_category // 10)
-        return make_doodle_splits(n_train=builtin_per_category, n_valid=n_eval, n_test=n_eval,
+        n_train = limit_per_category or builtin_per_category
+        n_eval = max(10, n_train // 10)
+        return make_doodle_splits(n_train=n_train, n_valid=n_eval, n_test=n_eval,
                                   categories=cats, seed=seed)
     from sketchlab.data.quickdraw import load_categories
 

@@ -73,6 +73,15 @@ class SketchModel(nn.Module):
     def on_step_end(self, step: int) -> None:
         """Called by the trainer after each optimiser step."""
 
+    def graph_key(self, step: int):
+        """Which captured CUDA graph step `step` can replay, or None to run it eagerly.
+
+        A model opts in by returning a key naming the step's Python control flow (e.g. "em" or
+        "rpcl"), after making `loss`/`on_step_end` free of host syncs and reading step-dependent
+        values from `batch["step"]` (see sketchlab.train.graphed).
+        """
+        return None
+
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} has no encoder")
 

@@ -155,11 +155,17 @@ class SketchRNN(SketchModel):
         return self.head(self.output_dropout(h))
 
     # ---- loss ----------------------------------------------------------------------------------
-    def kl_weight_at(self, step: int) -> float:
+    def kl_weight_at(self, step):
+        """kl_weight(step); `step` may be a device tensor (CUDA-graph replay) or an int."""
         c = self.config
         if not self.training:
             return c.kl_weight
-        return c.kl_weight - (c.kl_weight - c.kl_weight_start) * c.kl_decay_rate ** step
+        w = c.kl_weight - (c.kl_weight - c.kl_weight_start) * c.kl_decay_rate ** step
+        return w.float() if isinstance(w, torch.Tensor) else w
+
+    def graph_key(self, step: int):
+        # No step-dependent control flow: one graph serves every training step.
+        return "train"
 
     def loss(self, batch, step: int = 0):
         c = self.config
@@ -177,7 +183,7 @@ class SketchRNN(SketchModel):
         recon = nll["offset"] + nll["pen"]
         total = recon
         if c.conditional:
-            total = recon + self.kl_weight_at(step) * kl_cost
+            total = recon + self.kl_weight_at(batch.get("step", step)) * kl_cost
         terms.update({"loss": total, "recon": recon.detach(), "offset": nll["offset"].detach(),
                       "pen": nll["pen"].detach()})
         return terms

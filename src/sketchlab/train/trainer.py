@@ -221,7 +221,15 @@ class Trainer:
         self.model = model.to(device)
         self.model.scale_factor = data.scale_factor
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        # Whole-step CUDA graphs when the model allows them (see sketchlab.train.graphed).
+        self.graph_mode = (device.type == "cuda" and getattr(self.cfg, "cuda_graph", False)
+                           and self.world == 1 and model.graph_key(0) is not None)
         self.optimizer = self._make_optimizer()
+        self.graphed = None
+        if self.graph_mode:
+            from sketchlab.train.graphed import GraphedTrainer
+
+            self.graphed = GraphedTrainer(self.model, self.optimizer, self.params, self._graph_step_fn)
         self.ddp = None
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -251,14 +259,35 @@ class Trainer:
     def _make_optimizer(self):
         cfg = self.cfg
         kind = getattr(cfg, "optimizer", "adam").lower()
-        betas = (cfg.adam_beta1, cfg.adam_beta2)
+        kw = dict(betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                  weight_decay=cfg.weight_decay, lr=cfg.learning_rate)
+        if self.graph_mode:
+            # A graph replays the optimizer too: its lr must be a device tensor updated in place.
+            kw.update(lr=torch.tensor(cfg.learning_rate, device=self.device), fused=True,
+                      capturable=True)
         if kind == "adam":
-            return torch.optim.Adam(self.params, lr=cfg.learning_rate, betas=betas, eps=cfg.adam_eps,
-                                    weight_decay=cfg.weight_decay)
+            return torch.optim.Adam(self.params, **kw)
         if kind == "adamw":
-            return torch.optim.AdamW(self.params, lr=cfg.learning_rate, betas=betas,
-                                     eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+            return torch.optim.AdamW(self.params, **kw)
         raise ConfigError(f"optimizer={kind!r}: choose adam or adamw")
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
+
+    def _fix_loaded_optimizer(self) -> None:
+        """A state saved by an eager run, loaded for graph replay: tensor lr, device step counters."""
+        if not self.graph_mode:
+            return
+        for group in self.optimizer.param_groups:
+            group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
+            group["capturable"], group["fused"] = True, True
+        for state in self.optimizer.state.values():
+            if "step" in state:
+                state["step"] = state["step"].to(self.device, torch.float32)
 
     def _autocast(self):
         if self.device.type == "cuda" and getattr(self.cfg, "amp", False):
@@ -312,6 +341,7 @@ class Trainer:
                      f"{state['step']}; resuming from the weights' step with the older optimizer state")
             state["step"] = int(meta["step"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self._fix_loaded_optimizer()
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
@@ -428,23 +458,11 @@ class Trainer:
                     pending = (pool.submit(self._train_batch, order, b + 1, step + 1)
                                if b + 1 < self.batches_per_epoch else None)
                     lr = learning_rate(cfg, step)
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
+                    batch["step"] = torch.tensor(float(step), dtype=torch.float64)  # schedules in the loss
                     batch = to_device(batch, self.device)
-                    # Zeroed (not None) gradients: Adam then moves every parameter each step,
-                    # as TF's Adam does, even a branch the loss skipped this step.
-                    self.optimizer.zero_grad(set_to_none=False)
-                    with self._autocast():
-                        out = forward(batch, step)
-                    loss = out["loss"]
-                    finite = bool(torch.isfinite(loss))
-                    if finite:
-                        loss.backward()
-                        clip_gradients(self.params, cfg.clip_mode, cfg.grad_clip)
-                        finite = bool(torch.stack([torch.isfinite(p.grad).all() for p in self.params
-                                                   if p.grad is not None]).all())
-                    if not finite:
-                        # Skip the update: the parameters stay at the last good state.
+                    terms = self._train_step(batch, step, lr, forward)
+                    if terms is None:
+                        # Skipped: the parameters stay at the last good state.
                         bad_steps += 1
                         self.say(f"step {step}: non-finite loss or gradient; update skipped "
                                  f"({bad_steps} in a row)")
@@ -456,19 +474,17 @@ class Trainer:
                         self.batch_in_epoch += 1
                         continue
                     bad_steps = 0
-                    self.optimizer.step()
-                    self.model.on_step_end(step)
                     self.step += 1
                     self.batch_in_epoch += 1
-                    for k, v in out.items():
-                        term_sums[k] = term_sums.get(k, 0.0) + float(v.detach())
+                    for k, v in terms.items():
+                        term_sums[k] = term_sums.get(k, 0.0) + v
                     term_count += 1
                     now = time.time()
                     self.elapsed += now - t_last
                     t_last = now
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{float(loss.detach()):.3f}", epoch=self.epoch)
+                        bar.set_postfix(loss=f"{terms['loss']:.3f}", epoch=self.epoch)
                     log_every = max(1, min(20, self.batches_per_epoch))
                     if self.step % log_every == 0:
                         row = {"step": self.step, "epoch": self.epoch, "lr": lr,
@@ -502,6 +518,45 @@ class Trainer:
             runlog.close()
         return {"step": self.step, "epoch": self.epoch, "best_valid": self.best_valid,
                 "stopped_early": self.stopped_early, "elapsed": self.elapsed}
+
+    def _train_step(self, batch, step: int, lr: float, forward) -> dict[str, float] | None:
+        """One optimisation step; the loss terms as floats, or None if it was not finite."""
+        self._set_lr(lr)
+        if self.graphed is not None:
+            key = self.model.graph_key(step)
+            if key is not None and self.graphed.fits(key, batch):
+                return self.graphed(key, batch, step)
+        # Zeroed (not None) gradients: Adam then moves every parameter each step, as TF's Adam
+        # does, even a branch the loss skipped this step.
+        self.optimizer.zero_grad(set_to_none=False)
+        with self._autocast():
+            out = forward(batch, step)
+        loss = out["loss"]
+        if not bool(torch.isfinite(loss)):
+            return None
+        loss.backward()
+        clip_gradients(self.params, self.cfg.clip_mode, self.cfg.grad_clip)
+        if not bool(torch.stack([torch.isfinite(p.grad).all() for p in self.params
+                                 if p.grad is not None]).all()):
+            return None
+        self.optimizer.step()
+        self.model.on_step_end(step)
+        return {k: float(v.detach()) for k, v in out.items()}
+
+    def _graph_step_fn(self, batch, step: int) -> dict[str, torch.Tensor]:
+        """The captured step: no host syncs; finiteness is returned as a tensor."""
+        self.optimizer.zero_grad(set_to_none=False)
+        with self._autocast():
+            out = self.model(batch, step)
+        out["loss"].backward()
+        clip_gradients(self.params, self.cfg.clip_mode, self.cfg.grad_clip)
+        finite = torch.isfinite(out["loss"]) & torch.stack(
+            [torch.isfinite(p.grad).all() for p in self.params if p.grad is not None]).all()
+        self.optimizer.step()
+        self.model.on_step_end(step)
+        terms = {k: v.detach().float() for k, v in out.items()}
+        terms["_finite"] = finite
+        return terms
 
     def _validate(self, runlog: RunLog) -> None:
         self.last_eval_step = self.step
