@@ -8,10 +8,12 @@ Reads top to bottom: config (magenta's `get_default_hparams`), encoder, decoder,
   tanh(Linear(z)) and z is concatenated to every input step (conditional model), or zero state
   and no z (unconditional model).
 * Output: the 20-component bivariate Gaussian mixture + 3-way pen softmax (`sketchlab.nn.mixture`).
-* Loss: magenta's r_cost (mean over batch x max_seq_len, pen term unmasked in training and masked
-  in evaluation) + kl_weight(step) * max(KL, kl_tolerance), with
+* Loss: magenta's r_cost (mean over batch x max_seq_len, the pen term over the padding too, which
+  teaches the model to stop) + kl_weight(step) * max(KL, kl_tolerance), with
   kl_weight(step) = kl_weight - (kl_weight - kl_weight_start) * kl_decay_rate ** step.
-  Evaluation uses the final kl_weight so validation losses are comparable across steps.
+* Validation is magenta's: its eval model is built with is_training=1 (pen loss unmasked) and a
+  kl_weight variable that is never assigned, so it scores r_cost + kl_weight_start * KL with
+  dropout off. The best checkpoint is the one with the lowest such cost.
 """
 
 from __future__ import annotations
@@ -159,7 +161,7 @@ class SketchRNN(SketchModel):
         """kl_weight(step); `step` may be a device tensor (CUDA-graph replay) or an int."""
         c = self.config
         if not self.training:
-            return c.kl_weight
+            return c.kl_weight_start
         w = c.kl_weight - (c.kl_weight - c.kl_weight_start) * c.kl_decay_rate ** step
         return w.float() if isinstance(w, torch.Tensor) else w
 
@@ -179,7 +181,7 @@ class SketchRNN(SketchModel):
             kl_cost = torch.clamp(kl, min=c.kl_tolerance)
             terms["kl"] = kl.detach()
         raw = self.decode(strokes[:, :-1], z).float()
-        nll = mixture_loss_terms(raw, strokes[:, 1:], training=self.training, reduction="mean")
+        nll = mixture_loss_terms(raw, strokes[:, 1:], training=True, reduction="mean")
         recon = nll["offset"] + nll["pen"]
         total = recon
         if c.conditional:
