@@ -219,3 +219,10 @@ def test_terms_reported_on_some_steps_are_averaged_over_those_steps(tmp_path):
     header = rows[0].split(",")
     train_rows = [r.split(",") for r in rows[1:] if r.split(",")[header.index("even")]]
     assert train_rows and all(float(r[header.index("even")]) == 3.0 for r in train_rows)
+
+
+def test_log_of_a_run_shorter_than_one_log_period_has_term_columns(tmp_path):
+    model, data = build(tmp_path)
+    Trainer(model, data, tmp_path / "run", progress=False, max_steps=2, log=lambda m: None).train()
+    header = (tmp_path / "run" / "log.csv").read_text().splitlines()[0].split(",")
+    assert "valid_loss" in header and "loss" in header

@@ -150,6 +150,8 @@ class RunLog:
         if self.columns is None:
             base = ["step", "epoch", "lr", "elapsed"]
             terms = [k for k in row if k not in base and not k.startswith("valid_")]
+            if not terms:   # the first row is a validation (a run shorter than one log period)
+                terms = [k[len("valid_"):] for k in row if k.startswith("valid_")]
             self.columns = base + terms + ["valid_" + t for t in terms]
             with open(self.path, "w", newline="") as fh:
                 csv.writer(fh).writerow(self.columns)
