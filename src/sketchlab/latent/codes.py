@@ -70,4 +70,11 @@ def label_agreement(truth, labels) -> dict:
             "n_labels_used": int(len(cols))}
 
 
-__all__ = ["contingency", "encode_sketches", "label_agreement"]
+def latent_label_agreement(model, sketches: Sketches, truth, batch_size: int = 500) -> dict:
+    """`label_agreement` of each of `model.latent_labels` (e.g. the RPCL component) of the
+    sketches' codes against `truth` (one class per sketch, e.g. the doodle style)."""
+    labels = model.latent_labels(encode_sketches(model, sketches, batch_size))
+    return {name: label_agreement(truth, value) for name, value in labels.items()}
+
+
+__all__ = ["contingency", "encode_sketches", "label_agreement", "latent_label_agreement"]

@@ -42,6 +42,7 @@ from sketchlab.data.raster import rasterize_torch
 from sketchlab.data.strokes import Sketches
 from sketchlab.errors import ConfigError
 from sketchlab.latent.codes import encode_sketches
+from sketchlab.latent.gmm import kl_weight
 from sketchlab.models.base import SketchModel
 from sketchlab.nn.conv import ImageDecoder, ImageEncoder, seed_linear
 from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms
@@ -67,7 +68,11 @@ class Pix2SeqConfig(TrainingConfig):
     png_margin: float = 1.5
     png_line_width: float = 1.0
     conv_init: str = "seed"              # "seed": every conv filter N(0, sqrt(2/3)) (spec 3.1); "he"
+    # CNN widths: encoder stages (layer_1, layer_2, conv0, conv1); the image decoder mirrors them.
+    # The seeds' (32, 64, 128, 256); smaller only for quick CPU runs (the demo).
+    cnn_channels: tuple[int, ...] = (32, 64, 128, 256)
     temperature: float = 0.24            # sample.py's hard-coded tau
+    kl_decay_rate: float = 0.9999        # KL warm-up w_KL(s) = 1 - 0.999 * kl_decay_rate^s (hard-coded in the seeds)
     # training (train.py of both seeds)
     batch_size: int = 200
     learning_rate: float = 1e-3
@@ -110,7 +115,9 @@ class Pix2SeqBase(SketchModel):
             raise ConfigError(f"png_width={c.png_width}: the CNNs halve the image four times; "
                               "use a multiple of 16 (the seeds use 48)")
         keep = c.recurrent_dropout_prob if c.use_recurrent_dropout else 1.0
-        self.encoder = ImageEncoder(c.z_size, c.png_width, init=c.conv_init)
+        if len(c.cnn_channels) != 4:
+            raise ConfigError(f"cnn_channels={c.cnn_channels}: give the four encoder widths")
+        self.encoder = ImageEncoder(c.z_size, c.png_width, tuple(c.cnn_channels), init=c.conv_init)
         self.decoder = make_cell(c.dec_model, 5 + c.z_size, c.dec_rnn_size, recurrent_dropout_keep=keep,
                                  hyper_num_units=c.hyper_num_units,
                                  hyper_embedding_size=c.hyper_embedding_size)
@@ -118,7 +125,8 @@ class Pix2SeqBase(SketchModel):
         # output FC std sqrt(2/H), bias 0.
         self.fc_init = seed_linear(c.z_size, self.decoder.state_size)
         self.head = MixtureHead(c.dec_rnn_size, 20, bias=True, init_std=math.sqrt(2.0 / c.dec_rnn_size))
-        self.image_decoder = ImageDecoder(c.z_size, c.png_width, init=c.conv_init)
+        self.image_decoder = ImageDecoder(c.z_size, c.png_width, tuple(reversed(c.cnn_channels)),
+                                          init=c.conv_init)
         self.prior = self.make_prior()
 
     def make_prior(self) -> torch.nn.Module:
@@ -190,7 +198,9 @@ class Pix2SeqBase(SketchModel):
         return x, mu, var, z
 
     def initial_state(self, z: Tensor) -> Tensor:
-        return torch.tanh(self.fc_init(z))
+        """tanh(FC(z)), kept float32 under autocast (the cells keep their state in float32)."""
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return torch.tanh(self.fc_init(z.float()))
 
     def decode(self, inputs: Tensor, z: Tensor) -> Tensor:
         """Teacher-forced decoder: stroke-5 inputs (B, T, 5) and z -> raw mixture params (B, T, 123)."""
@@ -209,6 +219,10 @@ class Pix2SeqBase(SketchModel):
     def reconstruct_image(self, z: Tensor) -> Tensor:
         with torch.autocast(device_type=z.device.type, enabled=False):
             return self.image_decoder(z.float())
+
+    def kl_weight_at(self, step: int) -> float:
+        """The seeds' KL warm-up 1 - 0.999 * kl_decay_rate^s (0.9999; same in training and evaluation)."""
+        return kl_weight(step, decay=self.config.kl_decay_rate)
 
     def on_step_end(self, step: int) -> None:
         """Write the prior update staged by this step's `loss` (after the optimiser step)."""

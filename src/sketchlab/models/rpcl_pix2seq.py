@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from sketchlab.errors import ConfigError
-from sketchlab.latent.gmm import ALIVE_THRESHOLD, GMMPrior, kl_weight
+from sketchlab.latent.gmm import ALIVE_THRESHOLD, GMMPrior
 from sketchlab.models.pix2seq_common import Pix2SeqBase, Pix2SeqConfig
 
 
@@ -64,7 +64,7 @@ class RPCLPix2Seq(Pix2SeqBase):
         seq = self.sequence_terms(batch, z)
         recon = seq["offset"] + seq["pen"]
         image = (x - self.reconstruct_image(z)).square().sum((1, 2)).mean()
-        w = kl_weight(step)
+        w = self.kl_weight_at(step)
         kl = prior["loss_alpha"] + prior["loss_gauss"]
         total = w * kl + recon + c.de_weight * image
         return {
@@ -113,10 +113,12 @@ class RPCLPix2Seq(Pix2SeqBase):
 
 def demo_config(**overrides) -> Config:
     """A small configuration that learns the built-in doodles on a CPU in a few minutes (for
-    `sketchlab demo`): an LSTM-256 decoder, z 32, K = 5 x 2 Gaussians, batch 64, RPCL from step
-    150 (the seed's 500 assumes hundreds of thousands of steps). Everything else is the seed's."""
-    base = Config(dec_model="lstm", dec_rnn_size=256, z_size=32, num_mixture=5, num_sub=2,
-                  batch_size=64, rpcl_start=150, learning_rate=2e-3, patience=0, reload_best=False)
+    `sketchlab demo`): CNN widths (8, 16, 32, 64), an LSTM-256 decoder, z 32, K = 5 x 2
+    Gaussians, batch 32, lr 2e-3, RPCL from step 150 (the seed's 500 assumes hundreds of thousands
+    of steps), no early stopping. Everything else is the seed's."""
+    base = Config(cnn_channels=(8, 16, 32, 64), dec_model="lstm", dec_rnn_size=256, z_size=32,
+                  num_mixture=5, num_sub=2, batch_size=32, learning_rate=2e-3, rpcl_start=150,
+                  patience=0, reload_best=False)
     return dataclasses.replace(base, **overrides)
 
 

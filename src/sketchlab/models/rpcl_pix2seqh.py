@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sketchlab.latent.gmm import ALIVE_THRESHOLD, HierarchicalPrior, kl_weight
+from sketchlab.latent.gmm import ALIVE_THRESHOLD, HierarchicalPrior
 from sketchlab.models.pix2seq_common import Pix2SeqBase, Pix2SeqConfig, zero_touch
 
 
@@ -64,7 +64,7 @@ class RPCLPix2SeqH(Pix2SeqBase):
         x, mu, var, z = self.latent(batch)
         with torch.autocast(device_type=z.device.type, enabled=False):
             prior = self.prior(z, mu, var, step)   # update with gradient; stages it when training
-        w = c.kl_multiplier * kl_weight(step)
+        w = c.kl_multiplier * self.kl_weight_at(step)
         total = w * (prior["loss_ij"] + prior["loss_gauss"])
         image_step = self.is_image_step(step)
         terms = {}
@@ -130,10 +130,12 @@ class RPCLPix2SeqH(Pix2SeqBase):
 
 def demo_config(**overrides) -> Config:
     """A small CPU configuration for `sketchlab demo` on the built-in doodles (see
-    `rpcl_pix2seq.demo_config`): LSTM-256, z 32, J = I = 16, batch 64, and an image phase of 300
-    steps instead of 1000 (the seed's schedule assumes far longer training)."""
-    base = Config(dec_model="lstm", dec_rnn_size=256, z_size=32, batch_size=64,
-                  image_phase_steps=300, learning_rate=2e-3, patience=0, reload_best=False)
+    `rpcl_pix2seq.demo_config`): CNN widths (8, 16, 32, 64), LSTM-256, z 32, J = I = 16,
+    batch 32, and an image phase of 200 steps instead of 1000 (the seed's schedule assumes far
+    longer training)."""
+    base = Config(cnn_channels=(8, 16, 32, 64), dec_model="lstm", dec_rnn_size=256, z_size=32,
+                  batch_size=32, learning_rate=2e-3, image_phase_steps=200, patience=0,
+                  reload_best=False)
     return dataclasses.replace(base, **overrides)
 
 
