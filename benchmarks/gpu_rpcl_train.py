@@ -65,7 +65,8 @@ def main(argv=None):
     ap.add_argument("model", choices=["rpcl-pix2seq", "rpcl-pix2seqh"])
     ap.add_argument("--minutes", type=float, default=7.0, help="training wall time (at most)")
     ap.add_argument("--max-steps", type=int, default=None)
-    ap.add_argument("--spg", default=str(ROOT.parent / "shared" / "data" / "spg20"))
+    ap.add_argument("--spg", default=None, help="SPG ndjson folder (default: shared/data/spg20 "
+                    "inside or beside the repository)")
     ap.add_argument("--data-dir", default="data/spg5")
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--out", default=os.environ.get("OUT", "out"))
@@ -84,7 +85,11 @@ def main(argv=None):
                      "torch": torch.__version__}
     t_all = time.time()
     if not all((data / f"{c}.npz").is_file() for c in CATEGORIES.split(",")):
-        assert cli(["data", "import", args.spg, "--out", str(data), "--categories", CATEGORIES,
+        spg = args.spg or next((str(p) for p in (ROOT / "shared" / "data" / "spg20",
+                                                 ROOT.parent / "shared" / "data" / "spg20") if p.is_dir()), None)
+        if spg is None:
+            sys.exit("no SPG data: pass --spg DIR (the spg20 ndjson folder) or --data-dir with the npz files")
+        assert cli(["data", "import", spg, "--out", str(data), "--categories", CATEGORIES,
                     "--quiet"]) == 0
 
     # ---- train ----------------------------------------------------------------------------------
@@ -101,6 +106,7 @@ def main(argv=None):
     if (run / "loss.png").is_file():
         shutil.copy(run / "loss.png", out / f"{name}_loss.png")
 
+    from sketchlab.errors import ConfigError
     from sketchlab.latent.codes import encode_sketches
     from sketchlab.latent.commands import latent_map
     from sketchlab.render import save_grid
@@ -173,7 +179,11 @@ def main(argv=None):
 
     # ---- latent map ----------------------------------------------------------------------------
     t0 = time.time()
-    latent_map(model, test, out / f"{name}_map.png", thumbnails=150)
+    try:
+        latent_map(model, test, out / f"{name}_map.png", thumbnails=150)
+    except ConfigError as e:          # no scikit-learn on this machine: a PCA map instead
+        summary["map_note"] = str(e)
+        latent_map(model, test, out / f"{name}_map.png", thumbnails=150, method="pca")
     summary["map_s"] = round(time.time() - t0, 1)
 
     # ---- Rec and the rest through the eval suite (optional) ---------------------------------

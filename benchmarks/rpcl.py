@@ -14,6 +14,7 @@ sketch of the data; 250 is QuickDraw's usual cap). Variants, timed in the same r
                    rasteriser (host-side input checks) runs outside it and is added to the total
   trainer          `sketchlab.train.Trainer` end to end (bf16 amp, bptt, its per-step host syncs,
                    background make_batch), ms per step over --iters steps after --warmup steps
+                   (H with image_phase_steps=0: every step a sequence step, the steady state)
 
 Before timing it checks, on the device: bptt vs reference (fp32, same dropout masks and noise)
 loss and every gradient; bptt+bf16 vs the fp32 reference; a graph replay vs eager steps (two Adam
@@ -48,7 +49,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from rnn import compare, error_text, free, log, sync, timed  # noqa: E402  (benchmarks/rnn.py)
+from rnn import compare, error_text, free, log, timed  # noqa: E402  (benchmarks/rnn.py)
 
 from sketchlab.data.strokes import Sketches  # noqa: E402
 from sketchlab.models import get_model_class  # noqa: E402
@@ -263,7 +264,7 @@ def bench_model(name, args, device):
         except Exception as e:
             res["errors"][variant] = error_text(e)
             log(f"{name} {variant} failed: {error_text(e)}")
-        del opt, step, graphed
+        opt = step = graphed = fn = None  # free the graph and the optimizer state
         model.zero_grad(set_to_none=True)
         free(device)
 
@@ -292,6 +293,8 @@ def bench_trainer(name, args, device) -> float:
                      dec_model=args.dec_model, dec_rnn_size=args.hidden, hyper_num_units=args.hyper_units,
                      hyper_embedding_size=args.hyper_emb, cnn_channels=tuple(args.cnn_channels),
                      max_valid_batches=1, checkpoint_every=10**9, patience=0, reload_best=False)
+    if hasattr(cfg, "image_phase_steps"):   # H: time the steady state (sequence steps), not s < 1000
+        cfg.image_phase_steps = 0
     data = PreparedData({"train": train, "valid": valid}, 1.0, ("random",), cfg)
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)

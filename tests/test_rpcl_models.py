@@ -374,7 +374,7 @@ def test_latent_tools_for_rpcl_and_sketch_rnn(tmp_path, doodles):
     assert Image.open(tmp_path / "map.png").size[0] > 1000
     torch.manual_seed(0)
     srnn = SketchRNN(SConfig(enc_rnn_size=8, dec_rnn_size=8, z_size=8, max_seq_len=int(doodles.lengths.max())))
-    latent_map(srnn, doodles, tmp_path / "map2.png", thumbnails=2)
+    assert latent_map(srnn, doodles, tmp_path / "map2.png", thumbnails=2, method="pca")["method"] == "pca"
     out = interpolation_strip(srnn, doodles, 0, 5, tmp_path / "strip.svg", steps=3)
     assert len(out) == 3 and "<svg" in (tmp_path / "strip.svg").read_text()
     out = analogy_strip(rpcl, doodles, 0, 1, 5, tmp_path / "analogy.png", samples=2)

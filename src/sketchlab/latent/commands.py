@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageOps
 from sketchlab.data.strokes import Sketches
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.latent.codes import encode_sketches
+from sketchlab.latent.gmm import ALIVE_THRESHOLD
 from sketchlab.latent.interpolate import analogy, interpolate
 
 PANEL = 520            # scatter panel side, pixels
@@ -32,7 +33,7 @@ LEGEND = 150           # legend column width
 BAND = 30              # title band height
 THUMB_PANEL = 1000     # thumbnail panel side
 THUMB = 46             # thumbnail side
-DEAD_WEIGHT = 1e-3     # centres with less prior weight are drawn hollow
+DEAD_WEIGHT = ALIVE_THRESHOLD  # centres with less prior weight are drawn hollow
 
 
 def label_colour(i: int) -> str:
@@ -70,6 +71,13 @@ def tsne(points: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> np.ndar
     perp = float(min(perplexity, max(1.0, (n - 1) / 3.0)))
     return TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed,
                 learning_rate=150.0).fit_transform(points.astype(np.float64))
+
+
+def pca2(points: np.ndarray) -> np.ndarray:
+    """The first two principal components (a fallback where scikit-learn is not installed)."""
+    x = points.astype(np.float64) - points.mean(0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    return x @ vt[:2].T
 
 
 def _to_canvas(xy: np.ndarray, side: int, pad: int) -> np.ndarray:
@@ -127,8 +135,8 @@ def _thumbnail_panel(sketches: Sketches, pos: np.ndarray, labels: np.ndarray, co
 
 
 def latent_map(model, sketches: Sketches, out, *, perplexity: float = 30.0, thumbnails: int = 150,
-               seed: int = 0, batch_size: int = 500) -> dict:
-    """Draw the t-SNE map of `sketches`' codes (normalised sketches) into the PNG `out`.
+               seed: int = 0, batch_size: int = 500, method: str = "tsne") -> dict:
+    """Draw the t-SNE (or `method="pca"`) map of `sketches`' codes (normalised) into the PNG `out`.
 
     Panels: by category (when the sketches carry one), by each of `model.latent_labels`, and
     thumbnails. Returns a summary: number of codes, the labels drawn and how many distinct
@@ -154,12 +162,14 @@ def latent_map(model, sketches: Sketches, out, *, perplexity: float = 30.0, thum
     points = codes.cpu().numpy()
     if centres is not None:
         points = np.concatenate([points, centres], 0)
-    xy = _to_canvas(tsne(points, perplexity, seed), PANEL, 14)
+    if method not in ("tsne", "pca"):
+        raise ConfigError(f"--method {method}: choose tsne or pca")
+    xy = _to_canvas(tsne(points, perplexity, seed) if method == "tsne" else pca2(points), PANEL, 14)
     pos, cpos = xy[:len(codes)], (xy[len(codes):] if centres is not None else None)
     if not labels:  # a model without labels on unlabelled sketches: one colour
         labels["codes"] = np.zeros(len(codes), np.int64)
         names["codes"] = ["code"]
-    panels = [_scatter_panel(pos, lab, names[key], f"coloured by {key}", cpos, weights)
+    panels = [_scatter_panel(pos, lab, names[key], f"{method}: coloured by {key}", cpos, weights)
               for key, lab in labels.items()]
     thumb_pos = _to_canvas(xy[:len(codes)], THUMB_PANEL, 30)
     first = next(iter(labels.values()))
@@ -177,7 +187,7 @@ def latent_map(model, sketches: Sketches, out, *, perplexity: float = 30.0, thum
 
     save_png(canvas, out)
     return {"n": int(len(codes)), "labels": {k: int(len(np.unique(v))) for k, v in labels.items()},
-            "centres": 0 if centres is None else int(len(centres))}
+            "centres": 0 if centres is None else int(len(centres)), "method": method}
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,9 +291,9 @@ def cmd_map(args) -> int:
     model, refs = _load(args)
     refs = _subset(refs, args.n, args.seed)
     summary = latent_map(model, refs, args.out, perplexity=args.perplexity,
-                         thumbnails=args.thumbnails, seed=args.seed)
+                         thumbnails=args.thumbnails, seed=args.seed, method=args.method)
     drawn = ", ".join(f"{k} ({v})" for k, v in summary["labels"].items())
-    print(f"t-SNE of {summary['n']} codes"
+    print(f"{'t-SNE' if args.method == 'tsne' else 'PCA'} of {summary['n']} codes"
           + (f" and {summary['centres']} prior means" if summary["centres"] else "")
           + f", coloured by {drawn} -> {args.out}")
     return 0
@@ -342,6 +352,8 @@ def register_cli(subparsers) -> None:
     _common(m)
     m.add_argument("--n", type=int, default=1000, help="at most this many sketches (balanced over categories)")
     m.add_argument("--perplexity", type=float, default=30.0)
+    m.add_argument("--method", choices=["tsne", "pca"], default="tsne",
+                   help="tsne (scikit-learn) or pca (no extra package)")
     m.add_argument("--thumbnails", type=int, default=150, help="sketches drawn at their positions")
     m.set_defaults(func=cmd_map)
 
