@@ -60,3 +60,18 @@ def test_matches_opencv_inter_area():
         ref = cv2.resize(img, (n_out, n_out), interpolation=cv2.INTER_AREA)
         ours = area_resize(torch.from_numpy(img)[None], n_out, n_out)[0].numpy()
         np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+def test_batched_device_shrink_equals_per_size_shrink():
+    from sketchlab.data.image_aug import png_scale_sizes, shrink_top_left_batched
+
+    rng = np.random.default_rng(3)
+    img = torch.rand(6, 48, 48) * 2 - 1
+    sizes = np.array([47, 48, 40, 47, 24, 1])
+    ref = shrink_top_left(img, sizes, fill=1.0)
+    out = shrink_top_left_batched(img, torch.from_numpy(sizes), fill=1.0)
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert torch.equal(out[1], img[1]) or torch.allclose(out[1], img[1], atol=1e-6)  # side 48: identity
+    drawn = png_scale_sizes(rng, 1000, 48, 0.98)
+    assert (drawn == 47).all()                      # the seeds' default: always 47
+    assert (png_scale_sizes(rng, 5, 48, 1.0) == 48).all()

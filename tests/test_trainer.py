@@ -189,3 +189,40 @@ def test_early_stopping_and_reload_best(tmp_path):
     summary = tr.train()
     assert summary["stopped_early"] and summary["step"] < 200
     assert any("rewound" in m for m in msgs)
+
+
+def test_time_limit_stops_with_a_checkpoint_and_resumes(tmp_path):
+    model, data = build(tmp_path)
+    msgs = []
+    tr = Trainer(model, data, tmp_path / "run", progress=False, max_seconds=0.0, log=msgs.append)
+    summary = tr.train()
+    assert summary["step"] == 0 and any("time limit" in m for m in msgs)
+    assert (tmp_path / "run" / "best.safetensors").is_file()   # validated and checkpointed
+    model2, data2 = build(tmp_path)
+    tr2 = Trainer(model2, data2, tmp_path / "run", progress=False, max_steps=5, log=lambda m: None)
+    assert tr2.train()["step"] == 5
+
+
+def test_terms_reported_on_some_steps_are_averaged_over_those_steps(tmp_path):
+    class Sparse(Tiny):
+        def loss(self, batch, step=0):
+            out = super().loss(batch, step)
+            if step % 2 == 0:
+                out["even"] = torch.tensor(3.0)
+            return out
+
+    cfg = TinyConfig()
+    data = prepare_data(Sparse, cfg, toy_splits())
+    Trainer(Sparse(data.config), data, tmp_path / "run", progress=False, max_steps=8,
+            log=lambda m: None).train()
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    train_rows = [r.split(",") for r in rows[1:] if r.split(",")[header.index("even")]]
+    assert train_rows and all(float(r[header.index("even")]) == 3.0 for r in train_rows)
+
+
+def test_log_of_a_run_shorter_than_one_log_period_has_term_columns(tmp_path):
+    model, data = build(tmp_path)
+    Trainer(model, data, tmp_path / "run", progress=False, max_steps=2, log=lambda m: None).train()
+    header = (tmp_path / "run" / "log.csv").read_text().splitlines()[0].split(",")
+    assert "valid_loss" in header and "loss" in header

@@ -20,6 +20,7 @@ CLI_MODULES: list[str] = [
     "sketchlab.render.commands",
     "sketchlab.train.commands",
     "sketchlab.eval.commands",
+    "sketchlab.latent.commands",
     "sketchlab.demo",
 ]
 

@@ -80,3 +80,46 @@ def random_scale_png(img: Tensor, rng: np.random.Generator, min_ratio: float = 0
     ratios = rng.uniform(min_ratio, 1.0, size=img.shape[0])
     sizes = np.maximum((img.shape[-1] * ratios).astype(np.int64), 1)
     return shrink_top_left(img, sizes, fill)
+
+
+def png_scale_sizes(rng: np.random.Generator, n: int, size: int, min_ratio: float = 0.98) -> np.ndarray:
+    """The shrunk side `int(size * r)`, r ~ U(min_ratio, 1), of n images (`random_scale_png`'s
+    draw, made on the CPU side so the shrink itself can run on the device without a sync)."""
+    if min_ratio >= 1.0:
+        return np.full(n, size, dtype=np.int64)
+    ratios = rng.uniform(min_ratio, 1.0, size=n)
+    return np.maximum((size * ratios).astype(np.int64), 1)
+
+
+_PLACEMENT_CACHE: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
+
+
+def placement_table(n: int, device) -> tuple[Tensor, Tensor]:
+    """For every side s in 0..n: P_s (n, n), the INTER_AREA shrink n -> s placed at offset
+    int((n - s)/2) (zero rows elsewhere), and m_s (n,), 1 on the rows it covers. Cached per device."""
+    key = (n, str(device))
+    if key not in _PLACEMENT_CACHE:
+        table = np.zeros((n + 1, n, n), np.float32)
+        mask = np.zeros((n + 1, n), np.float32)
+        for s in range(1, n + 1):
+            d = int((n - s) / 2)
+            table[s, d:d + s] = area_resize_matrix(n, s)
+            mask[s, d:d + s] = 1.0
+        _PLACEMENT_CACHE[key] = (torch.from_numpy(table).to(device), torch.from_numpy(mask).to(device))
+    return _PLACEMENT_CACHE[key]
+
+
+def shrink_top_left_batched(img: Tensor, sizes: Tensor, fill: float = 1.0) -> Tensor:
+    """`shrink_top_left` for square images (B, n, n) with per-image sides `sizes` (B,) given as a
+    tensor on the images' device: two batched matmuls, no host synchronisation (CUDA-graph safe).
+
+        out_b = P_b img_b P_b^T + fill * (1 - m_b m_b^T)
+    """
+    b, h, w = img.shape
+    if h != w:
+        raise ValueError(f"shrink_top_left_batched needs square images, got {h}x{w}")
+    table, mask = placement_table(h, img.device)
+    p = table[sizes.long()].to(img.dtype)  # (B, n, n)
+    m = mask[sizes.long()].to(img.dtype)  # (B, n)
+    inside = m.unsqueeze(-1) * m.unsqueeze(-2)
+    return p @ img @ p.transpose(1, 2) + fill * (1.0 - inside)

@@ -50,7 +50,8 @@ def register_cli(sub) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total")
     p.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs")
     p.add_argument("--max-minutes", type=float, default=None,
-                   help="stop after this many minutes of training (a checkpoint is kept; rerun to go on)")
+                   help="stop after this many minutes of training in this invocation (validates and "
+                        "checkpoints first; run again to resume)")
     p.add_argument("--limit-per-category", type=int, default=None,
                    help="use at most this many sketches per category and split")
     p.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
@@ -65,7 +66,9 @@ def register_cli(sub) -> None:
     s.add_argument("--temperature", type=float, default=None, help="sampling temperature (model default)")
     s.add_argument("--condition-on", default=None,
                    help="test | valid | train (the run's data) or a .npz file of reference sketches")
-    s.add_argument("--component", type=int, default=None, help="latent component / unit to sample from (RPCL)")
+    s.add_argument("--component", type=int, default=None, help="latent component to sample from (RPCL; "
+                   "the level-k Gaussian for RPCL-pix2seqH)")
+    s.add_argument("--unit", type=int, default=None, help="level-l unit to sample from (RPCL-pix2seqH)")
     s.add_argument("--strength", type=float, default=None, help="noise level for refinement (SketchKnitter)")
     s.add_argument("--sampler", default=None, help="diffusion sampler: ddpm | ddim | shortcut")
     s.add_argument("--steps", type=int, default=None, help="diffusion sampling steps")
@@ -125,9 +128,10 @@ def cmd_train(args) -> int:
     print(f"{cls.name}: {n_params / 1e6:.2f}M parameters")
     run_info = {"data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
                 "limit_per_category": limit}
+    max_seconds = None if args.max_minutes is None else 60.0 * args.max_minutes
     trainer = Trainer(model, data, out, device=pick_device(args.device), max_steps=args.max_steps,
-                      max_epochs=args.max_epochs, progress=not args.no_progress, run_info=run_info,
-                      max_seconds=None if args.max_minutes is None else 60 * args.max_minutes)
+                      max_epochs=args.max_epochs, max_seconds=max_seconds,
+                      progress=not args.no_progress, run_info=run_info)
     print(f"device: {trainer.device}")
     summary = trainer.train()
     print(f"done: step {summary['step']}, epoch {summary['epoch']}, best valid "
@@ -189,7 +193,7 @@ def cmd_sample(args) -> int:
     refs = load_references(args.condition_on, run, model, info) if args.condition_on else None
     n = args.n if args.n is not None else (None if refs is not None else 64)
     kwargs = {"n": n, "references": refs, "temperature": args.temperature, "seed": args.seed}
-    optional = {"component": args.component, "strength": args.strength, "sampler": args.sampler,
+    optional = {"component": args.component, "unit": args.unit, "strength": args.strength, "sampler": args.sampler,
                 "steps": args.steps, "batch_size": args.batch_size,
                 "greedy": True if args.greedy else None}
     accepted = inspect.signature(model.generate).parameters

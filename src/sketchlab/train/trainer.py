@@ -183,8 +183,10 @@ def _fmt(v):
 class Trainer:
     """Train `model` on prepared splits into `run_dir`, resuming from it when it holds a checkpoint.
 
-    `max_steps` caps the global step counter, `max_epochs` the epochs, `max_seconds` the wall-clock
-    time of this call; otherwise the model's early stopping (`patience`) decides. `log` receives human-readable progress lines.
+    `max_steps` caps the global step counter; `max_epochs` the epochs; `max_seconds` the wall
+    time of this `train()` call (checked between steps; the run then validates and checkpoints as
+    a run cut by max_steps does, and resumes like any other); otherwise the model's early
+    stopping (`patience`) decides. `log` receives human-readable progress lines.
     """
 
     def __init__(self, model, data: PreparedData, run_dir, *, device: torch.device | None = None,
@@ -197,8 +199,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.max_steps = max_steps if max_steps is not None else (model.config.max_steps or None)
         self.max_epochs = max_epochs
-        self.max_seconds = max_seconds       # wall-clock budget of this call (not of the whole run)
-        self._started = time.time()
+        self.max_seconds = max_seconds
+        self._deadline: float | None = None
         self.progress = progress
         self.log_fn = log
         self.model_name = model_name or model.name
@@ -422,15 +424,16 @@ class Trainer:
             return True
         if self.max_epochs is not None and self.epoch >= self.max_epochs:
             return True
-        if self.max_seconds is not None and time.time() - self._started >= self.max_seconds:
+        if self._deadline is not None and time.time() >= self._deadline:
             return True
         return self.stopped_early
 
     def train(self) -> dict:
         """Run until max_steps / max_epochs / early stopping. Returns a summary dict."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._started = time.time()
         self.maybe_resume()
+        if self.max_seconds is not None:
+            self._deadline = time.time() + self.max_seconds
         self.model.train()
         cfg = self.cfg
         runlog = RunLog(self.run_dir, self.is_main)
@@ -443,8 +446,10 @@ class Trainer:
                        dynamic_ncols=True, desc=self.model_name)
         pool = ThreadPoolExecutor(max_workers=1)   # prepares the next batch while this one runs
         bad_steps = 0
+        # Per-term sums and counts: a model may report a term only on some steps (RPCL-pix2seqH
+        # computes L_R only on its sequence steps), so each term is averaged over its own steps.
         term_sums: dict[str, float] = {}
-        term_count = 0
+        term_counts: dict[str, int] = {}
         t_last = time.time()
         forward = self.ddp if self.ddp is not None else self.model
         try:
@@ -478,7 +483,7 @@ class Trainer:
                     self.batch_in_epoch += 1
                     for k, v in terms.items():
                         term_sums[k] = term_sums.get(k, 0.0) + v
-                    term_count += 1
+                        term_counts[k] = term_counts.get(k, 0) + 1
                     now = time.time()
                     self.elapsed += now - t_last
                     t_last = now
@@ -489,9 +494,9 @@ class Trainer:
                     if self.step % log_every == 0:
                         row = {"step": self.step, "epoch": self.epoch, "lr": lr,
                                "elapsed": round(self.elapsed, 2)}
-                        row.update({k: v / term_count for k, v in term_sums.items()})
+                        row.update({k: v / term_counts[k] for k, v in term_sums.items()})
                         runlog.write(row)
-                        term_sums, term_count = {}, 0
+                        term_sums, term_counts = {}, {}
                     if cfg.eval_every and self.step % cfg.eval_every == 0:
                         self._validate(runlog)
                     elif self.step % max(1, cfg.checkpoint_every) == 0:
@@ -502,6 +507,8 @@ class Trainer:
                         self.batch_in_epoch = 0
                         if not cfg.eval_every:
                             self._validate(runlog)
+            if self._deadline is not None and time.time() >= self._deadline:
+                self.say(f"time limit of {self.max_seconds:.0f}s reached at step {self.step}")
             if self.last_eval_step != self.step and not self.stopped_early:
                 self._validate(runlog)   # a run cut by max_steps still gets its best checkpoint
             else:

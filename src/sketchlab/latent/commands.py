@@ -1,0 +1,383 @@
+"""`sketchlab latent map | interpolate | analogy`: looking at a trained model's latent space.
+
+Every tool works for any model with `make_batch` + `encode` + `decode_codes` (sketch-rnn,
+RPCL-pix2seq, RPCL-pix2seqH); models with a mixture prior add their labels (`latent_labels`)
+and component centres (`latent_centres`) to the map.
+
+* map: t-SNE (scikit-learn; perplexity 30 as RPCL-pix2seqH's `visualization.py`) of the codes
+  of real sketches together with the prior's means, drawn as one PNG with a panel per colouring
+  (category, then each latent label: component, or level_k and level_l) and a panel of sketch
+  thumbnails pasted at their positions.
+* interpolate: decode codes on the (spherical by default) path between two sketches' codes.
+* analogy: the "latent calculator" of RPCL-pix2seqH, decode z_c + (z_b - z_a).
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageOps
+
+from sketchlab.data.strokes import Sketches
+from sketchlab.errors import ConfigError, DataError
+from sketchlab.latent.codes import encode_sketches
+from sketchlab.latent.gmm import ALIVE_THRESHOLD
+from sketchlab.latent.interpolate import analogy, interpolate
+
+PANEL = 520            # scatter panel side, pixels
+LEGEND = 150           # legend column width
+BAND = 30              # title band height
+THUMB_PANEL = 1000     # thumbnail panel side
+THUMB = 46             # thumbnail side
+DEAD_WEIGHT = ALIVE_THRESHOLD  # centres with less prior weight are drawn hollow
+
+
+def label_colour(i: int) -> str:
+    """The render palette for the first 10 labels, then golden-angle hues."""
+    from sketchlab.render.layout import PALETTE
+
+    if i < len(PALETTE):
+        return PALETTE[i]
+    h = (i * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(h, 0.75, 0.8)
+    return "#%02x%02x%02x" % (int(r * 255), int(g * 255), int(b * 255))
+
+
+def _font(size: int):
+    from sketchlab.render.png import _font as font
+
+    return font(size)
+
+
+# --------------------------------------------------------------------------------------------
+# map
+# --------------------------------------------------------------------------------------------
+
+
+def tsne(points: np.ndarray, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:
+    """2-D t-SNE of (N, D) points with scikit-learn (perplexity capped below N / 3)."""
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError as e:
+        raise ConfigError("`sketchlab latent map` needs scikit-learn: pip install scikit-learn "
+                          "(or pip install 'sketchlab[latent]')") from e
+    n = len(points)
+    if n < 4:
+        raise DataError(f"a t-SNE map needs at least 4 codes, got {n}")
+    perp = float(min(perplexity, max(1.0, (n - 1) / 3.0)))
+    return TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed,
+                learning_rate=150.0).fit_transform(points.astype(np.float64))
+
+
+def pca2(points: np.ndarray) -> np.ndarray:
+    """The first two principal components (a fallback where scikit-learn is not installed)."""
+    x = points.astype(np.float64) - points.mean(0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    return x @ vt[:2].T
+
+
+def _to_canvas(xy: np.ndarray, side: int, pad: int) -> np.ndarray:
+    lo, hi = xy.min(0), xy.max(0)
+    span = np.maximum(hi - lo, 1e-9).max()
+    centre = (lo + hi) / 2
+    return (xy - centre) / span * (side - 2 * pad) + side / 2
+
+
+def _scatter_panel(pos: np.ndarray, labels: np.ndarray, names: list[str], title: str,
+                   centres: np.ndarray | None, weights: np.ndarray | None) -> Image.Image:
+    img = Image.new("RGB", (PANEL + LEGEND, PANEL + BAND), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((8, 6), title, fill="#333333", font=_font(16))
+    order = np.random.default_rng(0).permutation(len(pos))  # no label painted last everywhere
+    for i in order:
+        x, y = pos[i]
+        c = label_colour(int(labels[i]))
+        draw.ellipse((x - 3, y - 3 + BAND, x + 3, y + 3 + BAND), fill=c)
+    if centres is not None:
+        font = _font(11)
+        for k, (x, y) in enumerate(centres):
+            alive = weights is None or weights[k] > DEAD_WEIGHT
+            box = (x - 6, y - 6 + BAND, x + 6, y + 6 + BAND)
+            draw.rectangle(box, outline="black", width=2, fill=("white" if not alive else None))
+            draw.text((x + 8, y - 6 + BAND), str(k), fill="black" if alive else "#999999", font=font)
+    font = _font(12)
+    used = np.unique(labels)
+    for row, lab in enumerate(used[:40]):
+        y = BAND + 8 + row * 16
+        draw.rectangle((PANEL + 6, y, PANEL + 18, y + 12), fill=label_colour(int(lab)))
+        name = names[int(lab)] if int(lab) < len(names) else str(int(lab))
+        draw.text((PANEL + 24, y - 1), f"{name} ({int((labels == lab).sum())})", fill="#333333", font=font)
+    if centres is not None:
+        draw.text((PANEL + 6, PANEL + BAND - 18), "squares: prior means", fill="#333333", font=font)
+    return img
+
+
+def _thumbnail_panel(sketches: Sketches, pos: np.ndarray, labels: np.ndarray, count: int,
+                     seed: int) -> Image.Image:
+    from sketchlab.render.png import render_sketch
+
+    img = Image.new("RGB", (THUMB_PANEL, THUMB_PANEL + BAND), "white")
+    ImageDraw.Draw(img).text((8, 6), "sketches at their codes", fill="#333333", font=_font(16))
+    pick = np.random.default_rng(seed).permutation(len(sketches))[:count]
+    for i in pick:
+        x, y = pos[i]
+        if len(sketches[int(i)]) == 0:
+            continue
+        cell = render_sketch(sketches[int(i)], size=THUMB, colour=label_colour(int(labels[i])),
+                             line_width=1.2, margin=3)
+        mask = ImageOps.invert(cell.convert("L"))  # ink opaque, paper transparent
+        img.paste(cell, (int(x - THUMB / 2), int(y - THUMB / 2 + BAND)), mask)
+    return img
+
+
+def latent_map(model, sketches: Sketches, out, *, perplexity: float = 30.0, thumbnails: int = 150,
+               seed: int = 0, batch_size: int = 500, method: str = "tsne") -> dict:
+    """Draw the t-SNE (or `method="pca"`) map of `sketches`' codes (normalised) into the PNG `out`.
+
+    Panels: by category (when the sketches carry one), by each of `model.latent_labels`, and
+    thumbnails. Returns a summary: number of codes, the labels drawn and how many distinct
+    values each takes."""
+    if len(sketches) == 0:
+        raise DataError("latent map: no sketches to encode")
+    try:
+        codes = encode_sketches(model, sketches, batch_size)
+    except NotImplementedError as e:
+        raise ConfigError(f"latent map: {e}") from e
+    labels: dict[str, np.ndarray] = {}
+    names: dict[str, list[str]] = {}
+    if sketches.category is not None:
+        labels["category"] = sketches.category
+        names["category"] = list(sketches.category_names)
+    for key, value in model.latent_labels(codes).items():
+        labels[key] = np.asarray(value)
+        names[key] = [f"{key} {i}" for i in range(int(labels[key].max()) + 1)]
+    centres = weights = None
+    if hasattr(model, "latent_centres"):
+        c, w = model.latent_centres()
+        centres, weights = c.detach().float().cpu().numpy(), w.detach().float().cpu().numpy()
+    points = codes.cpu().numpy()
+    if centres is not None:
+        points = np.concatenate([points, centres], 0)
+    if method not in ("tsne", "pca"):
+        raise ConfigError(f"--method {method}: choose tsne or pca")
+    xy = _to_canvas(tsne(points, perplexity, seed) if method == "tsne" else pca2(points), PANEL, 14)
+    pos, cpos = xy[:len(codes)], (xy[len(codes):] if centres is not None else None)
+    if not labels:  # a model without labels on unlabelled sketches: one colour
+        labels["codes"] = np.zeros(len(codes), np.int64)
+        names["codes"] = ["code"]
+    panels = [_scatter_panel(pos, lab, names[key], f"{method}: coloured by {key}", cpos, weights)
+              for key, lab in labels.items()]
+    thumb_pos = _to_canvas(xy[:len(codes)], THUMB_PANEL, 30)
+    first = next(iter(labels.values()))
+    thumbs = _thumbnail_panel(sketches, thumb_pos, first, thumbnails, seed)
+    cols = min(len(panels), 3)
+    rows = -(-len(panels) // cols)
+    pw, ph = panels[0].size
+    width = max(cols * pw, thumbs.size[0])
+    canvas = Image.new("RGB", (width, rows * ph + thumbs.size[1]), "white")
+    for k, p in enumerate(panels):
+        r, c = divmod(k, cols)
+        canvas.paste(p, (c * pw, r * ph))
+    canvas.paste(thumbs, ((width - thumbs.size[0]) // 2, rows * ph))
+    from sketchlab.render.png import save_png
+
+    save_png(canvas, out)
+    return {"n": int(len(codes)), "labels": {k: int(len(np.unique(v))) for k, v in labels.items()},
+            "centres": 0 if centres is None else int(len(centres)), "method": method}
+
+
+# --------------------------------------------------------------------------------------------
+# interpolate / analogy
+# --------------------------------------------------------------------------------------------
+
+
+def _check_index(i: int, n: int, flag: str) -> int:
+    if not -n <= int(i) < n:
+        raise ConfigError(f"{flag} {i}: the reference set holds {n} sketches (0..{n - 1})")
+    return int(i) % n
+
+
+def _caption(sketches: Sketches, i: int, tag: str) -> str:
+    name = sketches.category_name(i)
+    return f"{tag}: {name} #{i}" if name else f"{tag}: #{i}"
+
+
+def _decode(model, codes: torch.Tensor, temperature, seed: int, greedy: bool) -> Sketches:
+    try:
+        return model.decode_codes(codes, temperature=temperature, seed=seed, greedy=greedy)
+    except NotImplementedError as e:
+        raise ConfigError(f"{e}") from e
+
+
+def _save_strip(items: list[np.ndarray], captions: list[str], out) -> None:
+    from sketchlab.render import save_grid
+
+    save_grid(items, out, cols=len(items), titles=captions, titles_below=True)
+
+
+def interpolation_strip(model, sketches: Sketches, a: int, b: int, out, *, steps: int = 8,
+                        spherical: bool = True, temperature: float | None = None, seed: int = 0,
+                        greedy: bool = False) -> Sketches:
+    """Decode `steps` codes from sketch a's code to sketch b's; draw [a, decoded..., b] to `out`
+    (.png or .svg). Returns the decoded sketches (normalised, carrying z)."""
+    if steps < 2:
+        raise ConfigError(f"--steps {steps}: need at least 2 (the two ends)")
+    a, b = _check_index(a, len(sketches), "--a"), _check_index(b, len(sketches), "--b")
+    codes = encode_sketches(model, sketches[[a, b]])
+    path = interpolate(codes[0].cpu(), codes[1].cpu(), steps, spherical=spherical)
+    decoded = _decode(model, path, temperature, seed, greedy)
+    ts = np.linspace(0, 1, steps)
+    _save_strip([sketches[a], *decoded, sketches[b]],
+                [_caption(sketches, a, "a"), *[f"t={t:.2f}" for t in ts], _caption(sketches, b, "b")],
+                out)
+    return decoded
+
+
+def analogy_strip(model, sketches: Sketches, a: int, b: int, c: int, out, *, samples: int = 3,
+                  temperature: float | None = None, seed: int = 0, greedy: bool = False) -> Sketches:
+    """Decode z_c + (z_b - z_a) `samples` times; draw [a, b, c, results...] to `out`."""
+    if samples < 1:
+        raise ConfigError(f"--samples {samples}: need at least 1")
+    idx = [_check_index(i, len(sketches), f) for i, f in ((a, "--a"), (b, "--b"), (c, "--c"))]
+    za, zb, zc = encode_sketches(model, sketches[idx]).cpu()
+    target = analogy(za, zb, zc)
+    decoded = _decode(model, target.unsqueeze(0).repeat(samples, 1), temperature, seed, greedy)
+    _save_strip([sketches[i] for i in idx] + list(decoded),
+                [_caption(sketches, idx[0], "a"), _caption(sketches, idx[1], "b"),
+                 _caption(sketches, idx[2], "c")] + ["c + b - a"] * samples, out)
+    return decoded
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+
+
+def _load(args):
+    from sketchlab.train import checkpoint as ckpt
+    from sketchlab.train.commands import load_references
+    from sketchlab.train.trainer import pick_device
+
+    run = Path(args.run)
+    info = ckpt.read_run_config(run)
+    model = ckpt.load_model(run, device=pick_device(args.device), which=args.which)
+    refs = load_references(args.split, run, model, info)
+    return model, refs
+
+
+def _subset(refs: Sketches, n: int | None, seed: int) -> Sketches:
+    """At most n sketches, the same share of each category, in their original order."""
+    if n is None or n >= len(refs):
+        return refs
+    if n < 1:
+        raise ConfigError(f"--n {n}: need at least one sketch")
+    rng = np.random.default_rng(seed)
+    if refs.category is None:
+        return refs.select(np.sort(rng.choice(len(refs), n, replace=False)))
+    cats = np.unique(refs.category)
+    per = max(1, n // len(cats))
+    keep = []
+    for c in cats:
+        idx = np.nonzero(refs.category == c)[0]
+        keep.append(rng.choice(idx, min(per, len(idx)), replace=False))
+    return refs.select(np.sort(np.concatenate(keep))[:n])
+
+
+def cmd_map(args) -> int:
+    model, refs = _load(args)
+    refs = _subset(refs, args.n, args.seed)
+    summary = latent_map(model, refs, args.out, perplexity=args.perplexity,
+                         thumbnails=args.thumbnails, seed=args.seed, method=args.method)
+    drawn = ", ".join(f"{k} ({v})" for k, v in summary["labels"].items())
+    print(f"{'t-SNE' if args.method == 'tsne' else 'PCA'} of {summary['n']} codes"
+          + (f" and {summary['centres']} prior means" if summary["centres"] else "")
+          + f", coloured by {drawn} -> {args.out}")
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    model, refs = _load(args)
+    interpolation_strip(model, refs, args.a, args.b, args.out, steps=args.steps,
+                        spherical=not args.linear, temperature=args.temperature, seed=args.seed,
+                        greedy=args.greedy)
+    print(f"interpolation {args.a} -> {args.b} in {args.steps} steps -> {args.out}")
+    return 0
+
+
+def cmd_analogy(args) -> int:
+    model, refs = _load(args)
+    analogy_strip(model, refs, args.a, args.b, args.c, args.out, samples=args.samples,
+                  temperature=args.temperature, seed=args.seed, greedy=args.greedy)
+    print(f"analogy z_{args.c} + (z_{args.b} - z_{args.a}) -> {args.out}")
+    return 0
+
+
+MAP_EPILOG = """examples:
+  sketchlab latent map runs/rpcl --out map.png                  # test split, up to 1000 codes
+  sketchlab latent map runs/rpclh --out map.png --split valid --n 500
+"""
+INTERP_EPILOG = """examples:
+  sketchlab latent interpolate runs/rpcl --out strip.png --a 0 --b 250 --steps 8
+  sketchlab latent interpolate runs/sheep --out strip.svg --a 3 --b 7 --linear
+"""
+ANALOGY_EPILOG = """examples:
+  sketchlab latent analogy runs/rpclh --a 10 --b 12 --c 300 --out analogy.png
+  (decodes z_c + (z_b - z_a): "c, changed the way b differs from a")
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run directory made by `sketchlab train`")
+    p.add_argument("--out", required=True, help="output drawing (.png; strips also .svg)")
+    p.add_argument("--split", default="test",
+                   help="the sketches to use: test | valid | train of the run's data, or a .npz file")
+    p.add_argument("--which", choices=["best", "latest"], default="best", help="which checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+
+
+def register_cli(subparsers) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    lat = subparsers.add_parser("latent", help="latent-space maps, interpolations and analogies",
+                                description="Look at a trained model's latent space.")
+    sub = lat.add_subparsers(dest="latent_command", metavar="TOOL")
+    lat.set_defaults(func=lambda args: (lat.print_help(), 1)[1])
+
+    m = sub.add_parser("map", help="t-SNE map of the codes, coloured by category and latent labels",
+                       epilog=MAP_EPILOG, formatter_class=fmt)
+    _common(m)
+    m.add_argument("--n", type=int, default=1000, help="at most this many sketches (balanced over categories)")
+    m.add_argument("--perplexity", type=float, default=30.0)
+    m.add_argument("--method", choices=["tsne", "pca"], default="tsne",
+                   help="tsne (scikit-learn) or pca (no extra package)")
+    m.add_argument("--thumbnails", type=int, default=150, help="sketches drawn at their positions")
+    m.set_defaults(func=cmd_map)
+
+    i = sub.add_parser("interpolate", help="decode the path between two sketches' codes",
+                       epilog=INTERP_EPILOG, formatter_class=fmt)
+    _common(i)
+    i.add_argument("--a", type=int, default=0, help="index of the first sketch in --split")
+    i.add_argument("--b", type=int, default=1, help="index of the last sketch in --split")
+    i.add_argument("--steps", type=int, default=8, help="decoded codes, ends included")
+    i.add_argument("--linear", action="store_true", help="straight line instead of slerp")
+    i.add_argument("--temperature", type=float, default=None, help="sampling temperature (model default)")
+    i.add_argument("--greedy", action="store_true", help="most likely choices instead of sampling")
+    i.set_defaults(func=cmd_interpolate)
+
+    a = sub.add_parser("analogy", help="decode z_c + (z_b - z_a), the latent calculator",
+                       epilog=ANALOGY_EPILOG, formatter_class=fmt)
+    _common(a)
+    a.add_argument("--a", type=int, required=True, help="index of sketch a in --split")
+    a.add_argument("--b", type=int, required=True, help="index of sketch b in --split")
+    a.add_argument("--c", type=int, required=True, help="index of sketch c in --split")
+    a.add_argument("--samples", type=int, default=3, help="how many decodings of the result")
+    a.add_argument("--temperature", type=float, default=None)
+    a.add_argument("--greedy", action="store_true")
+    a.set_defaults(func=cmd_analogy)
+
+
+__all__ = ["analogy_strip", "interpolation_strip", "latent_map", "register_cli", "tsne"]

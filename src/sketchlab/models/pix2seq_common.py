@@ -1,0 +1,320 @@
+"""What RPCL-pix2seq and RPCL-pix2seqH share: image in, sketch out (docs/specs/rpcl-pix2seq.md).
+
+Both seeds have the same networks and data pipeline; they differ only in the latent prior and in
+how the loss terms are weighted over the steps. This module holds the shared part once:
+
+* the config fields and defaults both seeds' `get_default_hparams` share (code values, not the
+  README's: batch 200, HyperLSTM 2048, z 128, lr 1e-3 decaying as 0.9999^(s/3), Adam beta1 0.5,
+  per-element clipping at 1, early stopping with patience 5 that rewinds to the best checkpoint);
+* the data: `make_batch` builds the augmented stroke-5 sequence for the decoder AND keeps the
+  un-augmented sketch for the image (the seeds never re-render the image after the sequence
+  augmentation), and the 48x48 image is rasterised on the device inside `loss` / `encode`
+  (`rasterize_torch`: seq2png's placement, origin-inclusive box, margin 1.5, 1-px line), scaled
+  to [-1, 1] with a white (+1) background; training images get the seeds' `random_scale_png`
+  (in practice always a 47-px copy anchored top-left, spec 2.4);
+* the networks: CNN encoder q(z|x) = N(mu, diag var) (`nn.conv.ImageEncoder`), the HyperLSTM
+  decoder fed [S_{t-1}, z] from the state tanh(FC(z)), the 20-component mixture head, and the
+  deconv image decoder used as a regulariser (`nn.conv.ImageDecoder`);
+* the sequence loss L_R (sum over time, mean over the batch; pen loss unmasked in training,
+  masked in evaluation) and validation on L_R with z = mu;
+* generation: conditioned on reference sketches (z = mu of their images), from the prior, or
+  from one chosen prior component; decoding codes; latent labels for maps.
+
+Precision: under the trainer's bf16 autocast only the sequence decoder (where the time goes)
+runs in bf16; the CNNs, the prior and every loss reduction stay float32, because the EM-updated
+prior is fitted to mu and var and the 1e-10 variance floor means nothing in bf16.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sketchlab.config import TrainingConfig
+from sketchlab.data import strokes as S
+from sketchlab.data.image_aug import png_scale_sizes, shrink_top_left_batched
+from sketchlab.data.raster import rasterize_torch
+from sketchlab.data.strokes import Sketches
+from sketchlab.errors import ConfigError
+from sketchlab.latent.codes import encode_sketches
+from sketchlab.latent.gmm import kl_weight
+from sketchlab.models.base import SketchModel
+from sketchlab.nn.conv import ImageDecoder, ImageEncoder, seed_linear
+from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms
+from sketchlab.nn.rnn import make_cell, sample_sequences
+
+
+@dataclass
+class Pix2SeqConfig(TrainingConfig):
+    """Hyperparameters both seeds share (their `get_default_hparams`, code defaults)."""
+
+    max_seq_len: int = -1                # -1: the longest sketch of the loaded data (no 250 cap)
+    z_size: int = 128
+    dec_model: str = "hyper"             # "lstm" | "layer_norm" | "hyper"
+    dec_rnn_size: int = 2048
+    hyper_num_units: int = 256
+    hyper_embedding_size: int = 32
+    use_recurrent_dropout: bool = True
+    recurrent_dropout_prob: float = 0.90  # keep probability
+    random_scale_factor: float = 0.10    # sequence: dx, dy *= U(0.9, 1.1) independently
+    augment_stroke_prob: float = 0.10    # sequence: sketch-rnn point dropping
+    png_width: int = 48
+    png_scale_ratio: float = 0.98        # image: int(48 U(0.98, 1)) = 47 px, top-left
+    png_margin: float = 1.5
+    png_line_width: float = 1.0
+    conv_init: str = "seed"              # "seed": every conv filter N(0, sqrt(2/3)) (spec 3.1); "he"
+    # CNN widths: encoder stages (layer_1, layer_2, conv0, conv1); the image decoder mirrors them.
+    # The seeds' (32, 64, 128, 256); smaller only for quick CPU runs (the demo).
+    cnn_channels: tuple[int, ...] = (32, 64, 128, 256)
+    temperature: float = 0.24            # sample.py's hard-coded tau
+    kl_decay_rate: float = 0.9999        # KL warm-up w_KL(s) = 1 - 0.999 * kl_decay_rate^s (hard-coded in the seeds)
+    # training (train.py of both seeds)
+    batch_size: int = 200
+    learning_rate: float = 1e-3
+    decay_rate: float = 0.9999
+    min_learning_rate: float = 1e-5
+    lr_decay_every: float = 3.0          # lr = 9.9e-4 * 0.9999^(s/3) + 1e-5
+    adam_beta1: float = 0.5
+    grad_clip: float = 1.0
+    clip_mode: str = "value"             # tf.clip_by_value on every gradient element
+    eval_every: int = 0                  # validate once per epoch
+    patience: int = 5
+    reload_best: bool = True             # rewind to the best checkpoint after a bad epoch
+    valid_metric: str = "recon"          # L_R in eval mode with z = mu
+
+
+def zero_touch(*modules: torch.nn.Module) -> Tensor:
+    """0 x (a sum touching every parameter of `modules`).
+
+    Added to a loss that skips a branch, it gives that branch's parameters zero (not None)
+    gradients, so Adam still moves them by momentum as TF's Adam does (spec 6.2), from the very
+    first step and with the same per-parameter step count as the rest."""
+    params = [p for m in modules for p in m.parameters()]
+    return torch.stack([p.reshape(-1)[0].float() for p in params]).sum() * 0.0
+
+
+class Pix2SeqBase(SketchModel):
+    """Encoder, decoders, data and generation of the two RPCL models; subclasses add the prior
+    (`make_prior`), the loss (`loss`) and the latent labels (`latent_labels`, `sample_prior`)."""
+
+    Config = Pix2SeqConfig
+
+    def __init__(self, config: Pix2SeqConfig):
+        super().__init__(config)
+        c = config
+        if c.max_seq_len <= 0:
+            raise ConfigError(
+                f"max_seq_len={c.max_seq_len}: the seeds take the longest sketch of the data; "
+                "`sketchlab train` fills it in, set it explicitly to build a model by hand")
+        if c.png_width % 16:
+            raise ConfigError(f"png_width={c.png_width}: the CNNs halve the image four times; "
+                              "use a multiple of 16 (the seeds use 48)")
+        keep = c.recurrent_dropout_prob if c.use_recurrent_dropout else 1.0
+        if len(c.cnn_channels) != 4:
+            raise ConfigError(f"cnn_channels={c.cnn_channels}: give the four encoder widths")
+        self.encoder = ImageEncoder(c.z_size, c.png_width, tuple(c.cnn_channels), init=c.conv_init)
+        self.decoder = make_cell(c.dec_model, 5 + c.z_size, c.dec_rnn_size, recurrent_dropout_keep=keep,
+                                 hyper_num_units=c.hyper_num_units,
+                                 hyper_embedding_size=c.hyper_embedding_size)
+        # spec 3.4: initial state tanh(FC(z)), FC He-normal std sqrt(2/z) and zero bias;
+        # output FC std sqrt(2/H), bias 0.
+        self.fc_init = seed_linear(c.z_size, self.decoder.state_size)
+        self.head = MixtureHead(c.dec_rnn_size, 20, bias=True, init_std=math.sqrt(2.0 / c.dec_rnn_size))
+        self.image_decoder = ImageDecoder(c.z_size, c.png_width, tuple(reversed(c.cnn_channels)),
+                                          init=c.conv_init)
+        self.prior = self.make_prior()
+
+    def make_prior(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    # ---- data preparation ----------------------------------------------------------------------
+    @classmethod
+    def adapt_config(cls, config, splits):
+        """max_seq_len = the longest sketch over every loaded split (spec 2.3), unless set."""
+        if config.max_seq_len > 0:
+            return config
+        longest = max(int(sk.lengths.max()) for sk in splits.values() if len(sk))
+        return dataclasses.replace(config, max_seq_len=longest)
+
+    def make_batch(self, sketches, train, rng):
+        """Stroke-5 decoder sequences (augmented when training) + the un-augmented stroke-3
+        sketches the image is rasterised from on the device (+ the image's shrunk side)."""
+        c = self.config
+        T = c.max_seq_len
+        seqs = sketches
+        if train:
+            seqs = [S.random_scale(s, c.random_scale_factor, rng) for s in sketches]
+            if c.augment_stroke_prob > 0:
+                seqs = [S.augment_strokes(s, c.augment_stroke_prob, rng) for s in seqs]
+        strokes5 = S.pad_batch(seqs, T)  # refuses a sketch longer than max_seq_len
+        raster = np.zeros((len(sketches), T, 3), np.float32)
+        for i, s in enumerate(sketches):
+            raster[i, :len(s)] = s
+        batch = {
+            "strokes": torch.from_numpy(strokes5),
+            "raster_strokes": torch.from_numpy(raster),
+            "raster_lengths": torch.tensor([len(s) for s in sketches], dtype=torch.long),
+        }
+        if train and c.png_scale_ratio < 1.0:
+            sizes = png_scale_sizes(rng, len(sketches), c.png_width, c.png_scale_ratio)
+            batch["png_size"] = torch.from_numpy(sizes)
+        return batch
+
+    def images(self, batch) -> Tensor:
+        """The encoder's input (B, W, W) in [-1, 1], background +1: rasterised on the batch's
+        device, then shrunk when the batch carries training sides. A precomputed `batch["image"]`
+        (e.g. a benchmark's static CUDA-graph input) is used as is."""
+        if "image" in batch:
+            return batch["image"].float()
+        c = self.config
+        grey = rasterize_torch(batch["raster_strokes"], batch["raster_lengths"], size=c.png_width,
+                               margin=c.png_margin, line_width=c.png_line_width)
+        x = grey / 255.0 * 2.0 - 1.0
+        if "png_size" in batch:
+            x = shrink_top_left_batched(x, batch["png_size"], fill=1.0)
+        return x
+
+    # ---- networks --------------------------------------------------------------------------
+    def encode_dist(self, batch) -> tuple[Tensor, Tensor, Tensor]:
+        """(image, mu, var) of q(z | image), float32 even under autocast."""
+        x = self.images(batch)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            mu, var = self.encoder(x)
+        return x, mu, var
+
+    def encode(self, batch) -> Tensor:
+        """The latent code used for retrieval, maps and conditional generation: mu."""
+        return self.encode_dist(batch)[1]
+
+    def latent(self, batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(image, mu, var, z): z = mu + sqrt(var) eps in training, z = mu in evaluation (spec 3.2)."""
+        x, mu, var = self.encode_dist(batch)
+        z = mu + var.sqrt() * torch.randn_like(mu) if self.training else mu
+        return x, mu, var, z
+
+    def initial_state(self, z: Tensor) -> Tensor:
+        """tanh(FC(z)), kept float32 under autocast (the cells keep their state in float32)."""
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return torch.tanh(self.fc_init(z.float()))
+
+    def decode(self, inputs: Tensor, z: Tensor) -> Tensor:
+        """Teacher-forced decoder: stroke-5 inputs (B, T, 5) and z -> raw mixture params (B, T, 123)."""
+        B, T, _ = inputs.shape
+        x = torch.cat([inputs, z.unsqueeze(1).expand(B, T, z.shape[-1])], -1)
+        h, _ = self.decoder.sequence(x, self.initial_state(z))
+        return self.head(h)
+
+    def sequence_terms(self, batch, z: Tensor) -> dict[str, Tensor]:
+        """L_R's parts: {"offset", "pen"}, each summed over time and averaged over the batch."""
+        strokes = batch["strokes"]
+        raw = self.decode(strokes[:, :-1], z)
+        return mixture_loss_terms(raw, strokes[:, 1:], training=self.training,
+                                  reduction="sum_time_mean_batch")
+
+    def reconstruct_image(self, z: Tensor) -> Tensor:
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self.image_decoder(z.float())
+
+    def kl_weight_at(self, step: int) -> float:
+        """The seeds' KL warm-up 1 - 0.999 * kl_decay_rate^s (0.9999; same in training and evaluation)."""
+        return kl_weight(step, decay=self.config.kl_decay_rate)
+
+    def on_step_end(self, step: int) -> None:
+        """Write the prior update staged by this step's `loss` (after the optimiser step)."""
+        self.prior.on_step_end()
+
+    # ---- latent labels (subclasses) -----------------------------------------------------------
+    def component_labels(self, z: Tensor) -> np.ndarray:
+        """The index carried as `Sketches.component`: the most responsible prior component."""
+        raise NotImplementedError
+
+    def sample_prior(self, n: int, generator: torch.Generator, component: int | None = None,
+                     unit: int | None = None) -> tuple[Tensor, Tensor]:
+        """n codes from the prior (or one chosen component / unit) and their component index."""
+        raise NotImplementedError
+
+    def prior_weights(self) -> Tensor:
+        """The prior weight of each Gaussian (K,)."""
+        raise NotImplementedError
+
+    def latent_centres(self) -> tuple[Tensor, Tensor]:
+        """The prior's Gaussian means (K, D) and weights (K,), drawn on latent maps."""
+        return self.prior.mean, self.prior_weights()
+
+    def n_alive(self) -> int:
+        return self.prior.n_alive()
+
+    # ---- generation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode_z(self, z: Tensor, temperature: float, greedy: bool = False,
+                 generator: torch.Generator | None = None) -> list[np.ndarray]:
+        """Sample one sketch per code (normalised stroke-3), seeds' procedure (spec 7.5): a fixed
+        max_seq_len rollout at temperature tau, cut at the first end-of-sketch row."""
+        seq = sample_sequences(self.decoder, self.head, self.initial_state(z), self.config.max_seq_len,
+                               z=z, temperature=temperature, greedy=greedy, generator=generator)
+        return [S.stroke5_to_stroke3(s) for s in seq.float().cpu().numpy()]
+
+    def _temperature(self, temperature, greedy) -> float:
+        t = self.config.temperature if temperature is None else float(temperature)
+        if t <= 0 and not greedy:
+            raise ConfigError(f"temperature must be > 0 (got {t}); use greedy=True for argmax")
+        return t
+
+    @torch.no_grad()
+    def decode_codes(self, z, *, temperature=None, seed=0, greedy=False) -> Sketches:
+        """Decode codes (N, z_size); the sketches carry z and their component under the prior."""
+        self.eval()
+        t = self._temperature(temperature, greedy)
+        gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        z = torch.as_tensor(z).to(self.device, torch.float32)
+        out = Sketches.from_list(self.decode_z(z, t, greedy, gen), scale_factor=self.scale_factor)
+        out.z = z.cpu().numpy()
+        out.component = self.component_labels(z)
+        return out
+
+    @torch.no_grad()
+    def _generate(self, n, references, temperature, seed, batch_size, greedy, component, unit) -> Sketches:
+        self.eval()
+        t = self._temperature(temperature, greedy)
+        if batch_size is None or int(batch_size) < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
+        batch_size = int(batch_size)
+        device = self.device
+        if references is not None:
+            if component is not None or unit is not None:
+                raise ConfigError("conditional generation takes its codes from the references; "
+                                  "drop --component (or the references) to sample a component")
+            n = len(references) if n is None else min(int(n), len(references))
+            refs = references[np.arange(n)]
+            z = encode_sketches(self, refs, batch_size)
+            comp = torch.as_tensor(self.component_labels(z))
+        else:
+            if n is None:
+                raise ConfigError("give n (how many sketches) or references to condition on")
+            n = int(n)
+            prior_gen = torch.Generator().manual_seed(int(seed))
+            z, comp = self.sample_prior(n, prior_gen, component=component, unit=unit)
+            z = z.to(device)
+        gen = torch.Generator(device=device).manual_seed(int(seed))
+        out = []
+        for lo in range(0, n, batch_size):
+            out += self.decode_z(z[lo:lo + batch_size], t, greedy, gen)
+        result = Sketches.from_list(out, scale_factor=self.scale_factor)
+        result.z = z.float().cpu().numpy()
+        result.component = np.asarray(comp.cpu() if torch.is_tensor(comp) else comp, dtype=np.int64)
+        if references is not None and references.category is not None:
+            result.category = references.category[:n]
+            result.category_names = references.category_names
+        return result
+
+    def sample_options(self):
+        return {"component": "sample z from this prior component instead of conditioning",
+                "greedy": "pick the most likely component and pen state instead of sampling"}
+
+
+__all__ = ["Pix2SeqBase", "Pix2SeqConfig", "zero_touch"]

@@ -1,0 +1,125 @@
+"""RPCL-pix2seq (Zang, Ying & Xu, Neural Networks 2021): a sketch image -> z with a GMM prior
+learned by rival-penalised EM -> a stroke sequence (docs/specs/rpcl-pix2seq.md, sections 0-4).
+
+Reads top to bottom: config (the seed's code defaults), model (encoder, decoders and data come
+from `pix2seq_common`), loss, labels and sampling, and the small CPU demo configuration.
+
+* The prior is K = num_mixture * num_sub = 10 diagonal Gaussians with weights alpha, held as
+  buffers (`latent.gmm.GMMPrior`) and never touched by the optimiser: every training step's
+  `loss` computes the responsibilities gamma from the OLD prior and stages an update (EMA EM
+  with rate 0.05; after step 500 every third step a rival-penalised hard step instead), and
+  `on_step_end` writes it after the optimiser step (spec 4.3-4.4, 6.2).
+* Loss (spec 4.6): `w_KL(s) (L_alpha + L_G) + L_R + de_weight L_D`, with w_KL(s) =
+  1 - 0.999 * 0.9999^s, L_alpha = KL(gamma || alpha'), L_G the gamma-weighted Gaussian KL against
+  the detached NEW prior, L_R the sequence NLL (sum over time, mean over batch), L_D the squared
+  error of the deconv image decoder (summed over pixels, mean over batch).
+* Elimination (spec 4.5): nothing is removed; components that stop winning end with alpha ~ 0
+  and never win again. `n_alive` counts those with alpha above `alive_threshold`, and is logged.
+* Responsibilities are computed in log space (a float32 softmax of log alpha + log-likelihood,
+  then the seed's clip to [1e-5, 1]): identical to the seed wherever its float64 exp does not
+  underflow, and near-one-hot instead of uniform where it does. `faithful_posterior=True` gives
+  the seed's arithmetic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sketchlab.errors import ConfigError
+from sketchlab.latent.gmm import ALIVE_THRESHOLD, GMMPrior
+from sketchlab.models.pix2seq_common import Pix2SeqBase, Pix2SeqConfig
+
+
+@dataclass
+class Config(Pix2SeqConfig):
+    num_mixture: int = 5                 # the number of categories, NOT the output mixture (20)
+    num_sub: int = 2                     # Gaussians per category: K = num_mixture * num_sub
+    de_weight: float = 0.5               # weight of the image decoder's squared error
+    rpcl_start: int = 500                # RPCL steps when s > rpcl_start and s % rpcl_every == 0
+    rpcl_every: int = 3
+    faithful_posterior: bool = False     # True: the seed's unshifted float64 exp (uniform on underflow)
+    alive_threshold: float = ALIVE_THRESHOLD
+
+
+class RPCLPix2Seq(Pix2SeqBase):
+    name = "rpcl-pix2seq"
+    Config = Config
+
+    def make_prior(self):
+        c = self.config
+        return GMMPrior(c.num_mixture * c.num_sub, c.z_size, faithful_posterior=c.faithful_posterior,
+                        rpcl_start=c.rpcl_start, rpcl_every=c.rpcl_every,
+                        alive_threshold=c.alive_threshold)
+
+    # ---- loss ----------------------------------------------------------------------------------
+    def loss(self, batch, step: int = 0):
+        c = self.config
+        x, mu, var, z = self.latent(batch)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            prior = self.prior(z, mu, var, step)   # stages the update in training mode
+        seq = self.sequence_terms(batch, z)
+        recon = seq["offset"] + seq["pen"]
+        image = (x - self.reconstruct_image(z)).square().sum((1, 2)).mean()
+        w = self.kl_weight_at(step)
+        kl = prior["loss_alpha"] + prior["loss_gauss"]
+        total = w * kl + recon + c.de_weight * image
+        return {
+            "loss": total,
+            "recon": recon.detach(),
+            "offset": seq["offset"].detach(),
+            "pen": seq["pen"].detach(),
+            "image": image.detach(),
+            "kl_alpha": prior["loss_alpha"].detach(),
+            "kl_gauss": prior["loss_gauss"].detach(),
+            "kl_weight": torch.tensor(w),
+            "rpcl": torch.tensor(float(prior["rpcl"])),
+            "n_alive": self.prior.alive_mask().sum().float(),
+        }
+
+    # ---- latent labels and the prior -----------------------------------------------------------
+    @torch.no_grad()
+    def component_labels(self, z) -> np.ndarray:
+        """The seed's `gau_label`: argmax_k gamma(z) under the stored GMM."""
+        return self.prior.posterior(z.to(self.prior.mean.device)).argmax(-1).cpu().numpy()
+
+    def latent_labels(self, z) -> dict[str, np.ndarray]:
+        return {"component": self.component_labels(z)}
+
+    def prior_weights(self):
+        return self.prior.alpha
+
+    def sample_prior(self, n, generator, component=None, unit=None):
+        if unit is not None:
+            raise ConfigError("RPCL-pix2seq has no level-l units; pick a component")
+        return self.prior.sample(n, component=component, generator=generator)
+
+    # ---- generation ----------------------------------------------------------------------------
+    def generate(self, n: int | None = None, *, references=None, temperature: float | None = None,
+                 seed: int = 0, batch_size: int = 500, component: int | None = None,
+                 greedy: bool = False):
+        """Sketches conditioned on `references` (normalised Sketches; z = mu of their images), or
+        drawn from the prior: z ~ N(m_k, diag v_k) with k ~ alpha, or k = `component`.
+
+        (The seed's own "unconditional" mode draws z ~ N(0, I), spec 7.3; sampling a chosen
+        component is the paper-consistent reading.) The result carries z, the component (the
+        drawn k, or argmax gamma(z) under the stored prior when conditioned) and the references'
+        categories."""
+        return self._generate(n, references, temperature, seed, batch_size, greedy, component, None)
+
+
+def demo_config(**overrides) -> Config:
+    """A small configuration that learns the built-in doodles on a CPU in a few minutes (for
+    `sketchlab demo`): CNN widths (8, 16, 32, 64), an LSTM-256 decoder, z 32, K = 5 x 2
+    Gaussians, batch 32, lr 2e-3, RPCL from step 150 (the seed's 500 assumes hundreds of thousands
+    of steps), no early stopping. Everything else is the seed's."""
+    base = Config(cnn_channels=(8, 16, 32, 64), dec_model="lstm", dec_rnn_size=256, z_size=32,
+                  num_mixture=5, num_sub=2, batch_size=32, learning_rate=2e-3, rpcl_start=150,
+                  patience=0, reload_best=False)
+    return dataclasses.replace(base, **overrides)
+
+
+__all__ = ["Config", "RPCLPix2Seq", "demo_config"]

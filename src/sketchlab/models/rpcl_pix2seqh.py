@@ -1,0 +1,142 @@
+"""RPCL-pix2seqH (Zang et al., TNNLS 2023): RPCL-pix2seq with a two-level latent hierarchy
+(docs/specs/rpcl-pix2seq.md, sections 0, 5 and 6).
+
+The networks, data and sampling are RPCL-pix2seq's (`pix2seq_common`). What differs:
+
+* The prior `p(z) = sum_i q(i) sum_j q(j|i) N(z; m_j, v_j)`: J = 16 level-k Gaussians shared by
+  I = 16 level-l units (`latent.gmm.HierarchicalPrior`; I must equal J). Buffers again, updated
+  by EMA EM and, after step 100 on every third step, by RPCL on both levels; q(j|i) by the
+  co-responsibility "merge" rule. Unlike pix2seq, the posteriors in the loss are computed
+  after the update and gradient flows through it (spec 5.8).
+* The KL term is the "structural constraint" L_IJ = KL(q(j, i | x) || q(i) q(j|i)) plus the
+  gamma-weighted Gaussian KL L_G, times 0.1 * w_KL(s).
+* The image branch (L1 loss) is a short pre-training regulariser (spec 5.7):
+
+      s < 1000 and s % 4 != 0:  L = 0.1 w_KL (L_IJ + L_G) + L_D     (image steps: no L_R)
+      otherwise:                L = 0.1 w_KL (L_IJ + L_G) + L_R     (the deconv branch gets 0)
+
+  The branch a step skips still receives zero gradients (`zero_touch`), so Adam moves it by
+  momentum as TF's Adam does. `de_weight` does not exist here (the seed ignores it).
+* Evaluation computes every term; its "loss" is the sequence-phase total.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from sketchlab.latent.gmm import ALIVE_THRESHOLD, HierarchicalPrior
+from sketchlab.models.pix2seq_common import Pix2SeqBase, Pix2SeqConfig, zero_touch
+
+
+@dataclass
+class Config(Pix2SeqConfig):
+    num_layer_j: int = 16                # level-k Gaussians
+    num_layer_i: int = 16                # level-l units (must equal num_layer_j)
+    rpcl_start: int = 100                # RPCL steps when s > rpcl_start and s % rpcl_every == 0
+    rpcl_every: int = 3
+    kl_multiplier: float = 0.1           # L = 0.1 w_KL (L_IJ + L_G) + ...
+    image_phase_steps: int = 1000        # the image branch is trained while s < this ...
+    image_phase_every: int = 4           # ... on the steps with s % 4 != 0
+    alive_threshold: float = ALIVE_THRESHOLD
+
+
+class RPCLPix2SeqH(Pix2SeqBase):
+    name = "rpcl-pix2seqh"
+    Config = Config
+
+    def make_prior(self):
+        c = self.config
+        return HierarchicalPrior(c.num_layer_j, c.num_layer_i, c.z_size, rpcl_start=c.rpcl_start,
+                                 rpcl_every=c.rpcl_every, alive_threshold=c.alive_threshold)
+
+    # ---- loss ----------------------------------------------------------------------------------
+    def is_image_step(self, step: int) -> bool:
+        """Steps that train the image branch instead of the sequence decoder (spec 5.7)."""
+        c = self.config
+        return step < c.image_phase_steps and step % c.image_phase_every != 0
+
+    def loss(self, batch, step: int = 0):
+        c = self.config
+        x, mu, var, z = self.latent(batch)
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            prior = self.prior(z, mu, var, step)   # update with gradient; stages it when training
+        w = c.kl_multiplier * self.kl_weight_at(step)
+        total = w * (prior["loss_ij"] + prior["loss_gauss"])
+        image_step = self.is_image_step(step)
+        terms = {}
+        if not self.training or image_step:
+            image = (x - self.reconstruct_image(z)).abs().sum((1, 2)).mean()
+            terms["image"] = image.detach()
+        if not self.training or not image_step:
+            seq = self.sequence_terms(batch, z)
+            recon = seq["offset"] + seq["pen"]
+            terms.update(recon=recon.detach(), offset=seq["offset"].detach(), pen=seq["pen"].detach())
+        if not self.training:
+            total = total + recon
+        elif image_step:
+            total = total + image + zero_touch(self.decoder, self.fc_init, self.head)
+        else:
+            total = total + recon + zero_touch(self.image_decoder)
+        q_j = self.prior_weights()
+        terms.update({
+            "loss": total,
+            "kl_ij": prior["loss_ij"].detach(),
+            "kl_gauss": prior["loss_gauss"].detach(),
+            "kl_weight": torch.tensor(w),
+            "rpcl": torch.tensor(float(prior["rpcl"])),
+            "image_step": torch.tensor(float(image_step and self.training)),
+            "n_alive": (q_j > c.alive_threshold).sum().float(),
+            "n_alive_units": (self.prior.q_i > c.alive_threshold).sum().float(),
+        })
+        return terms
+
+    # ---- latent labels and the prior -----------------------------------------------------------
+    @torch.no_grad()
+    def latent_labels(self, z) -> dict[str, np.ndarray]:
+        """Level-k Gaussian and level-l unit of each code under the STORED prior (the seed's
+        sample.py reads them off a batch-updated posterior instead, spec 7.4 [BUG?])."""
+        post = self.prior.posterior(z.to(self.prior.mean.device))
+        return {"level_k": post.p_j.argmax(-1).cpu().numpy(),
+                "level_l": post.p_i.argmax(-1).cpu().numpy()}
+
+    def component_labels(self, z) -> np.ndarray:
+        return self.latent_labels(z)["level_k"]
+
+    def prior_weights(self):
+        """q(j) = sum_i q(j|i) q(i) of each level-k Gaussian (never stored, spec 5.1)."""
+        return self.prior.q_j()
+
+    def n_alive_units(self) -> int:
+        return self.prior.n_alive_units()
+
+    def sample_prior(self, n, generator, component=None, unit=None):
+        z, j, _ = self.prior.sample(n, component=component, unit=unit, generator=generator)
+        return z, j
+
+    # ---- generation ----------------------------------------------------------------------------
+    def generate(self, n: int | None = None, *, references=None, temperature: float | None = None,
+                 seed: int = 0, batch_size: int = 500, component: int | None = None,
+                 unit: int | None = None, greedy: bool = False):
+        """Sketches conditioned on `references` (z = mu of their images), or from the hierarchy:
+        i ~ q(i), j ~ q(j|i), z ~ N(m_j, v_j); `unit=i` fixes the level-l unit, `component=j` the
+        level-k Gaussian. The result carries z, the level-k Gaussian j (drawn, or the most
+        responsible one under the stored prior when conditioned) and the references' categories."""
+        return self._generate(n, references, temperature, seed, batch_size, greedy, component, unit)
+
+
+def demo_config(**overrides) -> Config:
+    """A small CPU configuration for `sketchlab demo` on the built-in doodles (see
+    `rpcl_pix2seq.demo_config`): CNN widths (8, 16, 32, 64), LSTM-256, z 32, J = I = 16,
+    batch 32, and an image phase of 200 steps instead of 1000 (the seed's schedule assumes far
+    longer training)."""
+    base = Config(cnn_channels=(8, 16, 32, 64), dec_model="lstm", dec_rnn_size=256, z_size=32,
+                  batch_size=32, learning_rate=2e-3, image_phase_steps=200, patience=0,
+                  reload_best=False)
+    return dataclasses.replace(base, **overrides)
+
+
+__all__ = ["Config", "RPCLPix2SeqH", "demo_config"]
