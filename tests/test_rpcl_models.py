@@ -248,16 +248,30 @@ def test_dead_components_and_underflow_stay_finite(doodles, cls, cfg, tiny):
 # --------------------------------------------------------------------------------------------
 
 
-def _run(cls, cfg_cls, tiny, run_dir, max_steps, seed):
+def _run(cls, cfg_cls, tiny, run_dir, max_steps, seed, device="cpu", **over):
     splits = make_doodle_splits(24, 8, 8, categories=["fish", "house"])
     cfg = cfg_cls(**{**tiny, "patience": 0, "reload_best": False, "checkpoint_every": 3, "rpcl_start": 2,
-                     **({"image_phase_steps": 4} if cls is RPCLPix2SeqH else {})})
+                     **({"image_phase_steps": 4} if cls is RPCLPix2SeqH else {}), **over})
     data = prepare_data(cls, cfg, splits)
     torch.manual_seed(seed)
     model = cls(data.config)
-    Trainer(model, data, run_dir, progress=False, max_steps=max_steps, log=lambda m: None,
-            device=torch.device("cpu")).train()
+    tr = Trainer(model, data, run_dir, progress=False, max_steps=max_steps, log=lambda m: None,
+                 device=torch.device(device))
+    tr.train()
+    model.trainer_graph_mode = tr.graph_mode
     return model
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls,cfg,tiny", MODELS, ids=IDS)
+def test_graphed_training_matches_eager_on_cuda(tmp_path, cls, cfg, tiny):
+    """Whole-step CUDA graphs (one per EM/RPCL, image/sequence key) train like eager steps."""
+    over = dict(recurrent_dropout_prob=1.0, amp=False, random_scale_factor=0.0, augment_stroke_prob=0.0)
+    eager = _run(cls, cfg, tiny, tmp_path / "e", 8, 0, "cuda", cuda_graph=False, **over)
+    graph = _run(cls, cfg, tiny, tmp_path / "g", 8, 0, "cuda", cuda_graph=True, **over)
+    assert graph.trainer_graph_mode and not eager.trainer_graph_mode
+    for (k, a), (_, b) in zip(eager.state_dict().items(), graph.state_dict().items()):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-4), k
 
 
 @pytest.mark.parametrize("cls,cfg,tiny", MODELS, ids=IDS)

@@ -52,6 +52,23 @@ def kl_weight(step: int, floor: float = 0.001, decay: float = 0.9999) -> float:
     return 1.0 - (1.0 - floor) * decay**step
 
 
+def _write_if_finite(buffers: list[Tensor], values: list[Tensor], what: str) -> bool:
+    """Copy `values` into `buffers` unless any holds NaN/inf (a diverged batch keeps the prior).
+
+    Sync-free, so it can run inside a captured CUDA graph: the choice is a `torch.where`. Outside
+    a capture the decision is read back, warned about and returned.
+    """
+    ok = torch.stack([torch.isfinite(v).all() for v in values]).all()
+    for buf, value in zip(buffers, values):
+        buf.copy_(torch.where(ok, value.to(buf.dtype), buf))
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return True
+    if not bool(ok):
+        warnings.warn(f"{what} update held NaN/inf (diverged batch); the prior was kept")
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------------------------
 # Shared pieces: weighted EMA moments, rival selection, Gaussian KL
 # --------------------------------------------------------------------------------------------
@@ -282,13 +299,8 @@ class GMMPrior(nn.Module):
         new, self._pending = self._pending, None
         if new is None:
             return False
-        if not all(torch.isfinite(t).all() for t in new):
-            warnings.warn("GMM prior update held NaN/inf (diverged batch); the prior was kept")
-            return False
-        self.mean.copy_(new.mean)
-        self.var.copy_(new.var)
-        self.alpha.copy_(new.alpha)
-        return True
+        return _write_if_finite([self.mean, self.var, self.alpha], [new.mean, new.var, new.alpha],
+                                "GMM prior")
 
     def alive_mask(self, threshold: float | None = None) -> Tensor:
         return self.alpha > (self.alive_threshold if threshold is None else threshold)
@@ -555,12 +567,7 @@ class HierarchicalPrior(nn.Module):
         new, self._pending = self._pending, None
         if new is None:
             return False
-        if not all(torch.isfinite(t).all() for t in new):
-            warnings.warn("hierarchical prior update held NaN/inf (diverged batch); the prior was kept")
-            return False
-        for buf, value in zip(self.state(), new):
-            buf.copy_(value)
-        return True
+        return _write_if_finite(list(self.state()), list(new), "hierarchical prior")
 
     def q_j(self) -> Tensor:
         return self.state().q_j()

@@ -73,6 +73,11 @@ class SketchModel(nn.Module):
     def on_step_end(self, step: int) -> None:
         """Called by the trainer after each optimiser step."""
 
+    def prepare_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Device-side preparation of a training batch that must run eagerly before the step
+        (e.g. rasterising images: dynamic shapes cannot be captured in a CUDA graph)."""
+        return batch
+
     def graph_key(self, step: int):
         """Which captured CUDA graph step `step` can replay, or None to run it eagerly.
 

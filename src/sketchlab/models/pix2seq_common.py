@@ -220,9 +220,17 @@ class Pix2SeqBase(SketchModel):
         with torch.autocast(device_type=z.device.type, enabled=False):
             return self.image_decoder(z.float())
 
-    def kl_weight_at(self, step: int) -> float:
-        """The seeds' KL warm-up 1 - 0.999 * kl_decay_rate^s (0.9999; same in training and evaluation)."""
-        return kl_weight(step, decay=self.config.kl_decay_rate)
+    def kl_weight_at(self, step):
+        """The seeds' KL warm-up 1 - 0.999 * kl_decay_rate^s (0.9999; same in training and
+        evaluation); `step` may be the batch's device tensor (CUDA-graph replay)."""
+        w = kl_weight(step, decay=self.config.kl_decay_rate)
+        return w.float() if torch.is_tensor(w) else torch.tensor(w)
+
+    def prepare_step(self, batch):
+        """Rasterise the training images before the step: the rasteriser's shapes depend on the
+        data, so it stays outside a captured CUDA graph (the image is then a static input)."""
+        batch["image"] = self.images(batch)
+        return batch
 
     def on_step_end(self, step: int) -> None:
         """Write the prior update staged by this step's `loss` (after the optimiser step)."""

@@ -64,7 +64,7 @@ class RPCLPix2Seq(Pix2SeqBase):
         seq = self.sequence_terms(batch, z)
         recon = seq["offset"] + seq["pen"]
         image = (x - self.reconstruct_image(z)).square().sum((1, 2)).mean()
-        w = self.kl_weight_at(step)
+        w = self.kl_weight_at(batch.get("step", step))
         kl = prior["loss_alpha"] + prior["loss_gauss"]
         total = w * kl + recon + c.de_weight * image
         return {
@@ -75,10 +75,14 @@ class RPCLPix2Seq(Pix2SeqBase):
             "image": image.detach(),
             "kl_alpha": prior["loss_alpha"].detach(),
             "kl_gauss": prior["loss_gauss"].detach(),
-            "kl_weight": torch.tensor(w),
+            "kl_weight": torch.as_tensor(w).detach(),
             "rpcl": torch.tensor(float(prior["rpcl"])),
             "n_alive": self.prior.alive_mask().sum().float(),
         }
+
+    def graph_key(self, step: int):
+        # The update's control flow is the only thing that changes with the step: EM or RPCL.
+        return "rpcl" if self.prior.is_rpcl_step(step) else "em"
 
     # ---- latent labels and the prior -----------------------------------------------------------
     @torch.no_grad()

@@ -64,7 +64,7 @@ class RPCLPix2SeqH(Pix2SeqBase):
         x, mu, var, z = self.latent(batch)
         with torch.autocast(device_type=z.device.type, enabled=False):
             prior = self.prior(z, mu, var, step)   # update with gradient; stages it when training
-        w = c.kl_multiplier * self.kl_weight_at(step)
+        w = c.kl_multiplier * self.kl_weight_at(batch.get("step", step))
         total = w * (prior["loss_ij"] + prior["loss_gauss"])
         image_step = self.is_image_step(step)
         terms = {}
@@ -86,13 +86,18 @@ class RPCLPix2SeqH(Pix2SeqBase):
             "loss": total,
             "kl_ij": prior["loss_ij"].detach(),
             "kl_gauss": prior["loss_gauss"].detach(),
-            "kl_weight": torch.tensor(w),
+            "kl_weight": torch.as_tensor(w).detach(),
             "rpcl": torch.tensor(float(prior["rpcl"])),
             "image_step": torch.tensor(float(image_step and self.training)),
             "n_alive": (q_j > c.alive_threshold).sum().float(),
             "n_alive_units": (self.prior.q_i > c.alive_threshold).sum().float(),
         })
         return terms
+
+    def graph_key(self, step: int):
+        # Image-branch vs sequence steps, and EM vs RPCL updates: up to four graphs.
+        return ("image" if self.is_image_step(step) else "sequence",
+                "rpcl" if self.prior.is_rpcl_step(step) else "em")
 
     # ---- latent labels and the prior -----------------------------------------------------------
     @torch.no_grad()

@@ -12,7 +12,8 @@ an H100: 361 ms eager bf16, 46 ms graphed). What the model must allow (`model.gr
   (RPCL vs EM steps, image-branch phases) is named by `graph_key(step)`: one graph per key.
 
 Capture runs a few warm-up steps (building compiled kernels and the optimizer's state) and then
-restores the weights, buffers and optimizer state it started from, so capturing changes nothing.
+restores the weights, buffers, optimizer state and CUDA random state it started from, so
+capturing changes nothing.
 Each replay first copies the live state into a backup; if the step's loss or gradients are not
 finite the backup is copied back, which is the eager path's "skip the update".
 """
@@ -75,6 +76,7 @@ class GraphedTrainer:
     def _capture(self, key: Hashable, batch: dict[str, Tensor], step: int) -> _Graph:
         inputs = {k: v.clone() for k, v in batch.items()}
         snap = self._snapshot()
+        rng = torch.cuda.get_rng_state()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -82,6 +84,7 @@ class GraphedTrainer:
                 self.step_fn(inputs, step)
         torch.cuda.current_stream().wait_stream(side)
         self._restore(snap)
+        torch.cuda.set_rng_state(rng)     # warm-up draws leave the random stream untouched
         live = self._live()
         if self._backup is None:          # one backup shared by every graph (they run in turn)
             self._backup = [t.detach().clone() for t in live]

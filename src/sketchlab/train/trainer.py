@@ -465,6 +465,8 @@ class Trainer:
                     lr = learning_rate(cfg, step)
                     batch["step"] = torch.tensor(float(step), dtype=torch.float64)  # schedules in the loss
                     batch = to_device(batch, self.device)
+                    with torch.no_grad():
+                        batch = self.model.prepare_step(batch)
                     terms = self._train_step(batch, step, lr, forward)
                     if terms is None:
                         # Skipped: the parameters stay at the last good state.
