@@ -12,7 +12,8 @@ from sketchlab.data.corrupt import deform, drop_strokes, mask_patches, mask_poin
 from sketchlab.data.strokes import Sketches, to_absolute
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.models.sketchknitter import (
-    Config, SketchKnitter, calibrate_shortcut, decode_pen, faithful_scale_factor,
+    Config, SketchKnitter, calibrate_shortcut, config_from_original, decode_pen,
+    faithful_scale_factor,
 )
 from sketchlab.nn.unet1d import AttentionBlock, UNet1D, timestep_embedding
 
@@ -151,6 +152,26 @@ def test_sequence_layout_variant():
                  num_res_blocks=1, layout="sequence")
     eps, pen = net(torch.randn(2, 32, 3), torch.tensor([1.0, 2.0]))
     assert eps.shape == pen.shape == (2, 32, 2) and torch.all(eps == 0)
+
+
+def test_config_from_the_original_flags():
+    # sample.sh's flags
+    cfg = config_from_original({"image_size": 96, "num_channels": 96, "num_res_blocks": 3,
+                                "diffusion_steps": 100, "noise_schedule": "linear",
+                                "use_ddim": "True", "timestep_respacing": "ddim30",
+                                "pen_break": 0.1, "attention_resolutions": "16,8",
+                                "ema_rate": "0.9999", "clip_denoised": "True"})
+    assert cfg.faithful and cfg.num_points == cfg.model_channels == 96 and cfg.num_res_blocks == 3
+    assert cfg.diffusion_steps == 100 and cfg.sampler == "ddim" and cfg.sample_steps == "ddim30"
+    assert cfg.pen_break == 0.1 and cfg.clip == 1.0 and cfg.ema_rate == 0.9999
+    m = SketchKnitter(Config(**{**TINY, "sample_steps": "ddim5", "sampler": "ddim"}))
+    assert len(m.make_sampler().timesteps) == 5
+    with pytest.raises(ConfigError, match="learn_sigma"):
+        config_from_original({"learn_sigma": True})
+    with pytest.raises(ConfigError, match="must be equal"):
+        config_from_original({"image_size": 96, "num_channels": 128})
+    with pytest.raises(ConfigError, match="unknown"):
+        config_from_original({"image_sise": 96})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,7 +351,8 @@ def test_fast_path_matches_plain_path():
         eps_plain, eps_fast = [], []
         plain = m.generate(3, fast=False, generator=torch.Generator().manual_seed(2),
                            callback=lambda *a: eps_plain.append(a[4].clone()), **kw)
-        fast = m.generate(3, fast=True, generator=torch.Generator().manual_seed(2),
+        fast = m.generate(3, fast=True, fast_dtype=torch.bfloat16,
+                          generator=torch.Generator().manual_seed(2),
                           callback=lambda *a: eps_fast.append(a[4].clone()), **kw)
         assert fast.lengths.tolist() == plain.lengths.tolist()
         # same noise stream (a short last batch is padded on the fast path), bf16 network
@@ -344,7 +366,8 @@ def test_fast_path_matches_plain_path():
     with torch.no_grad():
         m.ema.module.out[2].weight.mul_(3.0)
     plain2 = m.generate(3, fast=False, generator=torch.Generator().manual_seed(2), **kw)
-    fast2 = m.generate(3, fast=True, generator=torch.Generator().manual_seed(2), **kw)
+    fast2 = m.generate(3, fast=True, fast_dtype=torch.bfloat16,
+                       generator=torch.Generator().manual_seed(2), **kw)
     assert not np.allclose(fast2.points, fast.points)
     np.testing.assert_allclose(fast2.points[:, :2], plain2.points[:, :2], rtol=0.01, atol=0.5)
 

@@ -44,7 +44,7 @@ from sketchlab.nn.diffusion import (
 from sketchlab.nn.ema import EMA
 from sketchlab.nn.unet1d import UNet1D, timestep_embedding
 
-__all__ = ["Config", "SketchKnitter", "RecognizabilityNet", "train_recognizability",
+__all__ = ["Config", "config_from_original", "SketchKnitter", "RecognizabilityNet", "train_recognizability",
            "recognizability_curve", "calibrate_shortcut", "decode_pen", "faithful_scale_factor"]
 
 
@@ -67,7 +67,7 @@ class Config:
     pen_loss_weight: float = 0.01       # loss = mse(eps) + 0.01 * CE(pen)
     # --- sampling (spec 5) ---
     sampler: str = "ddpm"               # "ddpm" | "ddim" | "rshortcut"
-    sample_steps: int | None = None     # None: all T (ddpm, ddim), 30 (rshortcut)
+    sample_steps: int | str | None = None  # None: all T (ddpm, ddim), 30 (rshortcut); or "ddim30"
     spacing: str = "ddim"               # respacing of ddpm/ddim: ddim | even | linear | quadratic
     clip_x0: float | str | None = "auto"  # "auto": 1.0 when faithful (B2), else no clamp
     pen_break: float = 0.5              # pen lifted where softmax(logits)[..., 1] >= pen_break
@@ -92,6 +92,65 @@ class Config:
         if self.clip_x0 is None or float(self.clip_x0) <= 0:
             return None
         return float(self.clip_x0)
+
+
+# The original's flags (script_util / train.py / sample.py) that sketchlab ignores: they have no
+# effect there (attention_resolutions, B9), are replaced (use_fp16 -> bf16 autocast) or are
+# bookkeeping of its scripts.
+_ORIGINAL_IGNORED = {
+    "attention_resolutions", "use_checkpoint", "use_fp16", "num_heads_upsample", "microbatch",
+    "rescale_timesteps", "rescale_learned_sigmas", "log_interval", "save_interval",
+    "resume_checkpoint", "fp16_scale_growth", "lr_anneal_steps", "model_path", "num_samples",
+    "data_dir", "schedule_sampler", "in_channels",
+}
+
+
+def config_from_original(flags: dict, **overrides) -> Config:
+    """A Config from the original's command-line flags (`--image_size 96 --num_res_blocks 3
+    --diffusion_steps 1000 --use_ddim True --timestep_respacing ddim30 ...`), faithful by default.
+
+    Unsupported settings of the original (learn_sigma, class_cond, use_kl, predict_xstart,
+    use_scale_shift_norm=False) raise a ConfigError naming the flag.
+    """
+    def as_bool(v):
+        return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes")
+
+    out: dict = {"faithful": True}
+    for key, value in flags.items():
+        if key in _ORIGINAL_IGNORED:
+            continue
+        if key in ("image_size", "num_channels"):
+            n = int(value)
+            for other in ("num_points", "model_channels"):
+                if other in out and out[other] != n:
+                    raise ConfigError(f"image_size and num_channels must be equal (the points are "
+                                      f"the UNet's channels, spec 3.1); got {out[other]} and {n}")
+            out["num_points"] = out["model_channels"] = n
+        elif key in ("num_res_blocks", "num_heads", "diffusion_steps", "batch_size"):
+            out[key] = int(value)
+        elif key in ("dropout", "lr", "weight_decay", "pen_break"):
+            out[key] = float(value)
+        elif key == "ema_rate":
+            out[key] = float(str(value).split(",")[0])
+        elif key == "noise_schedule":
+            out[key] = str(value)
+        elif key == "use_ddim":
+            out["sampler"] = "ddim" if as_bool(value) else "ddpm"
+        elif key == "timestep_respacing":
+            out["sample_steps"] = str(value) or None
+        elif key == "clip_denoised":
+            out["clip_x0"] = 1.0 if as_bool(value) else None
+        elif key in ("learn_sigma", "class_cond", "use_kl", "predict_xstart"):
+            if as_bool(value):
+                raise ConfigError(f"--{key} True is not supported (the original cannot use it "
+                                  "either: spec 4.2, B8, 1.4)")
+        elif key == "use_scale_shift_norm":
+            if not as_bool(value):
+                raise ConfigError("--use_scale_shift_norm False is not supported")
+        else:
+            raise ConfigError(f"unknown SketchKnitter flag --{key}")
+    out.update(overrides)
+    return Config(**out)
 
 
 def faithful_scale_factor(sketches: Sequence[np.ndarray]) -> float:
@@ -274,12 +333,13 @@ class SketchKnitter(nn.Module):
         use_ema = self.config.use_ema if use_ema is None else use_ema
         return self.ema.module if use_ema else self.unet
 
-    def _runner(self, net: nn.Module, batch: int, device: torch.device, compile: bool):
-        """The bf16 + CUDA-graph step for `net`, cached per (net, batch, device, clip)."""
-        key = (id(net), batch, str(device), self.config.clip, compile)
+    def _runner(self, net: nn.Module, batch: int, device: torch.device, compile: bool,
+                dtype: torch.dtype):
+        """The bf16 + CUDA-graph step for `net`, cached per (net, batch, device, clip, dtype)."""
+        key = (id(net), batch, str(device), self.config.clip, compile, dtype)
         entry = self._fast_cache.get(key)
         if entry is None:
-            shadow = bf16_shadow(net)
+            shadow = bf16_shadow(net, dtype)
             fn = torch.compile(shadow, dynamic=False) if compile else shadow
             runner = StepRunner(self._denoiser(fn), (batch, self.config.num_points, 2), device,
                                 self.config.clip, use_graph=device.type == "cuda")
@@ -302,7 +362,8 @@ class SketchKnitter(nn.Module):
     def generate(self, n: int | None = None, *, sampler: str | Sampler | None = None, steps=None,
                  spacing=None, eta: float = 0.0, temperature: float = 1.0, batch_size: int = 256,
                  device=None, generator: torch.Generator | None = None, fast: bool | None = None,
-                 compile: bool = False, use_ema: bool | None = None, pen_break: float | None = None,
+                 compile: bool = False, fast_dtype: torch.dtype | None = None,
+                 use_ema: bool | None = None, pen_break: float | None = None,
                  lengths: Sequence[int] | None = None, condition: Sketches | Sequence | None = None,
                  strength: float = 0.5, extra_points: int = 0,
                  callback: StepCallback | None = None, progress: bool = False) -> Sketches:
@@ -313,7 +374,8 @@ class SketchKnitter(nn.Module):
         steps / spacing: how many steps and how they are spread ("ddim" stride as the original's
         "ddimK", "even", "linear" = range(0, T, T//S), "quadratic"), or an explicit list.
         temperature scales the initial and the injected noise. fast (default: on CUDA) runs a
-        bf16 copy of the weights, each step captured as a CUDA graph (`compile` adds
+        `fast_dtype` copy of the weights (default bf16 on CUDA, fp32 on CPU, which has no fast
+        bf16), each step on static buffers, captured as a CUDA graph on CUDA (`compile` adds
         torch.compile). condition: sketches in the model's normalised units (or any units with
         their `scale_factor` set) noised to t0 = strength * T, then denoised; their lengths are
         kept (+ `extra_points` free rows in the default mode). callback(i, t, x_prev, x0_hat,
@@ -325,7 +387,11 @@ class SketchKnitter(nn.Module):
         if device is None:
             device = self.scale_factor.device
         device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         fast = device.type == "cuda" if fast is None else fast
+        if fast_dtype is None:
+            fast_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         pen_break = c.pen_break if pen_break is None else pen_break
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -351,7 +417,7 @@ class SketchKnitter(nn.Module):
         t_start = smp.timesteps[0]
 
         outs, pens = [], []
-        runner = self._runner(net, batch_size, device, compile) if fast else None
+        runner = self._runner(net, batch_size, device, compile, fast_dtype) if fast else None
         for lo in range(0, n, batch_size):
             hi = min(lo + batch_size, n)
             rows = batch_size if runner is not None else hi - lo
@@ -569,7 +635,7 @@ def train_recognizability(model: SketchKnitter, score_fn: ScoreFn, *, n_sketches
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            run += float(loss) * len(idx)
+            run += loss.item() * len(idx)
         history.append(run / total)
     return net.eval(), {"tuples": total, "bce": history,
                         "mean_target": float(data[4].mean())}
