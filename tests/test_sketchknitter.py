@@ -113,6 +113,20 @@ def test_state_dict_names_match_the_original():
         assert tuple(sd[key].shape) == shape, key
 
 
+def test_load_original_weights():
+    m = tiny(faithful=True)
+    net = UNet1D(num_points=32, model_channels=32, lift_dim=32, channel_mult=(1, 2),
+                 num_res_blocks=1)
+    randomize(net)
+    m.load_original_weights(net.state_dict())
+    for k, v in net.state_dict().items():
+        assert torch.equal(m.unet.state_dict()[k], v) and torch.equal(m.ema.module.state_dict()[k], v)
+    with pytest.raises(ConfigError):
+        tiny().load_original_weights(net.state_dict())  # the default mode has a mask input
+    with pytest.raises(ConfigError):
+        m.load_original_weights({"input_blocks.0.0.weight": torch.zeros(128, 2)})
+
+
 def test_zero_inits():
     net = UNet1D()
     eps, pen = net(torch.randn(2, 96, 2), torch.tensor([3.0, 500.0]))

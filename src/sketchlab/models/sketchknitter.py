@@ -294,6 +294,19 @@ class SketchKnitter(nn.Module):
     def on_step_end(self, step: int) -> None:
         self.ema.update(self.unet)
 
+    def load_original_weights(self, state_dict: dict, ema: bool = True) -> None:
+        """Load a state dict of the original `UNetModel` (its `model*.pt` or `ema_*.pt`, read
+        with `torch.load(path, weights_only=True)`) into the UNet and, by default, the EMA copy.
+        Needs the original's layout: `faithful=True` (inputs are (dx, dy) only)."""
+        if not self.config.faithful or self.config.layout != "points":
+            raise ConfigError("original weights need Config(faithful=True, layout='points')")
+        try:
+            self.unet.load_state_dict(state_dict, strict=True)
+        except RuntimeError as e:
+            raise ConfigError(f"not a state dict of the original UNet with this config ({e})") from e
+        if ema:
+            self.ema.copy_from(self.unet)
+
     def configure_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
         return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=c.lr,

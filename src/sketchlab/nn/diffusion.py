@@ -456,13 +456,13 @@ def reverse_loop(denoiser: Denoiser, sampler: Sampler, x: torch.Tensor, mask: to
 
 def bf16_shadow(module: nn.Module, dtype: torch.dtype = torch.bfloat16,
                 keep_float32: tuple[str, ...] = ("time_embed",)) -> nn.Module:
-    """A copy of `module` in `dtype` for fast inference; norms and the named submodules stay fp32.
+    """A copy of `module` in `dtype` for fast inference; the named submodules stay fp32.
 
     Refresh its weights with `sync_shadow` (an in-place copy, so captured CUDA graphs stay valid).
     """
     shadow = copy.deepcopy(module).to(dtype)
     for name, sub in shadow.named_modules():
-        if isinstance(sub, nn.GroupNorm) or name in keep_float32:
+        if name in keep_float32:
             sub.float()
     for p in shadow.parameters():
         p.requires_grad_(False)

@@ -47,12 +47,17 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 whatever the activations' dtype (as the original)."""
+    """GroupNorm with float32 statistics whatever the activations' dtype (as the original).
+
+    float16 inputs are cast to float32 as the original does; bfloat16 inputs use the native
+    kernel, which accumulates in float32 and saves two casts per norm on the fast path.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = None if self.weight is None else self.weight.float()
-        b = None if self.bias is None else self.bias.float()
-        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
+        dtype = torch.float32 if x.dtype == torch.float16 else x.dtype
+        w = None if self.weight is None else self.weight.to(dtype)
+        b = None if self.bias is None else self.bias.to(dtype)
+        return F.group_norm(x.to(dtype), self.num_groups, w, b, self.eps).to(x.dtype)
 
 
 def _zero(module: nn.Module) -> nn.Module:
