@@ -207,6 +207,10 @@ def test_recognizability_spacing():
     s = DDIMSampler(GaussianDiffusion(linear_beta_schedule(T)))
     s.set_timesteps(S, spacing=RecognizabilitySpacing(curve))
     assert s.timesteps[0] == T - 1 and len(s.timesteps) == S
+    # conditional generation from t0 = 400 uses the curve's values at t = 0..400
+    s.set_timesteps(10, spacing=RecognizabilitySpacing(curve), max_timestep=400)
+    assert s.timesteps[0] == 400 and len(s.timesteps) == 10
+    np.testing.assert_array_equal(s.timesteps[::-1], RecognizabilitySpacing(curve[:401])(401, 10))
 
 
 def test_degenerate_schedule_is_refused():

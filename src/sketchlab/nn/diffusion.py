@@ -174,7 +174,9 @@ class RecognizabilitySpacing:
         if steps >= num_timesteps:
             return np.arange(num_timesteps)
         curve = self.curve
-        if len(curve) != num_timesteps:  # e.g. a sub-range for conditional generation
+        if len(curve) >= num_timesteps:  # conditional generation: timesteps 0..t0 only
+            curve = curve[:num_timesteps]
+        else:  # a coarser curve: stretch it over the timesteps
             curve = np.interp(np.arange(num_timesteps) * (len(curve) - 1) / max(num_timesteps - 1, 1),
                               np.arange(len(curve)), curve)
         # Running max from t = T-1 down to 0: gain never decreases as sampling proceeds.
