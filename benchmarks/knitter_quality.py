@@ -78,7 +78,8 @@ def train(args) -> dict:
     cat, train_set, reference = load_splits(args)
     small = dict(diffusion_steps=50, channel_mult=(1, 2), num_res_blocks=1) if args.smoke else {}
     cfg = Config(**{"faithful": args.faithful, "num_res_blocks": args.num_res_blocks, "lr": args.lr,
-                    "batch_size": args.batch, "ema_rate": args.ema_rate, **small})
+                    "batch_size": args.batch, "ema_rate": args.ema_rate,
+                    "random_scale": args.random_scale, **small})
     torch.manual_seed(args.seed)
     model = SketchKnitter(cfg)
     kept = [s for s in train_set if model.keep_sketch(s)]
@@ -231,6 +232,8 @@ def main(argv=None):
     ap.add_argument("--ema-rate", type=float, default=0.9999)
     ap.add_argument("--num-res-blocks", type=int, default=2)
     ap.add_argument("--faithful", action="store_true")
+    ap.add_argument("--random-scale", type=float, default=0.0,
+                    help="stretch augmentation (0: none, as the original; 0.1 helps tiny sets)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--classifier", help="a `sketchlab classifier train` run knowing the category")
     ap.add_argument("--n", type=int, default=None, help="samples per sampler (default: reference size)")

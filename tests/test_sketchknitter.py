@@ -219,6 +219,16 @@ def test_make_batch_pads_and_masks():
         m.make_batch([np.array([[np.nan, 0, 0]], np.float32)])
 
 
+def test_optional_training_augmentation():
+    s = circles(4, np.random.default_rng(0), 20, 20)
+    plain = tiny().make_batch(s, True, np.random.default_rng(1))
+    m = tiny(random_scale=0.2, augment_prob=0.5)
+    aug = m.make_batch(s, True, np.random.default_rng(1))
+    assert not torch.equal(aug["x0"], plain["x0"]) and aug["mask"].sum() < plain["mask"].sum()
+    valid = m.make_batch(s, False, np.random.default_rng(1))
+    assert torch.equal(valid["x0"], plain["x0"])
+
+
 def test_scale_factors():
     sketches = [np.array([[3, 4, 1], [0, 0, 0]], np.float32)]
     # faithful (B3): std of [3, 4, 1, 0, 0, 0]; corrected: std of [3, 4, 0, 0]

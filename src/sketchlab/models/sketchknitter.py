@@ -35,7 +35,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sketchlab.data.strokes import Sketches, scale_factor as xy_scale_factor, validate_stroke3
+from sketchlab.data.strokes import (
+    Sketches, augment_strokes, random_scale, scale_factor as xy_scale_factor, validate_stroke3,
+)
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.nn.diffusion import (
     GaussianDiffusion, RecognizabilitySpacing, Sampler, StepCallback, StepRunner, bf16_shadow,
@@ -53,6 +55,8 @@ class Config:
     # --- data ---
     num_points: int = 96                # N: sketches with 0 < L <= N are kept (spec 1.2)
     faithful: bool = False              # reproduce the original's data/loss/sampling quirks
+    random_scale: float = 0.0           # training augmentation (none in the original): stretch
+    augment_prob: float = 0.0           # dx, dy by U(1 +- s); sketch-rnn's point dropping
     # --- network (spec 3.2) ---
     layout: str = "points"              # "points" (original: points are Conv1d channels) | "sequence"
     model_channels: int = 96            # must equal num_points in the points layout
@@ -221,10 +225,15 @@ class SketchKnitter(nn.Module):
         """Pad normalised stroke-3 sketches to N rows of (0, 0, 0); `mask` marks real rows.
 
         A sketch longer than N is truncated (its last kept point lifts the pen); use
-        `keep_sketch` to drop such sketches beforehand as the original does. There is no
-        augmentation (the original has none), so `train` and `rng` are unused.
+        `keep_sketch` to drop such sketches beforehand as the original does. With `train`, the
+        optional augmentations (`random_scale`, `augment_prob`; off by default as in the
+        original) are applied with `rng`.
         """
         n = self.config.num_points
+        c = self.config
+        augment = train and (c.random_scale > 0 or c.augment_prob > 0)
+        if augment and rng is None:
+            rng = np.random.default_rng()
         if len(sketches) == 0:
             raise DataError("make_batch: empty list of sketches")
         x0 = np.zeros((len(sketches), n, 2), np.float32)
@@ -234,6 +243,8 @@ class SketchKnitter(nn.Module):
             s = np.asarray(s, dtype=np.float32)
             if s.ndim != 2 or s.shape[1] != 3 or len(s) == 0:
                 raise DataError(f"make_batch: sketch {i} has shape {s.shape}, expected (L>0, 3)")
+            if augment:
+                s = augment_strokes(random_scale(s, c.random_scale, rng), c.augment_prob, rng)
             length = min(len(s), n)
             x0[i, :length] = s[:length, :2]
             pen[i, :length] = s[:length, 2] > 0.5
