@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from sketchlab.data.corrupt import deform, drop_strokes, mask_patches, mask_points, remove_points
 from sketchlab.data.strokes import Sketches, to_absolute
