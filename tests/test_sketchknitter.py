@@ -1,0 +1,542 @@
+"""SketchKnitter: the network against the spec's layer table, the loss, pen decoding, EMA,
+conditional refinement, the fast sampling path against the plain one, and a tiny train + sample."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sketchlab.data.corrupt import deform, drop_strokes, mask_patches, mask_points, remove_points
+from sketchlab.data.strokes import Sketches, to_absolute
+from sketchlab.errors import ConfigError, DataError
+from sketchlab.models.sketchknitter import (
+    Config, SketchKnitter, calibrate_shortcut, config_from_original, decode_pen,
+    faithful_scale_factor,
+)
+from sketchlab.nn.unet1d import AttentionBlock, UNet1D, timestep_embedding
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models are launch-bound; one thread is far faster on a shared 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+TINY = dict(num_points=32, model_channels=32, lift_dim=32, channel_mult=(1, 2), num_res_blocks=1,
+            diffusion_steps=50)
+
+
+def tiny(**kw) -> SketchKnitter:
+    torch.manual_seed(0)
+    return SketchKnitter(Config(**{**TINY, **kw}))
+
+
+def circles(n, rng, min_len=6, max_len=24):
+    """One-stroke closed polygons of random radius and point count (normalised units)."""
+    out = []
+    for _ in range(n):
+        k = int(rng.integers(min_len, max_len + 1))
+        r = rng.uniform(1.0, 2.0)
+        ang = np.linspace(0, 2 * np.pi, k) + rng.uniform(0, 2 * np.pi)
+        xy = np.c_[r * np.cos(ang), r * np.sin(ang)]
+        s = np.zeros((k, 3), np.float32)
+        s[:, :2] = np.diff(np.vstack([[0, 0], xy]), axis=0)
+        s[-1, 2] = 1
+        out.append(s)
+    return out
+
+
+def randomize(module, std=0.05):
+    """Replace the zero-inits so the network's outputs depend on its input (the EMA copy
+    holds its weights as buffers)."""
+    g = torch.Generator().manual_seed(1)
+    weights = list(module.parameters()) + [b for b in module.buffers() if b.is_floating_point()]
+    assert weights
+    with torch.no_grad():
+        for p in weights:
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+# ---------------------------------------------------------------------------------------------
+# Network
+# ---------------------------------------------------------------------------------------------
+
+
+def test_parameter_count_matches_the_original():
+    with torch.device("meta"):
+        assert sum(p.numel() for p in UNet1D().parameters()) == 20_334_276  # "20.33M" (spec 3.4)
+        assert sum(p.numel() for p in UNet1D(num_res_blocks=3).parameters()) == 26_527_236
+        faithful = SketchKnitter(Config(faithful=True))
+        default = SketchKnitter(Config())
+    assert sum(p.numel() for p in faithful.parameters()) == 20_334_276  # EMA is not a parameter
+    # the default adds the mask feature to the Linear(2 -> 128) lifting: 128 weights
+    assert sum(p.numel() for p in default.parameters()) == 20_334_276 + 128
+
+
+def test_block_shapes_follow_the_spec_table():
+    net = UNet1D()
+    shapes = {}
+    for name in ("input_blocks", "output_blocks"):
+        for i, block in enumerate(getattr(net, name)):
+            block.register_forward_hook(
+                lambda m, a, out, k=f"{name[:2]}{i}": shapes.__setitem__(k, tuple(out.shape)))
+    net.middle_block.register_forward_hook(lambda m, a, out: shapes.__setitem__("mid", out.shape))
+    eps, pen = net(torch.randn(2, 96, 2), torch.tensor([0.0, 999.0]))
+    assert eps.shape == pen.shape == (2, 96, 2)
+    assert shapes["in0"] == (2, 96, 128) and shapes["in2"] == (2, 96, 128)
+    assert shapes["in3"] == (2, 96, 64) and shapes["in5"] == (2, 192, 64)
+    assert shapes["in6"] == (2, 192, 32) and shapes["in8"] == (2, 288, 32)
+    assert shapes["in9"] == (2, 288, 16) and shapes["in11"] == (2, 384, 16)
+    assert tuple(shapes["mid"]) == (2, 384, 16)
+    assert shapes["ou2"] == (2, 384, 32) and shapes["ou5"] == (2, 288, 64)
+    assert shapes["ou8"] == (2, 192, 128) and shapes["ou11"] == (2, 96, 128)
+    # only the middle block has attention (B9)
+    assert sum(isinstance(m, AttentionBlock) for m in net.modules()) == 1
+
+
+def test_state_dict_names_match_the_original():
+    sd = UNet1D().state_dict()
+    expected = {
+        "time_embed.0.weight": (384, 96), "time_embed.2.weight": (384, 384),
+        "input_blocks.0.0.weight": (128, 2), "input_blocks.1.0.in_layers.2.weight": (96, 96, 3),
+        "input_blocks.1.0.emb_layers.1.weight": (192, 384),
+        "input_blocks.3.0.op.weight": (96, 96, 3), "input_blocks.4.0.skip_connection.weight": (192, 96, 1),
+        "middle_block.1.qkv.weight": (1152, 384, 1), "middle_block.1.proj_out.weight": (384, 384, 1),
+        "output_blocks.0.0.in_layers.0.weight": (768,), "output_blocks.2.1.conv.weight": (384, 384, 3),
+        "out.0.weight": (96,), "out.2.weight": (2, 128), "pen_state_out.0.weight": (2, 128),
+    }
+    for key, shape in expected.items():
+        assert tuple(sd[key].shape) == shape, key
+
+
+def test_load_original_weights():
+    m = tiny(faithful=True)
+    net = UNet1D(num_points=32, model_channels=32, lift_dim=32, channel_mult=(1, 2),
+                 num_res_blocks=1)
+    randomize(net)
+    m.load_original_weights(net.state_dict())
+    for k, v in net.state_dict().items():
+        assert torch.equal(m.unet.state_dict()[k], v) and torch.equal(m.ema.module.state_dict()[k], v)
+    with pytest.raises(ConfigError):
+        tiny().load_original_weights(net.state_dict())  # the default mode has a mask input
+    with pytest.raises(ConfigError):
+        m.load_original_weights({"input_blocks.0.0.weight": torch.zeros(128, 2)})
+
+
+def test_zero_inits():
+    net = UNet1D()
+    eps, pen = net(torch.randn(2, 96, 2), torch.tensor([3.0, 500.0]))
+    assert torch.all(eps == 0)  # the eps head is zero-initialised (spec 3.5)
+    assert pen.abs().sum() > 0  # the pen head is not
+
+
+def test_timestep_embedding_is_cos_then_sin():
+    emb = timestep_embedding(torch.tensor([0.0, 1.0]), 4)
+    # half = 2, freqs = [1, exp(-ln(10000) / 2) = 0.01]
+    expected = torch.tensor([[1.0, 1.0, 0.0, 0.0],
+                             [math.cos(1.0), math.cos(0.01), math.sin(1.0), math.sin(0.01)]])
+    torch.testing.assert_close(emb, expected)
+
+
+def test_attention_uses_the_legacy_head_then_qkv_order():
+    torch.manual_seed(0)
+    att = AttentionBlock(64, num_heads=4)
+    randomize(att, 0.2)
+    x = torch.randn(2, 64, 16)
+    # guided-diffusion's QKVAttentionLegacy, written out
+    qkv = att.qkv(att.norm(x)).reshape(2 * 4, 3 * 16, 16)
+    q, k, v = qkv.split(16, dim=1)
+    scale = 1 / math.sqrt(math.sqrt(16))
+    w = torch.softmax(torch.einsum("bct,bcs->bts", q * scale, k * scale), dim=-1)
+    h = torch.einsum("bts,bcs->bct", w, v).reshape(2, 64, 16)
+    torch.testing.assert_close(att(x), x + att.proj_out(h), rtol=1e-5, atol=1e-5)
+
+
+def test_points_layout_requires_points_equal_channels():
+    with pytest.raises(ConfigError, match="must equal model_channels"):
+        UNet1D(num_points=64, model_channels=96)
+
+
+def test_sequence_layout_variant():
+    net = UNet1D(num_points=32, in_features=3, model_channels=32, channel_mult=(1, 2),
+                 num_res_blocks=1, layout="sequence")
+    eps, pen = net(torch.randn(2, 32, 3), torch.tensor([1.0, 2.0]))
+    assert eps.shape == pen.shape == (2, 32, 2) and torch.all(eps == 0)
+
+
+def test_config_from_the_original_flags():
+    # sample.sh's flags
+    cfg = config_from_original({"image_size": 96, "num_channels": 96, "num_res_blocks": 3,
+                                "diffusion_steps": 100, "noise_schedule": "linear",
+                                "use_ddim": "True", "timestep_respacing": "ddim30",
+                                "pen_break": 0.1, "attention_resolutions": "16,8",
+                                "ema_rate": "0.9999", "clip_denoised": "True"})
+    assert cfg.faithful and cfg.num_points == cfg.model_channels == 96 and cfg.num_res_blocks == 3
+    assert cfg.diffusion_steps == 100 and cfg.sampler == "ddim" and cfg.sample_steps == "ddim30"
+    assert cfg.pen_break == 0.1 and cfg.clip == 1.0 and cfg.ema_rate == 0.9999
+    m = SketchKnitter(Config(**{**TINY, "sample_steps": "ddim5", "sampler": "ddim"}))
+    assert len(m.make_sampler().timesteps) == 5
+    with pytest.raises(ConfigError, match="learn_sigma"):
+        config_from_original({"learn_sigma": True})
+    with pytest.raises(ConfigError, match="must be equal"):
+        config_from_original({"image_size": 96, "num_channels": 128})
+    with pytest.raises(ConfigError, match="unknown"):
+        config_from_original({"image_sise": 96})
+
+
+# ---------------------------------------------------------------------------------------------
+# Data, loss, pen decoding, EMA
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pen_decoding_known_case():
+    # softmax([0, ln 3]) = [0.25, 0.75]; softmax([ln 9, 0])[1] = 0.1; softmax([2, 2])[1] = 0.5
+    logits = torch.tensor([[[0.0, math.log(3.0)], [math.log(9.0), 0.0], [2.0, 2.0], [5.0, -5.0]]])
+    assert decode_pen(logits).tolist() == [[1.0, 0.0, 1.0, 0.0]]
+    assert decode_pen(logits, pen_break=0.09).tolist() == [[1.0, 1.0, 1.0, 0.0]]
+    assert decode_pen(logits, pen_break=0.8).tolist() == [[0.0, 0.0, 0.0, 0.0]]
+    # the original's B1 (class-0 logit >= 0.5) would lift at rows 2, 3, 4: not copied, faithful or not
+
+
+def test_make_batch_pads_and_masks():
+    m = tiny()
+    a = np.array([[1, 2, 0], [3, 4, 1]], np.float32)
+    long = np.tile(np.array([[1, 0, 0]], np.float32), (40, 1))
+    b = m.make_batch([a, long])
+    assert b["x0"].shape == (2, 32, 2) and b["pen"].dtype == torch.long
+    assert b["mask"][0].tolist() == [1.0, 1.0] + [0.0] * 30
+    assert b["x0"][0, :2].tolist() == [[1, 2], [3, 4]] and torch.all(b["x0"][0, 2:] == 0)
+    assert b["pen"][0, :3].tolist() == [0, 1, 0]
+    assert b["mask"][1].sum() == 32 and b["pen"][1, 31] == 1  # truncated: last point lifts
+    assert m.keep_sketch(a) and not m.keep_sketch(long)
+    with pytest.raises(DataError):
+        m.make_batch([np.zeros((0, 3), np.float32)])
+    with pytest.raises(DataError):
+        m.make_batch([np.array([[np.nan, 0, 0]], np.float32)])
+
+
+def test_optional_training_augmentation():
+    s = circles(4, np.random.default_rng(0), 20, 20)
+    plain = tiny().make_batch(s, True, np.random.default_rng(1))
+    m = tiny(random_scale=0.2, augment_prob=0.5)
+    aug = m.make_batch(s, True, np.random.default_rng(1))
+    assert not torch.equal(aug["x0"], plain["x0"]) and aug["mask"].sum() < plain["mask"].sum()
+    valid = m.make_batch(s, False, np.random.default_rng(1))
+    assert torch.equal(valid["x0"], plain["x0"])
+
+
+def test_scale_factors():
+    sketches = [np.array([[3, 4, 1], [0, 0, 0]], np.float32)]
+    # faithful (B3): std of [3, 4, 1, 0, 0, 0]; corrected: std of [3, 4, 0, 0]
+    assert faithful_scale_factor(sketches) == pytest.approx(math.sqrt(26 / 6 - (8 / 6) ** 2))
+    assert tiny(faithful=True).compute_scale_factor(sketches) == pytest.approx(1.5986, abs=1e-4)
+    assert tiny().compute_scale_factor(sketches) == pytest.approx(math.sqrt(6.25 - 1.75 ** 2))
+
+
+def _zero_heads(m):
+    with torch.no_grad():
+        for p in m.unet.pen_state_out.parameters():
+            p.zero_()
+
+
+def test_loss_hand_value_masks_padding():
+    """With both heads zero, eps_hat = 0 and pen logits = 0: mse = mean(noise^2) over the real
+    rows of each sketch, CE = ln 2, loss = mse + 0.01 ln 2."""
+    m = tiny()
+    _zero_heads(m)
+    batch = m.make_batch([np.ones((3, 3), np.float32), np.ones((5, 3), np.float32)])
+    noise = torch.randn(2, 32, 2)
+    out = m.loss(batch, 0, t=torch.tensor([10, 40]), noise=noise)
+    mse = (noise[0, :3].square().mean() + noise[1, :5].square().mean()) / 2
+    assert out["mse"].item() == pytest.approx(float(mse), rel=1e-5)
+    assert out["pen_ce"].item() == pytest.approx(math.log(2), rel=1e-6)
+    assert out["loss"].item() == pytest.approx(float(mse) + 0.01 * math.log(2), rel=1e-5)
+    # padding rows hold no information: changing the noise there changes nothing
+    noise2 = noise.clone()
+    noise2[0, 3:] = 7.0
+    m2 = m.loss(batch, 0, t=torch.tensor([10, 40]), noise=noise2)
+    assert m2["loss"].item() == pytest.approx(out["loss"].item(), rel=1e-6)
+
+
+def test_faithful_loss_covers_padding():
+    m = tiny(faithful=True)
+    _zero_heads(m)
+    batch = m.make_batch([np.ones((3, 3), np.float32), np.ones((5, 3), np.float32)])
+    noise = torch.randn(2, 32, 2)
+    out = m.loss(batch, 0, t=torch.tensor([10, 40]), noise=noise)
+    assert out["mse"].item() == pytest.approx(float(noise.square().mean()), rel=1e-5)
+
+
+def test_loss_records_training_lengths():
+    m = tiny()
+    m.train()
+    m.loss(m.make_batch([np.ones((3, 3), np.float32)] * 2 + [np.ones((7, 3), np.float32)]), 0)
+    assert m.length_counts[3] == 2 and m.length_counts[7] == 1 and m.length_counts.sum() == 3
+    m.eval()
+    m.loss(m.make_batch([np.ones((3, 3), np.float32)]), 0)
+    assert m.length_counts.sum() == 3
+
+
+def test_ema_is_a_buffer_with_warmup():
+    m = tiny(ema_rate=0.9)
+    names = {n for n, _ in m.named_parameters()}
+    assert not any(n.startswith("ema.") for n in names)
+    assert any(k.startswith("ema.module.") for k in m.state_dict())
+    w0 = m.unet.time_embed[0].weight.detach().clone()
+    with torch.no_grad():
+        m.unet.time_embed[0].weight.add_(1.0)
+    m.on_step_end(0)
+    # warm-up: d = min(0.9, (1 + 1) / (10 + 1)) = 2/11
+    d = 2 / 11
+    torch.testing.assert_close(m.ema.module.time_embed[0].weight, d * w0 + (1 - d) * (w0 + 1))
+    assert int(m.ema.num_updates) == 1
+    m2 = tiny(ema_rate=0.5, ema_warmup=False)
+    assert m2.ema.decay() == 0.5
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling and conditional generation
+# ---------------------------------------------------------------------------------------------
+
+
+def test_generate_lengths_units_and_faithful_rows():
+    m = tiny()
+    with pytest.raises(ConfigError, match="length distribution"):
+        m.generate(2, sampler="ddim", steps=3)
+    m.set_data_stats(2.5, lengths=[4, 4, 9])
+    s = m.generate(6, sampler="ddim", steps=3, generator=torch.Generator().manual_seed(0))
+    assert isinstance(s, Sketches) and len(s) == 6 and s.scale_factor == 2.5
+    assert set(s.lengths.tolist()) <= {4, 9}
+    assert set(np.unique(s.points[:, 2]).tolist()) <= {0.0, 1.0}
+    f = tiny(faithful=True)
+    s = f.generate(3, sampler="ddpm", steps=5, generator=torch.Generator().manual_seed(0))
+    assert s.lengths.tolist() == [32, 32, 32]
+    assert np.abs(s.points[:, :2]).max() <= 1.0  # faithful clamps x0_hat to [-1, 1] (B2)
+    with pytest.raises(ConfigError):
+        m.generate(0)
+    with pytest.raises(ConfigError, match="r-Shortcut"):
+        m.generate(2, sampler="rshortcut")
+
+
+def test_generate_is_reproducible_and_batches_agree():
+    m = tiny()
+    randomize(m.ema.module)
+    m.set_data_stats(1.0, lengths=[5, 9, 12])
+    kw = dict(sampler="ddim", steps=4, lengths=[5, 9, 12, 12, 5])
+    a = m.generate(5, generator=torch.Generator().manual_seed(4), **kw)
+    b = m.generate(5, generator=torch.Generator().manual_seed(4), **kw)
+    np.testing.assert_array_equal(a.points, b.points)
+    assert a.lengths.tolist() == [5, 9, 12, 12, 5]
+
+
+def test_refine_is_sdedit_hand_value():
+    """An untrained model predicts eps = 0, so deterministic DDIM from t_s returns
+    x_ts / sqrt(abar_ts) = c + sqrt(1 / abar_ts - 1) * noise exactly."""
+    m = tiny()
+    m.set_data_stats(2.0)
+    rng = np.random.default_rng(0)
+    cond = circles(3, rng)
+    out = m.refine(Sketches.from_list(cond, scale_factor=2.0), strength=0.3, sampler="ddim",
+                   steps=4, generator=torch.Generator().manual_seed(7))
+    smp = m.make_sampler("ddim", 4, max_timestep=14)  # t0 = 0.3 * 50 - 1
+    t_s = smp.timesteps[0]
+    assert t_s <= 14
+    noise = torch.randn((3, 32, 2), generator=torch.Generator().manual_seed(7))
+    abar = m.diffusion.alphas_cumprod[t_s]
+    for i, c in enumerate(cond):
+        expected = c[:, :2] + math.sqrt(1 / abar - 1) * noise[i, :len(c)].numpy()
+        np.testing.assert_allclose(out[i][:, :2], expected, rtol=1e-4, atol=1e-4)
+    assert out.lengths.tolist() == [len(c) for c in cond]
+    # strength 0 returns the input; raw-unit input is converted to the model's units
+    same = m.refine(Sketches.from_list(cond, scale_factor=1.0), strength=0.0)
+    np.testing.assert_allclose(same[0][:, :2], cond[0][:, :2] / 2.0)
+    np.testing.assert_array_equal(same[0][:, 2], cond[0][:, 2])
+    more = m.refine(cond, strength=0.5, sampler="ddim", steps=3, extra_points=4)
+    assert more.lengths.tolist() == [len(c) + 4 for c in cond]
+    with pytest.raises(DataError, match="at most 32"):
+        m.refine([np.zeros((40, 3), np.float32)], strength=0.5)
+    with pytest.raises(DataError):
+        m.refine([np.array([[np.nan, 0, 0]], np.float32)], strength=0.5)
+    with pytest.raises(ConfigError):
+        m.refine(cond, strength=1.5)
+
+
+def test_fast_path_matches_plain_path():
+    """bf16 shadow weights + the static-buffer step (CUDA graph on GPU) vs the fp32 eager loop."""
+    m = tiny()
+    randomize(m.ema.module)
+    m.set_data_stats(1.0, lengths=[10, 20, 32])
+    for sampler in ("ddim", "ddpm"):
+        kw = dict(sampler=sampler, steps=8, lengths=[10, 20, 32], batch_size=2)
+        eps_plain, eps_fast = [], []
+        plain = m.generate(3, fast=False, generator=torch.Generator().manual_seed(2),
+                           callback=lambda *a: eps_plain.append(a[4].clone()), **kw)
+        fast = m.generate(3, fast=True, fast_dtype=torch.bfloat16,
+                          generator=torch.Generator().manual_seed(2),
+                          callback=lambda *a: eps_fast.append(a[4].clone()), **kw)
+        assert fast.lengths.tolist() == plain.lengths.tolist()
+        # same noise stream (a short last batch is padded on the fast path), bf16 network
+        for a, b in zip(eps_fast, eps_plain):
+            assert float((a[:len(b)] - b).norm() / b.norm()) < 0.02
+        err = np.linalg.norm(fast.points[:, :2] - plain.points[:, :2]) / np.linalg.norm(
+            plain.points[:, :2])
+        assert err < 0.01
+    kw = dict(sampler="ddim", steps=8, lengths=[10, 20, 32], batch_size=2)
+    # the shadow is refreshed from the live weights on every call
+    with torch.no_grad():
+        m.ema.module.out[2].weight.mul_(3.0)
+    plain2 = m.generate(3, fast=False, generator=torch.Generator().manual_seed(2), **kw)
+    fast2 = m.generate(3, fast=True, fast_dtype=torch.bfloat16,
+                       generator=torch.Generator().manual_seed(2), **kw)
+    assert not np.allclose(fast2.points, fast.points)
+    np.testing.assert_allclose(fast2.points[:, :2], plain2.points[:, :2], rtol=0.01, atol=0.5)
+
+
+def test_callback_reports_estimated_noise():
+    from sketchlab.nn.diffusion import estimated_noise
+
+    m = tiny()
+    randomize(m.ema.module)
+    m.set_data_stats(1.0, lengths=[8])
+    seen = []
+    m.generate(2, sampler="ddpm", steps=6, callback=lambda i, t, x, x0, eps, pen: seen.append(
+        (i, t, estimated_noise(eps).clone())))
+    # the original's "ddim" stride spacing: range(0, 50, 9) -> sampling starts at 45
+    assert [s[0] for s in seen] == list(range(6)) and seen[0][1] == 45 and seen[-1][1] == 0
+    assert all(s[2].shape == (2,) for s in seen)
+
+
+def test_encode_returns_pooled_middle_features():
+    m = tiny()
+    z = m.encode(m.make_batch(circles(3, np.random.default_rng(1))))
+    assert z.shape == (3, 64) and torch.isfinite(z).all()
+
+
+def test_state_dict_round_trip(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    m = tiny()
+    randomize(m.ema.module)
+    m.set_data_stats(3.0, lengths=[6, 7])
+    m.set_shortcut_curve(np.linspace(1, 0, 50))
+    save_file(m.state_dict(), tmp_path / "model.safetensors")
+    m2 = tiny()
+    m2.load_state_dict(load_file(tmp_path / "model.safetensors"))
+    kw = dict(sampler="ddim", steps=3)
+    a = m.generate(2, generator=torch.Generator().manual_seed(0), **kw)
+    b = m2.generate(2, generator=torch.Generator().manual_seed(0), **kw)
+    np.testing.assert_array_equal(a.points, b.points)
+    assert b.scale_factor == 3.0
+
+
+@pytest.mark.slow
+def test_tiny_train_and_sample():
+    """150 Adam steps on one-stroke polygons: the loss falls far below its start, and samples
+    (finite, of the training lengths, in the data's units) move from the untrained model's
+    blown-up offsets towards the data's scale."""
+    rng = np.random.default_rng(0)
+    data = circles(256, rng)
+    ref = np.abs(np.concatenate(data)[:, :2]).mean()
+    m = tiny(ema_rate=0.99)
+    m.set_data_stats(1.0, lengths=[len(s) for s in data])
+
+    def sample_scale(kw):
+        s = m.generate(32, generator=torch.Generator().manual_seed(0), **kw)
+        assert len(s) == 32 and np.all(np.isfinite(s.points))
+        assert s.lengths.min() >= 6 and s.lengths.max() <= 24 and s.scale_factor == 1.0
+        return np.abs(s.points[:, :2]).mean() / ref
+
+    samplers = (dict(sampler="ddpm"), dict(sampler="ddim", steps=10))
+    before = [sample_scale(kw) for kw in samplers]
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    m.train()
+    losses = []
+    for step in range(150):
+        idx = rng.choice(len(data), 16, replace=False)
+        out = m.loss(m.make_batch([data[i] for i in idx], True, rng), step)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        m.on_step_end(step)
+        losses.append(out["loss"].item())
+    m.eval()
+    assert np.mean(losses[-30:]) < 0.4 * np.mean(losses[:10])
+    after = [sample_scale(kw) for kw in samplers]
+    print("loss", np.mean(losses[:10]), np.mean(losses[-30:]), "scale before/after", before, after)
+    for b, a in zip(before, after):
+        assert a < 0.1 * b
+
+
+@pytest.mark.slow
+def test_rshortcut_calibration_end_to_end():
+    m = tiny(recognizer_hidden=16, recognizer_layers=1)
+    randomize(m.ema.module, 0.02)
+    m.set_data_stats(1.0, lengths=[8, 12])
+
+    def score_fn(sk: Sketches) -> np.ndarray:  # "recognizable" = small offsets
+        return np.array([np.exp(-np.abs(s[:, :2]).mean()) for s in sk])
+
+    predictor, curve, info = calibrate_shortcut(
+        m, score_fn, n_sketches=16, batch_size=8, record_steps=10, epochs=3, pilot=8,
+        generator=torch.Generator().manual_seed(0))
+    assert curve.shape == (50,) and np.all(np.isfinite(curve)) and np.all((curve >= 0) & (curve <= 1))
+    assert info["tuples"] == 16 * 10 and len(info["bce"]) == 3
+    assert torch.allclose(m.shortcut_curve, torch.as_tensor(curve, dtype=torch.float32))
+    s = m.generate(4, sampler="rshortcut", steps=6, generator=torch.Generator().manual_seed(1))
+    assert len(s) == 4
+    smp = m.make_sampler("rshortcut", 6)
+    assert smp.timesteps[0] == 49 and smp.timesteps[-1] == 0 and len(smp.timesteps) == 6
+    with pytest.raises(ConfigError):
+        calibrate_shortcut(m, lambda sk: np.zeros(3), n_sketches=8, batch_size=8, record_steps=2,
+                           epochs=1, pilot=8)
+
+
+# ---------------------------------------------------------------------------------------------
+# Corruptions
+# ---------------------------------------------------------------------------------------------
+
+
+def test_remove_points_keeps_absolute_positions():
+    s = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 1], [2, 2, 0], [1, 1, 1]], np.float32)
+    out = remove_points(s, np.array([True, False, True, True, False]))
+    np.testing.assert_allclose(to_absolute(out)[:, :2], to_absolute(s)[[0, 2, 3], :2])
+    # the pen lifts before each gap: after point 0 (point 1 removed)
+    assert out[:, 2].tolist() == [1, 1, 0]
+
+
+def test_corruptions():
+    rng = np.random.default_rng(0)
+    s = circles(1, rng, 40, 40)[0]
+    for p in (0.1, 0.3):
+        assert len(mask_points(s, p, rng)) == 40 - round(p * 40)
+        assert len(mask_patches(s, p, rng)) <= 40 - round(p * 40)
+    np.testing.assert_array_equal(deform(s, 0.0, rng), s)
+    moved = deform(s, 0.3, rng)
+    assert moved.shape == s.shape and not np.allclose(moved, s)
+    multi = np.concatenate([s[:10], s[10:20], s[20:]])
+    multi[[9, 19], 2] = 1
+    kept = drop_strokes(multi, 0.99, np.random.default_rng(1))
+    assert len(kept) in (10, 20)  # exactly one stroke survives
+
+
+@pytest.mark.gpu
+def test_cuda_graph_path_matches_plain_path_on_gpu():
+    """On CUDA: the graphed step in fp32 replays the plain loop (same noise stream); in bf16 it
+    stays close. Also with a short last batch (static-shape padding)."""
+    dev = torch.device("cuda")
+    m = tiny().to(dev)
+    randomize(m.ema.module)
+    m.set_data_stats(1.0, lengths=[10, 20, 32])
+    for sampler in ("ddim", "ddpm"):
+        kw = dict(sampler=sampler, steps=8, lengths=[10, 20, 32], batch_size=2, device=dev)
+        plain = m.generate(3, fast=False, generator=torch.Generator(dev).manual_seed(2), **kw)
+        graph32 = m.generate(3, fast=True, fast_dtype=torch.float32,
+                             generator=torch.Generator(dev).manual_seed(2), **kw)
+        np.testing.assert_allclose(graph32.points, plain.points, rtol=1e-3, atol=1e-3)
+        graph16 = m.generate(3, fast=True, generator=torch.Generator(dev).manual_seed(2), **kw)
+        err = np.linalg.norm(graph16.points[:, :2] - plain.points[:, :2]) / np.linalg.norm(
+            plain.points[:, :2])
+        assert err < 0.01
