@@ -232,8 +232,10 @@ def test_scale_factors():
     sketches = [np.array([[3, 4, 1], [0, 0, 0]], np.float32)]
     # faithful (B3): std of [3, 4, 1, 0, 0, 0]; corrected: std of [3, 4, 0, 0]
     assert faithful_scale_factor(sketches) == pytest.approx(math.sqrt(26 / 6 - (8 / 6) ** 2))
-    assert tiny(faithful=True).compute_scale_factor(sketches) == pytest.approx(1.5986, abs=1e-4)
-    assert tiny().compute_scale_factor(sketches) == pytest.approx(math.sqrt(6.25 - 1.75 ** 2))
+    m = tiny(faithful=True)
+    assert m.compute_scale_factor(m.config, sketches) == pytest.approx(1.5986, abs=1e-4)
+    m = tiny()
+    assert m.compute_scale_factor(m.config, sketches) == pytest.approx(math.sqrt(6.25 - 1.75 ** 2))
 
 
 def _zero_heads(m):
@@ -540,3 +542,26 @@ def test_cuda_graph_path_matches_plain_path_on_gpu():
         err = np.linalg.norm(graph16.points[:, :2] - plain.points[:, :2]) / np.linalg.norm(
             plain.points[:, :2])
         assert err < 0.01
+
+
+def test_train_and_sample_through_the_cli(tmp_path, capsys):
+    """`sketchlab train sketchknitter` (the generic trainer) then `sketchlab sample` with DDIM and
+    with conditional refinement of test sketches."""
+    from sketchlab.cli import main
+
+    hp = ("num_points=32,model_channels=32,lift_dim=16,channel_mult=[1,2],num_res_blocks=1,"
+          "diffusion_steps=50,batch_size=8,eval_every=0,ema_rate=0.9")
+    run = tmp_path / "run"
+    assert main(["train", "sketchknitter", "--out", str(run), "--categories", "star",
+                 "--limit-per-category", "24", "--hparams", hp, "--max-steps", "4",
+                 "--no-progress"]) == 0
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(run), "--out", str(out), "--n", "5", "--sampler", "ddim",
+                 "--steps", "5"]) == 0
+    sk = Sketches.load(out)
+    assert len(sk) == 5 and all(0 < n <= 32 for n in sk.lengths) and sk.scale_factor == 1.0
+    assert main(["sample", str(run), "--out", str(out), "--condition-on", "test", "--n", "3",
+                 "--strength", "0.3", "--sampler", "ddim", "--steps", "5"]) == 0
+    assert len(Sketches.load(out)) == 3
+    assert main(["sample", str(run), "--out", str(out), "--sampler", "rshortcut", "--n", "2"]) == 2
+    assert "calibrat" in capsys.readouterr().err.lower()

@@ -105,11 +105,16 @@ def _coerce(value: Any, hint, name: str, where: str):
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
-        non_none = [a for a in args if a is not type(None)]
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
             return None
-        hint = non_none[0]
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
+        # e.g. `int | str | None`: the first member type that takes the value wins.
+        errors = []
+        for member in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, member, name, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[-1])
     try:
         if origin in (list, tuple):
             if isinstance(value, str):

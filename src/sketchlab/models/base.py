@@ -33,20 +33,16 @@ class SketchModel(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.config = config
-        # Offsets the model sees are raw offsets / scale_factor; set from the run's training split.
-        self.scale_factor = 1.0
+        # Offsets the model sees are raw offsets / scale_factor; set from the run's training split
+        # (a model may keep it in a buffer behind a `scale_factor` property instead).
+        if not isinstance(getattr(type(self), "scale_factor", None), property):
+            self.scale_factor = 1.0
 
     # ---- data preparation (before the model exists) -----------------------------------------
     @classmethod
     def filter_sketches(cls, config, sketches: Sketches) -> Sketches:
         """Clip raw offsets to +-1000 and drop sketches longer than `config.max_seq_len` (if > 0)."""
-        max_len = int(getattr(config, "max_seq_len", 0) or 0)
-        keep = [i for i, n in enumerate(sketches.lengths) if n > 0 and (max_len <= 0 or n <= max_len)]
-        out = sketches.select(keep) if len(keep) != len(sketches) else sketches
-        pts = out.points.copy()
-        pts[:, :2] = np.clip(pts[:, :2], -S.RAW_OFFSET_LIMIT, S.RAW_OFFSET_LIMIT)
-        return Sketches(pts, out.offsets, category=out.category, category_names=out.category_names,
-                        z=out.z, component=out.component, scale_factor=out.scale_factor)
+        return clip_and_limit(sketches, int(getattr(config, "max_seq_len", 0) or 0))
 
     @classmethod
     def compute_scale_factor(cls, config, train: Sketches) -> float:
@@ -57,6 +53,10 @@ class SketchModel(nn.Module):
     def adapt_config(cls, config, splits: dict[str, Sketches]):
         """Return `config` with data-dependent fields filled in (default: unchanged)."""
         return config
+
+    def setup_from_data(self, data) -> None:
+        """Take what the model keeps of its training data (`trainer.PreparedData`) before training."""
+        self.scale_factor = data.scale_factor
 
     # ---- the interface ------------------------------------------------------------------------
     def make_batch(self, sketches: list[np.ndarray], train: bool,
@@ -113,3 +113,14 @@ class SketchModel(nn.Module):
     def sample_options(self) -> dict[str, Any]:
         """Options `sketchlab sample` may pass to `generate` for this model (name -> help)."""
         return {}
+
+
+def clip_and_limit(sketches: Sketches, max_len: int) -> Sketches:
+    """The seeds' raw-data filter: drop empty sketches and those longer than `max_len` (when
+    > 0), clip offsets to +-1000."""
+    keep = [i for i, n in enumerate(sketches.lengths) if n > 0 and (max_len <= 0 or n <= max_len)]
+    out = sketches.select(keep) if len(keep) != len(sketches) else sketches
+    pts = out.points.copy()
+    pts[:, :2] = np.clip(pts[:, :2], -S.RAW_OFFSET_LIMIT, S.RAW_OFFSET_LIMIT)
+    return Sketches(pts, out.offsets, category=out.category, category_names=out.category_names,
+                    z=out.z, component=out.component, scale_factor=out.scale_factor)

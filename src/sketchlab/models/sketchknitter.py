@@ -27,6 +27,7 @@ otherwise sample from nearly random weights. Samples use the EMA weights (A12).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -35,10 +36,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sketchlab.config import TrainingConfig
 from sketchlab.data.strokes import (
     Sketches, augment_strokes, random_scale, scale_factor as xy_scale_factor, validate_stroke3,
 )
 from sketchlab.errors import ConfigError, DataError
+from sketchlab.models.base import SketchModel, clip_and_limit
 from sketchlab.nn.diffusion import (
     GaussianDiffusion, RecognizabilitySpacing, Sampler, StepCallback, StepRunner, bf16_shadow,
     make_sampler, reverse_loop, sync_shadow,
@@ -51,7 +54,7 @@ __all__ = ["Config", "config_from_original", "SketchKnitter", "RecognizabilityNe
 
 
 @dataclass
-class Config:
+class Config(TrainingConfig):
     # --- data ---
     num_points: int = 96                # N: sketches with 0 < L <= N are kept (spec 1.2)
     faithful: bool = False              # reproduce the original's data/loss/sampling quirks
@@ -76,13 +79,19 @@ class Config:
     clip_x0: float | str | None = "auto"  # "auto": 1.0 when faithful (B2), else no clamp
     pen_break: float = 0.5              # pen lifted where softmax(logits)[..., 1] >= pen_break
     use_ema: bool = True
-    # --- optimisation (spec 4.4) ---
-    lr: float = 1e-4
+    # --- optimisation (spec 4.4): AdamW, constant lr 1e-4, no clipping ---
+    learning_rate: float = 1e-4
+    min_learning_rate: float = 0.0
+    decay_rate: float = 1.0             # constant learning rate (lr_anneal_steps = 0)
+    optimizer: str = "adamw"
     weight_decay: float = 0.0
-    adam_betas: tuple[float, float] = (0.9, 0.999)
     batch_size: int = 4                 # the original's; use 128-256 on a GPU
     max_steps: int = 50001              # hard-coded in the original (B6)
-    grad_clip: float = 0.0              # 0: none (the original clips nothing)
+    grad_clip: float = 0.0
+    clip_mode: str = "none"             # the original clips nothing
+    valid_metric: str = "loss"
+    eval_every: int = 1000              # the original never validates; we keep the best EMA-free loss
+    patience: int = 0
     ema_rate: float = 0.9999
     ema_warmup: bool = True
     # --- r-Shortcut recognizability predictor (spec 6.3) ---
@@ -132,7 +141,9 @@ def config_from_original(flags: dict, **overrides) -> Config:
             out["num_points"] = out["model_channels"] = n
         elif key in ("num_res_blocks", "num_heads", "diffusion_steps", "batch_size"):
             out[key] = int(value)
-        elif key in ("dropout", "lr", "weight_decay", "pen_break"):
+        elif key == "lr":
+            out["learning_rate"] = float(value)
+        elif key in ("dropout", "weight_decay", "pen_break"):
             out[key] = float(value)
         elif key == "ema_rate":
             out[key] = float(str(value).split(",")[0])
@@ -176,12 +187,13 @@ def decode_pen(logits: torch.Tensor, pen_break: float = 0.5) -> torch.Tensor:
     return (torch.softmax(logits.float(), dim=-1)[..., 1] >= pen_break).float()
 
 
-class SketchKnitter(nn.Module):
+class SketchKnitter(SketchModel):
     name = "sketchknitter"
+    Config = Config
 
     def __init__(self, config: Config | None = None):
-        super().__init__()
-        self.config = cfg = config or Config()
+        super().__init__(config or Config())
+        cfg = self.config
         if cfg.num_points < 1:
             raise ConfigError(f"num_points must be >= 1, got {cfg.num_points}")
         self.diffusion = GaussianDiffusion.named(cfg.noise_schedule, cfg.diffusion_steps)
@@ -194,7 +206,7 @@ class SketchKnitter(nn.Module):
         # Data statistics saved with the weights: the offset scale the data were divided by,
         # the training length histogram (lengths are drawn from it at sampling time) and the
         # r-Shortcut's mean recognizability curve (all zeros until `calibrate_shortcut`).
-        self.register_buffer("scale_factor", torch.ones((), dtype=torch.float64))
+        self.register_buffer("data_scale", torch.ones((), dtype=torch.float64))
         self.register_buffer("length_counts", torch.zeros(cfg.num_points + 1, dtype=torch.float64))
         self.register_buffer("shortcut_curve", torch.zeros(cfg.diffusion_steps))
         self._fast_cache: dict = {}
@@ -202,19 +214,37 @@ class SketchKnitter(nn.Module):
     # ---------------------------------------------------------------------------------------
     # Data
     # ---------------------------------------------------------------------------------------
+    @property
+    def scale_factor(self) -> float:
+        """The offset scale of the training data, stored with the weights (a buffer)."""
+        return float(self.data_scale)
+
+    @scale_factor.setter
+    def scale_factor(self, value: float) -> None:
+        self.data_scale.fill_(float(value))
+
     def keep_sketch(self, sketch: np.ndarray) -> bool:
         """The original's filter: 0 < L <= N (longer sketches are dropped, not truncated)."""
         return 0 < len(sketch) <= self.config.num_points
 
-    def compute_scale_factor(self, train_sketches: Sequence[np.ndarray]) -> float:
-        """The offset scale for this model's mode (faithful: pen column included, B3)."""
-        if self.config.faithful:
+    @classmethod
+    def filter_sketches(cls, config, sketches):
+        """The original's `purify`: keep 0 < L <= num_points (the 96 is the UNet's channels)."""
+        return clip_and_limit(sketches, config.num_points)
+
+    @classmethod
+    def compute_scale_factor(cls, config, train_sketches: Sequence[np.ndarray]) -> float:
+        """The offset scale for this mode (faithful: pen column included, B3)."""
+        if config.faithful:
             return faithful_scale_factor(train_sketches)
         return xy_scale_factor(train_sketches)
 
+    def setup_from_data(self, data) -> None:
+        self.set_data_stats(data.scale_factor, data.splits["train"].lengths)
+
     def set_data_stats(self, scale_factor: float, lengths: Sequence[int] | None = None) -> None:
         """Record the training data's scale factor and (optionally) its sketch lengths."""
-        self.scale_factor.fill_(float(scale_factor))
+        self.data_scale.fill_(float(scale_factor))
         if lengths is not None:
             ls = np.clip(np.asarray(lengths, dtype=np.int64), 1, self.config.num_points)
             counts = np.bincount(ls, minlength=self.config.num_points + 1)
@@ -279,7 +309,7 @@ class SketchKnitter(nn.Module):
 
         `t` and `noise` override the random timesteps / noise (for tests).
         """
-        device = self.scale_factor.device
+        device = self.data_scale.device
         x0 = batch["x0"].to(device, torch.float32)
         pen = batch["pen"].to(device, torch.long)
         valid = batch["mask"].to(device, torch.float32)
@@ -319,9 +349,11 @@ class SketchKnitter(nn.Module):
             self.ema.copy_from(self.unet)
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
+        """The original's optimiser (the trainer builds the same from the config)."""
         c = self.config
-        return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=c.lr,
-                                 weight_decay=c.weight_decay, betas=tuple(c.adam_betas))
+        return torch.optim.AdamW([p for p in self.parameters() if p.requires_grad],
+                                 lr=c.learning_rate, weight_decay=c.weight_decay,
+                                 betas=(c.adam_beta1, c.adam_beta2))
 
     # ---------------------------------------------------------------------------------------
     # Sampling
@@ -384,13 +416,14 @@ class SketchKnitter(nn.Module):
 
     @torch.no_grad()
     def generate(self, n: int | None = None, *, sampler: str | Sampler | None = None, steps=None,
-                 spacing=None, eta: float = 0.0, temperature: float = 1.0, batch_size: int = 256,
+                 spacing=None, eta: float = 0.0, temperature: float | None = 1.0, batch_size: int = 256,
                  device=None, generator: torch.Generator | None = None, fast: bool | None = None,
                  compile: bool = False, fast_dtype: torch.dtype | None = None,
                  use_ema: bool | None = None, pen_break: float | None = None,
                  lengths: Sequence[int] | None = None, condition: Sketches | Sequence | None = None,
                  strength: float = 0.5, extra_points: int = 0,
-                 callback: StepCallback | None = None, progress: bool = False) -> Sketches:
+                 callback: StepCallback | None = None, progress: bool = False,
+                 references: Sketches | None = None, seed: int | None = None) -> Sketches:
         """Sample `n` sketches, or refine/heal the sketches in `condition` (SDEdit).
 
         sampler: "ddpm" (ancestral, T steps unless `steps`), "ddim" (eta 0 by default),
@@ -405,11 +438,27 @@ class SketchKnitter(nn.Module):
         kept (+ `extra_points` free rows in the default mode). callback(i, t, x_prev, x0_hat,
         eps_hat, pen_logits) sees every step (the buffers are reused: clone what you keep).
 
+        `references` (what `sketchlab sample --condition-on` passes) is `condition`; `seed` seeds a
+        generator when none is given.
+
         Returns stroke-3 sketches in the data's normalised units, `scale_factor` set.
         """
         c = self.config
+        if references is not None:
+            if condition is not None:
+                raise ConfigError("give condition or references, not both")
+            condition = references
+            if n is not None:
+                condition = condition[np.arange(min(int(n), len(condition)))]
+                n = None
+        if batch_size is None:
+            batch_size = 256
+        if temperature is None:
+            temperature = 1.0
+        if generator is None and seed is not None:
+            generator = torch.Generator().manual_seed(int(seed))
         if device is None:
-            device = self.scale_factor.device
+            device = self.data_scale.device
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -520,7 +569,7 @@ class SketchKnitter(nn.Module):
         A diffusion model has no latent code; these features of the (noise-free, scaled) input
         are what retrieval and t-SNE use. They are not a generative latent.
         """
-        device = self.scale_factor.device
+        device = self.data_scale.device
         x0 = batch["x0"].to(device, torch.float32)
         m = self._loss_mask(batch["mask"].to(device, torch.float32))
         tt = torch.full((x0.shape[0],), int(t), device=device, dtype=torch.long)
@@ -622,7 +671,7 @@ def train_recognizability(model: SketchKnitter, score_fn: ScoreFn, *, n_sketches
     """
     from tqdm.auto import tqdm
 
-    device = torch.device(device) if device is not None else model.scale_factor.device
+    device = torch.device(device) if device is not None else model.data_scale.device
     feats, probs, masks, ts, targets = [], [], [], [], []
 
     def visit(x, p, mask, lengths, t):
@@ -673,7 +722,7 @@ def recognizability_curve(model: SketchKnitter, predictor: RecognizabilityNet, *
                           progress: bool = False) -> np.ndarray:
     """Mean predicted recognizability r(t), t = 0..T-1, over a pilot batch of trajectories
     (evaluated at every step of the trajectory sampler, interpolated in between)."""
-    device = torch.device(device) if device is not None else model.scale_factor.device
+    device = torch.device(device) if device is not None else model.data_scale.device
     sums: dict[int, list[float]] = {}
 
     def visit(x, p, mask, lengths, t):
@@ -699,3 +748,21 @@ def calibrate_shortcut(model: SketchKnitter, score_fn: ScoreFn, *, pilot: int = 
                                   **{k: v for k, v in kwargs.items() if k in curve_keys})
     model.set_shortcut_curve(curve)
     return predictor, curve, info
+
+
+def classifier_score_fn(classifier, categories: Sequence[str]) -> ScoreFn:
+    """Recognizability targets from a sketchlab classifier: the probability it gives the class
+    the model was trained on (the mean over `categories` for a multi-category model). Sketches
+    arrive in the model's normalised units; rendering fits each to its box, so units do not
+    matter."""
+    missing = [c for c in categories if c not in classifier.categories]
+    if missing:
+        raise ConfigError(f"the classifier does not know {missing}; it knows "
+                          f"{', '.join(classifier.categories)}")
+    cols = [classifier.categories.index(c) for c in categories]
+
+    def score(sketches: Sketches) -> np.ndarray:
+        _, logits = classifier.extract(sketches)
+        p = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), -1)
+        return p[:, cols].max(-1).values.numpy()
+    return score

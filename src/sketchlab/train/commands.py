@@ -72,6 +72,9 @@ def register_cli(sub) -> None:
     s.add_argument("--strength", type=float, default=None, help="noise level for refinement (SketchKnitter)")
     s.add_argument("--sampler", default=None, help="diffusion sampler: ddpm | ddim | shortcut")
     s.add_argument("--steps", type=int, default=None, help="diffusion sampling steps")
+    s.add_argument("--classifier", default=None,
+                   help="a `sketchlab classifier train` run: calibrates SketchKnitter's r-Shortcut "
+                        "(--sampler rshortcut) from its recognizability scores, saved into RUN")
     s.add_argument("--greedy", action="store_true", help="most likely choices instead of sampling")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--batch-size", type=int, default=None)
@@ -190,6 +193,8 @@ def cmd_sample(args) -> int:
     info = ckpt.read_run_config(run)
     device = pick_device(args.device)
     model = ckpt.load_model(run, device=device, which=args.which)
+    if args.classifier:
+        calibrate_shortcut_from_classifier(model, run, args.classifier, device)
     refs = load_references(args.condition_on, run, model, info) if args.condition_on else None
     n = args.n if args.n is not None else (None if refs is not None else 64)
     kwargs = {"n": n, "references": refs, "temperature": args.temperature, "seed": args.seed}
@@ -214,6 +219,30 @@ def cmd_sample(args) -> int:
     if draw_grid(raw, png, refs_raw=to_raw_units(refs) if refs is not None else None):
         print(f"grid: {png}")
     return 0
+
+
+def calibrate_shortcut_from_classifier(model, run: Path, classifier_dir: str, device) -> None:
+    """SketchKnitter's r-Shortcut: train the recognizability predictor on the classifier's scores
+    along sampling trajectories, store the mean curve in the run's weights (atomically)."""
+    if not hasattr(model, "set_shortcut_curve"):
+        raise ConfigError(f"--classifier calibrates SketchKnitter's r-Shortcut; a {model.name} "
+                          f"model has none")
+    from sketchlab.eval.classifier import load_classifier
+    from sketchlab.models.sketchknitter import calibrate_shortcut, classifier_score_fn
+
+    clf = load_classifier(classifier_dir, device)
+    score = classifier_score_fn(clf, getattr(model, "categories", None) or clf.categories)
+    t0 = time.time()
+    print("calibrating the r-Shortcut from the classifier's recognizability scores ...")
+    _, curve, info = calibrate_shortcut(model, score, device=device, progress=True)
+    print(f"calibrated in {time.time() - t0:.0f}s (recognizer BCE {info['bce']:.3f}); saved into {run}")
+    from safetensors import safe_open
+
+    # The curve goes into the weights that `sample` loads (best, else latest), keeping their step.
+    name = "best.safetensors" if (run / "best.safetensors").is_file() else "model.safetensors"
+    with safe_open(str(run / name), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    ckpt.save_weights(run / name, model, {**meta, "shortcut": "calibrated"})
 
 
 def to_raw_units(sk: Sketches) -> Sketches:

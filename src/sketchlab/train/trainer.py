@@ -221,7 +221,7 @@ class Trainer:
         self.is_main = self.rank == 0
 
         self.model = model.to(device)
-        self.model.scale_factor = data.scale_factor
+        self.model.setup_from_data(data)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # Whole-step CUDA graphs when the model allows them (see sketchlab.train.graphed).
         self.graph_mode = (device.type == "cuda" and getattr(self.cfg, "cuda_graph", False)
