@@ -48,6 +48,7 @@ class GraphedTrainer:
         self.warmup = warmup
         self.graphs: dict[Hashable, _Graph] = {}
         self._backup: list[Tensor] | None = None
+        self._pool = None
 
     # ---- the state a step mutates ----------------------------------------------------------------
     def _live(self) -> list[Tensor]:
@@ -89,10 +90,15 @@ class GraphedTrainer:
         if self._backup is None:          # one backup shared by every graph (they run in turn)
             self._backup = [t.detach().clone() for t in live]
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # One memory pool for all of this trainer's graphs: each step's temporaries die inside its
+        # graph and the graphs never run concurrently, so a model with four schedule branches
+        # does not hold four copies of a step's activations.
+        with torch.cuda.graph(graph, pool=self._pool):
             torch._foreach_copy_(self._backup, live)
             out = self.step_fn(inputs, step)
             finite = out.pop("_finite")
+        if self._pool is None:
+            self._pool = graph.pool()
         shapes = {k: tuple(v.shape) for k, v in inputs.items()}
         return _Graph(graph, inputs, out, finite, shapes)
 

@@ -534,7 +534,15 @@ class Trainer:
         if self.graphed is not None:
             key = self.model.graph_key(step)
             if key is not None and self.graphed.fits(key, batch):
-                return self.graphed(key, batch, step)
+                try:
+                    return self.graphed(key, batch, step)
+                except Exception as e:  # e.g. an op that cannot be captured: carry on eagerly
+                    if key not in self.graphed.graphs:
+                        self.say(f"note: CUDA-graph capture failed ({type(e).__name__}: "
+                                 f"{str(e)[:300]}); training eagerly from here")
+                        self.graphed = None
+                    else:
+                        raise
         # Zeroed (not None) gradients: Adam then moves every parameter each step, as TF's Adam
         # does, even a branch the loss skipped this step.
         self.optimizer.zero_grad(set_to_none=False)

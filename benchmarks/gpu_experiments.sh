@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The quality runs behind the notes, in one GPU call (< 10 min): train every model at once on the
+# shared GPU for MINUTES, a Sketch-a-Net judge beside them, then sample, evaluate and draw.
+#
+#   OUT=results MINUTES=6 benchmarks/gpu_experiments.sh
+#
+# Data: SPG20 (default .gpu/spg20) = `sketchlab data import shared/data/spg20 --out ...`;
+#       SHEEP (default .gpu/shared/sketchrnn) holds aaron_sheep.npz.
+# DRY=1 runs the same pipeline with tiny models for a few seconds each (a CPU rehearsal).
+# Everything lands in $OUT/results.tar.gz (PNGs, JSON, tables, logs) plus $OUT/summary.txt.
+set -u
+OUT=${OUT:-/tmp/sketchlab-exp}
+MINUTES=${MINUTES:-6}
+SPG20=${SPG20:-.gpu/spg20}
+SHEEP=${SHEEP:-.gpu/shared/sketchrnn}
+R=${RUNS:-/tmp/sketchlab-runs}
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+mkdir -p "$OUT" "$R/res"
+SL="python -m sketchlab.cli"
+CATS20=airplane,alarm_clock,ambulance,ant,apple,backpack,basket,butterfly,cactus,calculator,campfire,candle,coffee_cup,crab,duck,face,ice_cream,pig,pineapple,suitcase
+CATS5=airplane,apple,butterfly,cactus,pig
+CLF_ARGS="--epochs 40"
+# Small data (3,000 sketches): validate every 200 steps, not every 15-step epoch, so the seeds'
+# patience of 5 is not spent on single-batch noise.
+SHEEP_HP="" RPCL_HP="--hparams eval_every=200" KNIT_HP="batch_size=256,eval_every=500" EVAL_ARGS="" KQ_ARGS=""
+if [ "${DRY:-0}" = 1 ]; then    # tiny everything: checks the plumbing, not the numbers
+  MINUTES=${MINUTES_DRY:-0.1}
+  CLF_ARGS="--epochs 1 --limit 20 --valid-limit 10 --max-steps 2"
+  SHEEP_HP="--hparams enc_rnn_size=16,dec_rnn_size=32,z_size=8,batch_size=16 --limit-per-category 200"
+  RPCL_HP="--hparams dec_model=lstm,dec_rnn_size=32,z_size=8,batch_size=16,cnn_channels=[4,8,8,8] --limit-per-category 40"
+  KNIT_HP="channel_mult=[1,2],num_res_blocks=1,batch_size=8,eval_every=0 --limit-per-category 60"
+  EVAL_ARGS="--per-category 6 --no-gs"
+  KQ_ARGS="--n 8 --batch 8 --calib-sketches 16 --record-steps 5 --recognizer-epochs 1"
+fi
+log() { echo "[$(date +%T)] $*"; }
+if ls .whl/*.whl >/dev/null 2>&1; then   # gudhi (Geometry Score) carried as a wheel
+  python -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
+fi
+[ "${DRY:-0}" = 1 ] || python -m pytest -q -m gpu tests > "$R/res/gpu_tests.log" 2>&1 &
+
+log "start: $(python -c 'import torch;print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")')"
+# 1. everything trains at once (the GPU is shared; each job's own time limit applies)
+$SL classifier train --data-dir "$SPG20" --categories $CATS20 --out "$R/clf" $CLF_ARGS --quiet \
+    > "$R/res/clf.log" 2>&1 &
+CLF=$!
+$SL train sketch-rnn --data-dir "$SHEEP" --categories aaron_sheep --out "$R/sheep" \
+    --max-minutes "$MINUTES" --no-progress $SHEEP_HP > "$R/res/sheep_train.log" 2>&1 &
+$SL train rpcl-pix2seq --data-dir "$SPG20" --categories $CATS5 --out "$R/rpcl" \
+    --max-minutes "$MINUTES" --no-progress $RPCL_HP > "$R/res/rpcl_train.log" 2>&1 &
+$SL train rpcl-pix2seqh --data-dir "$SPG20" --categories $CATS5 --out "$R/rpclh" \
+    --max-minutes "$MINUTES" --no-progress $RPCL_HP > "$R/res/rpclh_train.log" 2>&1 &
+$SL train sketchknitter --data-dir "$SPG20" --categories apple --out "$R/knitter" \
+    --max-minutes "$MINUTES" --no-progress --hparams $KNIT_HP > "$R/res/knitter_train.log" 2>&1 &
+wait
+log "training done"; tail -n 3 "$R"/res/*_train.log "$R/res/clf.log"
+
+# 2. samples, maps, metrics (several at once again)
+( $SL sample "$R/sheep" --out "$R/res/sheep_samples.npz" --n 48 --temperature 0.25
+  $SL sample "$R/sheep" --out "$R/res/sheep_test_cond.npz" --condition-on test --n 24 --temperature 0.2
+) > "$R/res/sheep_sample.log" 2>&1 &
+for m in rpcl rpclh; do
+  ( $SL sample "$R/$m" --out "$R/res/${m}_cond.npz" --condition-on test --n 40
+    $SL sample "$R/$m" --out "$R/res/${m}_comp0.npz" --component 0 --n 16
+    $SL sample "$R/$m" --out "$R/res/${m}_prior.npz" --n 40
+    $SL latent map "$R/$m" --out "$R/res/${m}_map.png" --split test
+  ) > "$R/res/${m}_sample.log" 2>&1 &
+done
+$SL evaluate real:valid --classifier "$R/clf" --data-dir "$SPG20" --out "$R/res/real_valid.json" \
+    $EVAL_ARGS > "$R/res/real_valid.log" 2>&1 &
+python benchmarks/knitter_quality.py --run "$R/knitter" --classifier "$R/clf" $KQ_ARGS \
+    > "$R/res/knitter_quality.log" 2>&1 &
+$SL compare "$R/rpcl" "$R/rpclh" --classifier "$R/clf" --data-dir "$SPG20" --categories $CATS5 \
+    --out "$R/res/compare.json" $EVAL_ARGS > "$R/res/compare.log" 2>&1 &
+wait
+log "evaluation done"
+
+# 3. pack: every run's config/log/curve plus the results
+for m in sheep rpcl rpclh knitter clf; do
+  for f in config.json log.csv loss.png metrics.json; do
+    [ -f "$R/$m/$f" ] && cp "$R/$m/$f" "$R/res/${m}_$f"
+  done
+done
+rm -f "$R"/res/*.npz.tmp
+tar -czf "$OUT/results.tar.gz" -C "$R" res
+{ for f in "$R"/res/*.md "$R"/res/*.log; do echo "== $f"; tail -n 12 "$f"; done; } > "$OUT/summary.txt"
+ls -la "$OUT"
+log "end"
