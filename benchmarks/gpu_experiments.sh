@@ -10,7 +10,7 @@
 # Everything lands in $OUT/results.tar.gz (PNGs, JSON, tables, logs) plus $OUT/summary.txt.
 set -u
 OUT=${OUT:-/tmp/sketchlab-exp}
-MINUTES=${MINUTES:-6}
+MINUTES=${MINUTES:-5.5}
 SPG20=${SPG20:-.gpu/spg20}
 SHEEP=${SHEEP:-.gpu/shared/sketchrnn}
 R=${RUNS:-/tmp/sketchlab-runs}
@@ -54,23 +54,21 @@ $SL train sketchknitter --data-dir "$SPG20" --categories apple --out "$R/knitter
 wait
 log "training done"; tail -n 3 "$R"/res/*_train.log "$R/res/clf.log"
 
-# 2. samples, maps, metrics (several at once again)
-( $SL sample "$R/sheep" --out "$R/res/sheep_samples.npz" --n 48 --temperature 0.25
-  $SL sample "$R/sheep" --out "$R/res/sheep_test_cond.npz" --condition-on test --n 24 --temperature 0.2
-) > "$R/res/sheep_sample.log" 2>&1 &
+# 2. samples, maps, metrics (several at once again), each group within EVAL_SECONDS
+EVAL_SECONDS=${EVAL_SECONDS:-170}
+export SL R SPG20 CATS5 EVAL_ARGS KQ_ARGS
+group() { local name=$1; shift; timeout -k 5 "$EVAL_SECONDS" bash -c "$*" > "$R/res/$name.log" 2>&1 & }
+group sheep_sample '$SL sample $R/sheep --out $R/res/sheep_samples.npz --n 48 --temperature 0.25;
+  $SL sample $R/sheep --out $R/res/sheep_test_cond.npz --condition-on test --n 24 --temperature 0.2'
 for m in rpcl rpclh; do
-  ( $SL sample "$R/$m" --out "$R/res/${m}_cond.npz" --condition-on test --n 40
-    $SL sample "$R/$m" --out "$R/res/${m}_comp0.npz" --component 0 --n 16
-    $SL sample "$R/$m" --out "$R/res/${m}_prior.npz" --n 40
-    $SL latent map "$R/$m" --out "$R/res/${m}_map.png" --split test
-  ) > "$R/res/${m}_sample.log" 2>&1 &
+  group ${m}_sample "\$SL sample \$R/$m --out \$R/res/${m}_cond.npz --condition-on test --n 40;
+    \$SL sample \$R/$m --out \$R/res/${m}_comp0.npz --component 0 --n 16;
+    \$SL sample \$R/$m --out \$R/res/${m}_prior.npz --n 40;
+    \$SL latent map \$R/$m --out \$R/res/${m}_map.png --split test"
 done
-$SL evaluate real:valid --classifier "$R/clf" --data-dir "$SPG20" --out "$R/res/real_valid.json" \
-    $EVAL_ARGS > "$R/res/real_valid.log" 2>&1 &
-python benchmarks/knitter_quality.py --run "$R/knitter" --classifier "$R/clf" $KQ_ARGS \
-    > "$R/res/knitter_quality.log" 2>&1 &
-$SL compare "$R/rpcl" "$R/rpclh" --classifier "$R/clf" --data-dir "$SPG20" --categories $CATS5 \
-    --out "$R/res/compare.json" $EVAL_ARGS > "$R/res/compare.log" 2>&1 &
+group real_valid '$SL evaluate real:valid --classifier $R/clf --data-dir $SPG20 --out $R/res/real_valid.json $EVAL_ARGS'
+group knitter_quality 'python benchmarks/knitter_quality.py --run $R/knitter --classifier $R/clf $KQ_ARGS'
+group compare '$SL compare $R/rpcl $R/rpclh --classifier $R/clf --data-dir $SPG20 --categories $CATS5 --out $R/res/compare.json $EVAL_ARGS'
 wait
 log "evaluation done"
 
