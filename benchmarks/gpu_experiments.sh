@@ -22,7 +22,7 @@ CATS5=airplane,apple,butterfly,cactus,pig
 CLF_ARGS="--epochs 40"
 # Small data (3,000 sketches): validate every 200 steps, not every 15-step epoch, so the seeds'
 # patience of 5 is not spent on single-batch noise.
-SHEEP_HP="" RPCL_HP="--hparams eval_every=200" KNIT_HP="batch_size=256,eval_every=500" EVAL_ARGS="" KQ_ARGS=""
+SHEEP_HP="" RPCL_HP=${RPCL_HP:-"--hparams eval_every=200"} KNIT_HP="batch_size=256,eval_every=500" EVAL_ARGS="" KQ_ARGS=""
 if [ "${DRY:-0}" = 1 ]; then    # tiny everything: checks the plumbing, not the numbers
   MINUTES=${MINUTES_DRY:-0.1}
   CLF_ARGS="--epochs 1 --limit 20 --valid-limit 10 --max-steps 2"
@@ -32,6 +32,8 @@ if [ "${DRY:-0}" = 1 ]; then    # tiny everything: checks the plumbing, not the 
   EVAL_ARGS="--per-category 6 --no-gs"
   KQ_ARGS="--n 8 --batch 8 --calib-sketches 16 --record-steps 5 --recognizer-epochs 1"
 fi
+JOBS=" ${JOBS:-clf sheep rpcl rpclh knitter} "     # a subset reruns only those models
+has() { case "$JOBS" in *" $1 "*) return 0;; esac; return 1; }
 log() { echo "[$(date +%T)] $*"; }
 if ls .whl/*.whl >/dev/null 2>&1; then   # gudhi (Geometry Score) carried as a wheel
   python -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
@@ -40,35 +42,35 @@ fi
 
 log "start: $(python -c 'import torch;print(torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")')"
 # 1. everything trains at once (the GPU is shared; each job's own time limit applies)
-$SL classifier train --data-dir "$SPG20" --categories $CATS20 --out "$R/clf" $CLF_ARGS --quiet \
-    > "$R/res/clf.log" 2>&1 &
-CLF=$!
-$SL train sketch-rnn --data-dir "$SHEEP" --categories aaron_sheep --out "$R/sheep" \
+has clf && $SL classifier train --data-dir "$SPG20" --categories $CATS20 --out "$R/clf" $CLF_ARGS \
+    --quiet > "$R/res/clf.log" 2>&1 &
+has sheep && $SL train sketch-rnn --data-dir "$SHEEP" --categories aaron_sheep --out "$R/sheep" \
     --max-minutes "$MINUTES" --no-progress $SHEEP_HP > "$R/res/sheep_train.log" 2>&1 &
-$SL train rpcl-pix2seq --data-dir "$SPG20" --categories $CATS5 --out "$R/rpcl" \
+has rpcl && $SL train rpcl-pix2seq --data-dir "$SPG20" --categories $CATS5 --out "$R/rpcl" \
     --max-minutes "$MINUTES" --no-progress $RPCL_HP > "$R/res/rpcl_train.log" 2>&1 &
-$SL train rpcl-pix2seqh --data-dir "$SPG20" --categories $CATS5 --out "$R/rpclh" \
+has rpclh && $SL train rpcl-pix2seqh --data-dir "$SPG20" --categories $CATS5 --out "$R/rpclh" \
     --max-minutes "$MINUTES" --no-progress $RPCL_HP > "$R/res/rpclh_train.log" 2>&1 &
-$SL train sketchknitter --data-dir "$SPG20" --categories apple --out "$R/knitter" \
+has knitter && $SL train sketchknitter --data-dir "$SPG20" --categories apple --out "$R/knitter" \
     --max-minutes "$MINUTES" --no-progress --hparams $KNIT_HP > "$R/res/knitter_train.log" 2>&1 &
 wait
 log "training done"; tail -n 3 "$R"/res/*_train.log "$R/res/clf.log"
 
 # 2. samples, maps, metrics (several at once again), each group within EVAL_SECONDS
 EVAL_SECONDS=${EVAL_SECONDS:-170}
-export SL R SPG20 CATS5 EVAL_ARGS KQ_ARGS
+export SL R SPG20 CATS5 EVAL_ARGS KQ_ARGS RUNS_DONE
 group() { local name=$1; shift; timeout -k 5 "$EVAL_SECONDS" bash -c "$*" > "$R/res/$name.log" 2>&1 & }
-group sheep_sample '$SL sample $R/sheep --out $R/res/sheep_samples.npz --n 48 --temperature 0.25;
+has sheep && group sheep_sample '$SL sample $R/sheep --out $R/res/sheep_samples.npz --n 48 --temperature 0.25;
   $SL sample $R/sheep --out $R/res/sheep_test_cond.npz --condition-on test --n 24 --temperature 0.2'
 for m in rpcl rpclh; do
-  group ${m}_sample "\$SL sample \$R/$m --out \$R/res/${m}_cond.npz --condition-on test --n 40;
+  has $m && group ${m}_sample "\$SL sample \$R/$m --out \$R/res/${m}_cond.npz --condition-on test --n 40;
     \$SL sample \$R/$m --out \$R/res/${m}_comp0.npz --component 0 --n 16;
     \$SL sample \$R/$m --out \$R/res/${m}_prior.npz --n 40;
     \$SL latent map \$R/$m --out \$R/res/${m}_map.png --split test"
 done
-group real_valid '$SL evaluate real:valid --classifier $R/clf --data-dir $SPG20 --out $R/res/real_valid.json $EVAL_ARGS'
-group knitter_quality 'python benchmarks/knitter_quality.py --run $R/knitter --classifier $R/clf $KQ_ARGS'
-group compare '$SL compare $R/rpcl $R/rpclh --classifier $R/clf --data-dir $SPG20 --categories $CATS5 --out $R/res/compare.json $EVAL_ARGS'
+has clf && has sheep && group real_valid '$SL evaluate real:valid --classifier $R/clf --data-dir $SPG20 --out $R/res/real_valid.json $EVAL_ARGS'
+has knitter && group knitter_quality 'OUT=$R/res python benchmarks/knitter_quality.py --run $R/knitter --classifier $R/clf $KQ_ARGS'
+RUNS_DONE=""; for m in rpcl rpclh; do has $m && RUNS_DONE="$RUNS_DONE $R/$m"; done
+[ -n "$RUNS_DONE" ] && group compare '$SL compare $RUNS_DONE --classifier $R/clf --data-dir $SPG20 --categories $CATS5 --out $R/res/compare.json $EVAL_ARGS'
 wait
 log "evaluation done"
 

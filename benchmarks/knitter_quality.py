@@ -39,6 +39,15 @@ def out_dir() -> Path | None:
     return Path(os.environ["OUT"]) if os.environ.get("OUT") else None
 
 
+def emit(result: dict) -> None:
+    """Print the result so far and keep it on disk: a run cut by its time limit keeps its stages."""
+    text = json.dumps(result, indent=2, default=float)
+    print(text, flush=True)
+    if out_dir():
+        out_dir().mkdir(parents=True, exist_ok=True)
+        (out_dir() / "knitter_quality.json").write_text(text)
+
+
 def evaluate(args) -> dict:
     device = torch.device(args.device)
     run = Path(args.run)
@@ -74,6 +83,7 @@ def evaluate(args) -> dict:
                                             (999, 800, 600, 400, 200, 100, 50, 20, 0)
                                             if t < len(curve)},
                                "timesteps": model.make_sampler("rshortcut", S).timesteps}
+        emit(result)
         samplers.append((f"rshortcut{S}", dict(sampler="rshortcut", steps=S)))
 
     samples = {}
@@ -93,6 +103,7 @@ def evaluate(args) -> dict:
         samples[name] = sk
         result.setdefault("sampling", {})[name] = {"seconds": sec, "sketches_per_s": n / sec,
                                                    "mean_points": float(sk.lengths.mean())}
+        emit(result)
         if out_dir():
             save_grid(sk[np.arange(min(48, len(sk)))], out_dir() / f"knitter_{name}.png", cols=8)
 
@@ -121,12 +132,7 @@ def main(argv=None):
     ap.add_argument("--target-on", default="x_t", choices=("x_t", "x0_hat"))
     ap.add_argument("--gs", action="store_true", help="also the Geometry Score (slow)")
     args = ap.parse_args(argv)
-    result = evaluate(args)
-    text = json.dumps(result, indent=2, default=float)
-    print(text)
-    if out_dir():
-        out_dir().mkdir(parents=True, exist_ok=True)
-        (out_dir() / "knitter_quality.json").write_text(text)
+    emit(evaluate(args))
 
 
 if __name__ == "__main__":

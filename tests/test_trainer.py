@@ -226,3 +226,12 @@ def test_log_of_a_run_shorter_than_one_log_period_has_term_columns(tmp_path):
     Trainer(model, data, tmp_path / "run", progress=False, max_steps=2, log=lambda m: None).train()
     header = (tmp_path / "run" / "log.csv").read_text().splitlines()[0].split(",")
     assert "valid_loss" in header and "loss" in header
+
+
+def test_patience_start_spares_a_warm_up_phase(tmp_path):
+    # the same diverging run as above, but evaluations before step 40 do not count
+    model, data = build(tmp_path, learning_rate=50.0, min_learning_rate=50.0, patience=1,
+                        clip_mode="none", eval_every=2, patience_start=40)
+    summary = Trainer(model, data, tmp_path / "run", progress=False, max_steps=200,
+                      log=lambda m: None).train()
+    assert summary["stopped_early"] and summary["step"] >= 40

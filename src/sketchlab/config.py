@@ -38,6 +38,7 @@ class TrainingConfig:
     eval_every: int = 0              # evaluate every N steps; 0 = at the end of every epoch
     patience: int = 5                # stop after this many evaluations without improvement; 0 = never
     reload_best: bool = False        # rewind to the best checkpoint after a non-improving evaluation
+    patience_start: int = 0          # evaluations before this step never count against patience
     valid_metric: str = "recon"      # which loss term (eval mode) selects the best checkpoint
     max_valid_batches: int = 0       # 0 = the whole validation split
     checkpoint_every: int = 500      # steps between resumable checkpoints (also at every evaluation)

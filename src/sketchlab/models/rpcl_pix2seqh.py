@@ -41,6 +41,10 @@ class Config(Pix2SeqConfig):
     kl_multiplier: float = 0.1           # L = 0.1 w_KL (L_IJ + L_G) + ...
     image_phase_steps: int = 1000        # the image branch is trained while s < this ...
     image_phase_every: int = 4           # ... on the steps with s % 4 != 0
+    # The seeds' first validation comes after a whole epoch (1,749 steps), past the image phase;
+    # validating every N steps, we do not count (or rewind on) evaluations inside that phase,
+    # where only 1 step in 4 trains the sequence decoder.
+    patience_start: int = 1000
     alive_threshold: float = ALIVE_THRESHOLD
 
 

@@ -595,6 +595,9 @@ class Trainer:
             self.bad_evals = 0
             self.save(best=True)
             return
+        if self.step < getattr(self.cfg, "patience_start", 0):
+            self.save()      # still in a warm-up phase: not held against the model
+            return
         self.bad_evals += 1
         if self.cfg.patience and self.bad_evals >= self.cfg.patience:
             self.stopped_early = True
