@@ -26,9 +26,12 @@ from sketchlab.train.trainer import Trainer, pick_device, prepare_data
 
 # Small enough to learn the doodles on 2 CPU cores in about two minutes.
 DEMO_HPARAMS = {
-    "sketch-rnn": ("enc_rnn_size=96,dec_rnn_size=192,z_size=24,max_seq_len=64,batch_size=32,learning_rate=0.002,"
-                   "use_recurrent_dropout=0,"
-                   "eval_every=100,kl_decay_rate=0.999,kl_weight_start=0.05,patience=0"),
+    # No recurrent dropout: the LSTMs then run on torch's native sequence kernel, ~3x faster on a
+    # CPU. A lighter KL weight lets 2 minutes of training use the code (reconstructions follow
+    # their input) instead of settling into a decoder that ignores it.
+    "sketch-rnn": ("enc_rnn_size=96,dec_rnn_size=192,z_size=24,max_seq_len=64,batch_size=32,"
+                   "learning_rate=0.002,use_recurrent_dropout=0,eval_every=100,patience=0,"
+                   "kl_weight=0.1,kl_weight_start=0.01,kl_decay_rate=0.999"),
 }
 
 
