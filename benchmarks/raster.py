@@ -3,7 +3,7 @@
 Times, on the same sketches in the same run:
 * `pil_reference`: the plain way, one sketch at a time: PIL `ImageDraw.line` per stroke on a 4x
   larger canvas, box-downsampled for anti-aliasing (single process);
-* `rasterize` (numpy, threads over all CPU cores);
+* `rasterize` (numpy, one core, batched over all segments of a chunk of sketches);
 * `rasterize_torch` on the CPU, and on CUDA when present (synchronised, after a warm-up), plus the
   time for one 75,000-sketch QuickDraw category (the originals' seq2png takes 30-60 minutes).
 Prints one JSON object (sketches/s and ratios) and writes it to $OUT/raster.json when OUT is set.

@@ -229,15 +229,14 @@ def test_sketches_and_lists_agree_and_batching_changes_nothing(rng):
     assert np.abs(torch_out - together).max() <= 1
 
 
-def test_chunks_blocks_and_threads_change_nothing(rng, monkeypatch):
+def test_chunks_and_blocks_change_nothing(rng, monkeypatch):
     import sketchlab.data.raster as raster
 
     sketches = random_sketches(rng, 30)
     ref = rasterize(sketches)
     ref_torch = rasterize_torch(*padded(sketches))
-    monkeypatch.setattr(raster, "_CPU_SKETCHES", 7)  # several thread tasks
+    monkeypatch.setattr(raster, "_CPU_SKETCHES", 7)  # several chunks
     monkeypatch.setattr(raster, "_CPU_PIECES", 5)  # several blocks per window shape
-    monkeypatch.setattr(raster, "_cpu_count", lambda: 3)
     monkeypatch.setitem(raster._TORCH_SKETCHES, "cpu", 4)
     monkeypatch.setitem(raster._TORCH_PIECES, "cpu", 9)
     np.testing.assert_array_equal(rasterize(sketches), ref)
