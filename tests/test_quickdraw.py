@@ -432,7 +432,7 @@ def test_import_keeps_earlier_files_when_a_later_write_fails(tmp_path, simplifie
 
     def failing(path, *a, **kw):
         if str(path).endswith("dog.npz"):
-            with qd._atomic_output(path) as fh:
+            with qd.atomic_open(path) as fh:
                 fh.write(b"half a file")
                 raise OSError("disk full")
         return real(path, *a, **kw)

@@ -151,18 +151,7 @@ def _cmd_download(args) -> int:
 
 
 def _info_paths(paths: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(p.glob("*.npz"))
-            if not found:
-                raise DataError(f"{p}: folder holds no .npz files")
-            files += found
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise DataError(f"{p}: no such file or folder")
-    return files
+    return qd.expand_paths(paths, (".npz",), ".npz")
 
 
 def _cmd_info(args) -> int:

@@ -29,7 +29,6 @@ calls), `describe_npz` (`data info`), `import_ndjson` + `drawing_to_stroke3` (`d
 from __future__ import annotations
 
 import ast
-import contextlib
 import difflib
 import gzip
 import hashlib
@@ -39,7 +38,6 @@ import os
 import pickle
 import pickletools
 import socket
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -57,6 +55,7 @@ from sketchlab.data.quickdraw_categories import QUICKDRAW_CATEGORIES
 from sketchlab.data import strokes as S
 from sketchlab.data.strokes import Sketches, clip_offsets, from_polylines, scale_factor
 from sketchlab.errors import ConfigError, DataError
+from sketchlab.fileio import atomic_open
 
 SPLITS = ("train", "valid", "test")
 # A stored sketch longer than this is taken for corruption, not for a drawing (the official files
@@ -384,25 +383,6 @@ def read_npz_array(path: str | os.PathLike, key: str) -> np.ndarray:
 # ============================================================================================
 
 
-@contextlib.contextmanager
-def _atomic_output(path: str | os.PathLike, mode: str = "wb"):
-    """Open a temp file beside `path`; on success fsync and rename it over `path`."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _portable_pickle(obj) -> bytes:
     """Pickle (protocol 3, as np.save does) naming `numpy.core.multiarray` instead of numpy 2's
     `numpy._core.multiarray`, so numpy 1.x readers (the original TF repos) can load our files.
@@ -488,7 +468,7 @@ def save_sketchrnn_npz(path: str | os.PathLike, splits: Mapping[str, Iterable[np
         if arr.dtype.hasobject:
             raise DataError(f"{path}: extra array {key!r} must not hold Python objects")
         members[key] = _npy_bytes(arr)
-    with _atomic_output(path) as fh:
+    with atomic_open(path) as fh:
         with zipfile.ZipFile(fh, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for key, data in members.items():
                 # A fixed timestamp: the same sketches always give the same bytes (and sha256).
@@ -717,21 +697,26 @@ def _category_key(name: str) -> str:
     return name.strip().lower().replace("_", " ")
 
 
-def _ndjson_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
+def expand_paths(sources: Sequence[str | os.PathLike], suffixes: tuple[str, ...],
+                 what: str) -> list[Path]:
+    """Files given directly, or the `suffixes` files of folders (sorted); clear errors otherwise."""
     files: list[Path] = []
     for src in sources:
         p = Path(src)
         if p.is_dir():
-            found = sorted(q for q in p.iterdir()
-                           if q.name.endswith((".ndjson", ".ndjson.gz")) and q.is_file())
+            found = sorted(q for q in p.iterdir() if q.name.endswith(suffixes) and q.is_file())
             if not found:
-                raise DataError(f"{p}: folder holds no .ndjson files")
+                raise DataError(f"{p}: folder holds no {what} files")
             files += found
         elif p.is_file():
             files.append(p)
         else:
             raise DataError(f"{p}: no such file or folder")
     return files
+
+
+def _ndjson_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
+    return expand_paths(sources, (".ndjson", ".ndjson.gz"), ".ndjson")
 
 
 def _file_category(path: Path) -> str:
@@ -1002,7 +987,7 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         "categories": report_cats,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    with _atomic_output(out_dir / "import_report.json", "w") as fh:
+    with atomic_open(out_dir / "import_report.json", "w") as fh:
         json.dump(report, fh, indent=1)
     return report
 
@@ -1079,7 +1064,7 @@ def _is_sketchrnn_npz(path: Path) -> bool:
 
 
 def _write_sidecar(sidecar: Path, digest: str, name: str) -> None:
-    with _atomic_output(sidecar, "w") as fh:
+    with atomic_open(sidecar, "w") as fh:
         fh.write(f"{digest}  {name}\n")
 
 

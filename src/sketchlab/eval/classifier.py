@@ -27,7 +27,6 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -42,6 +41,7 @@ from tqdm.auto import tqdm
 from sketchlab import __version__
 from sketchlab.data.strokes import Sketches, augment_strokes, random_scale
 from sketchlab.errors import CheckpointError, ConfigError, DataError
+from sketchlab.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 MODEL_NAME = "sketch-a-net"
 
@@ -315,29 +315,6 @@ def make_extractor(spec: str | None, classifier: SketchANetFeatures, device=None
 # ------------------------------------------------------------------------------------------------
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    _atomic_write_bytes(Path(path), text.encode())
-
-
-def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
 def _read_config(run_dir: Path) -> dict:
     path = run_dir / "config.json"
     if not run_dir.is_dir():
@@ -370,7 +347,7 @@ def save_classifier(run_dir: str | os.PathLike, model: SketchANet, config: Class
     if (run_dir / "config.json").exists():
         _refuse_other_model(run_dir, _read_config(run_dir))
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write_bytes(run_dir / "model.safetensors", save(state))
+    atomic_write_bytes(run_dir / "model.safetensors", save(state))
     cfg = {"model": MODEL_NAME, "kind": "classifier", "sketchlab_version": __version__,
            "classifier": asdict(config), "train": asdict(train_config) if train_config else None}
     atomic_write_json(run_dir / "config.json", cfg)
