@@ -142,7 +142,8 @@ def demo_config(**overrides) -> Config:
     `rpcl_pix2seq.demo_config`): CNN widths (8, 16, 32, 64), LSTM-256, z 32, J = I = 16,
     batch 32, and an image phase of 200 steps instead of 1000 (the seed's schedule assumes far
     longer training)."""
-    base = Config(cnn_channels=(8, 16, 32, 64), dec_model="lstm", dec_rnn_size=256, z_size=32,
+    base = Config(cnn_channels=(8, 16, 32, 64), dec_model="lstm", dec_rnn_size=256,
+                  max_seq_len=64, recurrent_dropout_prob=1.0, z_size=32,
                   batch_size=32, learning_rate=2e-3, image_phase_steps=200, patience=0,
                   reload_best=False)
     return dataclasses.replace(base, **overrides)

@@ -1,0 +1,27 @@
+"""`sketchlab demo` end to end on a tiny budget: every figure is drawn, for both model kinds."""
+
+import json
+
+import pytest
+
+from sketchlab.cli import main
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, hp", [
+    ("sketch-rnn", "enc_rnn_size=8,dec_rnn_size=16,z_size=4,batch_size=8"),
+    ("rpcl-pix2seq", "dec_rnn_size=16,z_size=4,batch_size=8,cnn_channels=[4,4,4,4]"),
+])
+def test_demo_draws_everything(tmp_path, model, hp):
+    out = tmp_path / "demo"
+    assert main(["demo", "--model", model, "--out", str(out), "--minutes", "0.05",
+                 "--per-category", "30", "--hparams", hp]) == 0
+    for name in ("reconstructions.png", "samples.png", "interpolation.png", "loss.png",
+                 "run/config.json", "run/best.safetensors"):
+        assert (out / name).is_file(), name
+    if model.startswith("rpcl"):
+        for name in ("latent_map.png", "components.png"):
+            assert (out / name).is_file(), name
+        report = json.loads((out / "styles.json").read_text())
+        table = report["labels"]["component"]["style_by_component"]
+        assert "fish/left" in table and 0 < sum(table["fish/left"].values()) <= 10
