@@ -145,6 +145,13 @@ class Sketches:
             out.component = self.component[idx]
         return out
 
+    def with_categories_of(self, references: "Sketches | None") -> "Sketches":
+        """Give sketch i the category of reference i (samples conditioned on references)."""
+        if references is not None and references.category is not None:
+            self.category = references.category[:len(self)]
+            self.category_names = references.category_names
+        return self
+
     def category_name(self, i: int) -> str | None:
         if self.category is None or not self.category_names:
             return None

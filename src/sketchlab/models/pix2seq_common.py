@@ -315,10 +315,7 @@ class Pix2SeqBase(SketchModel):
         result = Sketches.from_list(out, scale_factor=self.scale_factor)
         result.z = z.float().cpu().numpy()
         result.component = np.asarray(comp.cpu() if torch.is_tensor(comp) else comp, dtype=np.int64)
-        if references is not None and references.category is not None:
-            result.category = references.category[:n]
-            result.category_names = references.category_names
-        return result
+        return result.with_categories_of(references)
 
     def sample_options(self):
         return {"component": "sample z from this prior component instead of conditioning",

@@ -250,10 +250,7 @@ class SketchRNN(SketchModel):
         result = Sketches.from_list(out, scale_factor=self.scale_factor)
         if codes:
             result.z = np.concatenate(codes, 0)
-        if references is not None and references.category is not None:
-            result.category = references.category[:n]
-            result.category_names = references.category_names
-        return result
+        return result.with_categories_of(references)
 
     def sample_options(self):
         return {"greedy": "pick the most likely component and pen state instead of sampling",
