@@ -7,7 +7,11 @@ schedule) it times, at one batch size (256 as the original's anchor):
 * plain: `generate(fast=False)`, the fp32 eager loop (one UNet call + a few elementwise ops per
   step; PyTorch's default TF32 flags, recorded in the output);
 * fast: `generate(fast=True)`, bf16 shadow weights, each step (UNet + update) a CUDA graph;
-* fast+compile (with `--compile`): the same with torch.compile'd UNet inside the graph.
+* fast+compile (with `--compile`): the same with torch.compile'd UNet inside the graph;
+  `--compile-mode MODE` adds a variant with that inductor mode (e.g. max-autotune-no-cudagraphs).
+
+Deterministic DDIM runs its whole 30-step loop as one CUDA graph; `--per-step` adds the
+per-step-graph variants of DDIM for comparison (what sketchlab did before).
 
 Before timing it checks that the fast path agrees with the plain one on deterministic DDIM-30
 samples (relative L2 error of the offsets, share of equal pen bits) and on the first step's
@@ -24,6 +28,7 @@ DDIM-30 313 sketches/s. Prints JSON and writes $OUT/diffusion.json when OUT is s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -67,6 +72,22 @@ def build(args, device) -> SketchKnitter:
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def whole_loop_graphs(model, enabled: bool):
+    """With enabled=False the model's (already created) sampling runners take one graph per step
+    instead of one for the whole deterministic loop, for a per-step comparison."""
+    runners = [entry[1] for entry in model._fast_cache.values()]
+    saved = [r.max_loop_steps for r in runners]
+    if not enabled:
+        for r in runners:
+            r.max_loop_steps = 0
+    try:
+        yield
+    finally:
+        for r, limit in zip(runners, saved):
+            r.max_loop_steps = limit
 
 
 def timed(fn, device, repeats: int) -> float:
@@ -114,6 +135,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--plain-ddpm-repeats", type=int, default=1,
                     help="the slow eager DDPM-1000 is timed this many times")
     ap.add_argument("--compile", action="store_true", help="also time torch.compile + graphs")
+    ap.add_argument("--compile-mode", default=None,
+                    help="also time torch.compile with this mode (implies the fast path)")
+    ap.add_argument("--per-step", action="store_true",
+                    help="also time DDIM with one graph per step instead of one for the loop")
     ap.add_argument("--corrected", action="store_true",
                     help="time the default (masked) model instead of the faithful one")
     ap.add_argument("--cudnn-benchmark", action="store_true",
@@ -148,9 +173,17 @@ def main(argv=None) -> dict:
     variants = [("plain", dict(fast=False)), ("fast", bf16)]
     if args.compile:
         variants.append(("fast_compile", dict(bf16, compile=True)))
+    if args.compile_mode:
+        variants.append((f"fast_compile_{args.compile_mode}", dict(bf16, compile=args.compile_mode)))
     for name, steps in (("ddpm", None), ("ddim", args.ddim_steps)):
         row = {"steps": steps or args.T}
-        for variant, kw in variants:
+        row_variants = list(variants)
+        if name == "ddim" and args.per_step:
+            row_variants += [(f"{v}_per_step", dict(kw, max_loop_steps=0))
+                             for v, kw in variants[1:]]
+        for variant, kw in row_variants:
+            kw = dict(kw)
+            per_step = kw.pop("max_loop_steps", None) is not None
             def run():
                 model.generate(args.batch, sampler=name, steps=steps, batch_size=args.batch,
                                device=device, generator=torch.Generator(device).manual_seed(0),
@@ -159,9 +192,10 @@ def main(argv=None) -> dict:
             model.generate(args.batch, sampler="ddim", steps=3, batch_size=args.batch,
                            device=device, **kw)
             reps = args.plain_ddpm_repeats if (variant == "plain" and name == "ddpm") else args.repeats
-            sec = timed(run, device, reps)
+            with whole_loop_graphs(model, enabled=not per_step):
+                sec = timed(run, device, reps)
             row[variant] = {"seconds_per_batch": sec, "sketches_per_s": args.batch / sec}
-        for variant, _ in variants[1:]:
+        for variant, _ in row_variants[1:]:
             row[f"{variant}_speedup_vs_plain"] = row["plain"]["seconds_per_batch"] / row[variant]["seconds_per_batch"]
             if not args.small and args.batch == 256 and device.type == "cuda":
                 row[f"{variant}_speedup_vs_original_anchor"] = (row[variant]["sketches_per_s"]
@@ -169,7 +203,7 @@ def main(argv=None) -> dict:
         row["original_anchor_sketches_per_s"] = ORIGINAL_ANCHORS[name]
         result[name] = row
 
-    best = {name: max(result[name][f"{v}_speedup_vs_plain"] for v, _ in variants[1:])
+    best = {name: max(v for k, v in result[name].items() if k.endswith("_speedup_vs_plain"))
             for name in ("ddpm", "ddim")}
     result["goal"] = {"target_speedup_vs_plain": 5.0, "best_speedup": best,
                       "met": all(v >= 5.0 for v in best.values())}

@@ -16,6 +16,7 @@ $OUT/knitter_quality.json, the samples and PNG grids when OUT is set.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -65,6 +66,10 @@ def evaluate(args) -> dict:
     T = model.diffusion.num_timesteps
     S = 30 if T >= 60 else 10  # the stride rule cannot make 30 of a smoke run's 50 steps
     samplers = [(f"ddpm{T}", dict(sampler="ddpm")), (f"ddim{S}", dict(sampler="ddim", steps=S))]
+    if model.config.clip is not None and not model.config.faithful:
+        # the clean default clamps x0_hat to the data bound; score DDIM without it as well
+        samplers.append((f"ddim{S}_noclamp", dict(sampler="ddim", steps=S, clip_x0=None)))
+    result["clip_x0"] = model.config.clip
     if args.classifier:
         from sketchlab.eval.classifier import load_classifier
 
@@ -87,7 +92,10 @@ def evaluate(args) -> dict:
         samplers.append((f"rshortcut{S}", dict(sampler="rshortcut", steps=S)))
 
     samples = {}
+    config = model.config
     for name, kw in samplers:
+        kw = dict(kw)
+        model.config = dataclasses.replace(config, clip_x0=kw.pop("clip_x0", config.clip_x0))
         model.generate(args.batch, batch_size=args.batch, device=device, **kw)  # warm-up
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -106,6 +114,7 @@ def evaluate(args) -> dict:
         emit(result)
         if out_dir():
             save_grid(sk[np.arange(min(48, len(sk)))], out_dir() / f"knitter_{name}.png", cols=8)
+    model.config = config
 
     if judge is not None:
         from sketchlab.eval.evaluate import EvalConfig, evaluate_sets

@@ -243,3 +243,31 @@ def test_step_runner_matches_plain_loop():
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(pen_a, pen_b)
         assert torch.all(a[0, 6:] == 0)  # padding rows stay exactly zero
+        # Only the deterministic schedule runs as one whole-loop body (one graph on CUDA).
+        assert list(runner._loops) == ([7] if not sampler.stochastic else [])
+
+
+def test_step_runner_whole_loop_and_per_step_paths_agree():
+    """Deterministic DDIM: the whole-loop body, the per-step path (taken with a callback) and a
+    schedule longer than max_loop_steps all give the plain loop's result; one runner serves
+    several step counts and re-reads the table each run."""
+    d = GaussianDiffusion(linear_beta_schedule(60))
+    w = torch.randn(2, 2) * 0.3
+
+    def denoiser(x, t, mask):
+        return torch.tanh(x @ w + t[:, None, None] / 30), x * 0.5
+
+    mask = torch.ones(3, 5)
+    x = torch.randn(3, 5, 2)
+    runner = StepRunner(denoiser, (3, 5, 2), "cpu", None, use_graph=False, max_loop_steps=10)
+    seen = []
+    for steps, spacing in ((6, "even"), (6, "quadratic"), (9, "even"), (12, "even")):
+        sampler = DDIMSampler(d, eta=0.0)
+        sampler.set_timesteps(steps, spacing=spacing)
+        plain, _ = reverse_loop(denoiser, sampler, x, mask)
+        whole, _ = runner.run(sampler, x, mask)
+        stepped, _ = runner.run(sampler, x, mask, callback=lambda i, *a: seen.append(i))
+        torch.testing.assert_close(whole, plain, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(stepped, plain, rtol=1e-6, atol=1e-6)
+    assert sorted(runner._loops) == [6, 9]  # 12 > max_loop_steps: per step
+    assert seen[:6] == list(range(6))

@@ -167,6 +167,22 @@ def test_sequence_layout_variant():
     assert eps.shape == pen.shape == (2, 32, 2) and torch.all(eps == 0)
 
 
+def test_clip_auto_is_the_training_data_bound():
+    train = Sketches.from_list([np.array([[0.5, -3.25, 0], [1.0, 2.0, 1]], np.float32),
+                                np.array([[-2.5, 0.0, 1]], np.float32)])
+    splits = {"train": train, "valid": train.select([1])}
+    cfg = SketchKnitter.adapt_config(Config(**TINY), splits)
+    assert cfg.clip_x0 == 3.25 and cfg.clip == 3.25  # the largest |dx|, |dy| of train
+    assert SketchKnitter.adapt_config(Config(**TINY, faithful=True), splits).clip == 1.0  # B2
+    assert SketchKnitter.adapt_config(Config(**TINY, clip_x0=None), splits).clip is None
+    assert Config(**TINY).clip is None  # no data seen: no clamp
+    # the clamp bounds every generated offset
+    m = SketchKnitter(Config(**{**TINY, "clip_x0": 0.2}))
+    out = m.generate(3, sampler="ddim", steps=5, lengths=[8, 12, 20],
+                     generator=torch.Generator().manual_seed(0))
+    assert np.abs(out.points[:, :2]).max() <= 0.2 + 1e-6
+
+
 def test_config_from_the_original_flags():
     # sample.sh's flags
     cfg = config_from_original({"image_size": 96, "num_channels": 96, "num_res_blocks": 3,
@@ -542,6 +558,9 @@ def test_cuda_graph_path_matches_plain_path_on_gpu():
         err = np.linalg.norm(graph16.points[:, :2] - plain.points[:, :2]) / np.linalg.norm(
             plain.points[:, :2])
         assert err < 0.01
+    # DDIM ran as one whole-loop graph per runner
+    loops = [entry[1]._loops for entry in m._fast_cache.values()]
+    assert loops and all(8 in lp and lp[8][0] is not None for lp in loops)
 
 
 def test_train_and_sample_through_the_cli(tmp_path, capsys):

@@ -477,29 +477,38 @@ def sync_shadow(shadow: nn.Module, source: nn.Module) -> None:
     src = list(source.state_dict().values())
     if len(dst) != len(src):
         raise RuntimeError("shadow and source modules differ")
-    for d, s in zip(dst, src):
-        d.copy_(s)
+    try:  # one fused launch group instead of one copy per tensor (~300 for the 20M UNet)
+        torch._foreach_copy_(dst, src)
+    except (AttributeError, RuntimeError, TypeError):
+        for d, s in zip(dst, src):
+            d.copy_(s)
 
 
 class StepRunner:
-    """One reverse step (denoiser + update) on static buffers, optionally as a CUDA graph.
+    """The reverse steps (denoiser + update) on static buffers, optionally as CUDA graphs.
 
-    The step reads x, the mask, one coefficient-table row and a noise buffer, and writes the next
+    A step reads x, the mask, one coefficient-table row and a noise buffer, and writes the next
     x in place, so sampling S steps is S x (row copy, noise fill, graph replay): no Python work
-    per layer and no host sync. `use_graph=False` runs the same body eagerly (CPU, tests).
-    The runner works for any sampler because every sampler is the same affine update.
+    per layer and no host sync. A deterministic schedule (no step adds noise: DDIM with eta 0,
+    the r-Shortcut) of at most `max_loop_steps` steps and no per-step callback goes further: all
+    S steps are one graph, captured once per S, that reads its rows from a static table, so the
+    whole reverse loop is one table copy and one replay. `use_graph=False` runs the same bodies
+    eagerly (CPU, tests). Every sampler is the same affine update, so one runner serves them all.
     """
 
     def __init__(self, denoiser: Denoiser, shape: tuple[int, ...], device, clip_x0: float | None,
-                 use_graph: bool, warmup: int = 3):
+                 use_graph: bool, warmup: int = 3, max_loop_steps: int = 100):
         self.denoiser = denoiser
         self.clip_x0 = clip_x0
         self.device = torch.device(device)
+        self.use_graph = use_graph
+        self.max_loop_steps = max_loop_steps
         self.x = torch.zeros(shape, device=self.device)
         self.mask = torch.ones(shape[:-1], device=self.device)
         self.row = torch.zeros(6, device=self.device)
         self.noise = torch.zeros(shape, device=self.device)
         self.graph = None
+        self._loops: dict[int, tuple] = {}  # S -> (graph or None, static table (S, 6))
         if use_graph:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
@@ -514,13 +523,34 @@ class StepRunner:
             with torch.no_grad():
                 self._body()  # allocates the output buffers
 
-    def _body(self) -> None:
-        t = self.row[T_COL].expand(self.x.shape[0])
+    def _body(self, row: torch.Tensor | None = None, add_noise: bool = True) -> None:
+        """One step from self.x with `row` (default self.row) and, if `add_noise`, self.noise
+        (the whole-loop graph passes its table rows and adds none)."""
+        row = self.row if row is None else row
+        t = row[T_COL].expand(self.x.shape[0])
         eps, pen = self.denoiser(self.x, t, self.mask)
         self.eps = eps.float()
         self.pen = pen.float()
-        prev, self.x0 = apply_update(self.row, self.eps, self.x, self.noise, self.clip_x0)
+        prev, self.x0 = apply_update(row, self.eps, self.x, self.noise if add_noise else None,
+                                     self.clip_x0)
         self.x.copy_(prev * self.mask[..., None])
+
+    def _loop_body(self, table: torch.Tensor) -> None:
+        for i in range(table.shape[0]):
+            self._body(table[i], add_noise=False)
+
+    def _loop(self, steps: int) -> tuple:
+        """The whole-loop graph for `steps` deterministic steps (captured on first use)."""
+        entry = self._loops.get(steps)
+        if entry is None:
+            table = torch.zeros(steps, 6, device=self.device)
+            graph = None
+            if self.use_graph:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph), torch.no_grad():
+                    self._loop_body(table)
+            entry = self._loops[steps] = (graph, table)
+        return entry
 
     @torch.no_grad()
     def run(self, sampler: Sampler, x: torch.Tensor, mask: torch.Tensor,
@@ -538,6 +568,14 @@ class StepRunner:
         self.mask.copy_(mask)
         self.noise.zero_()
         noisy = (sampler.table[:, SIGMA_COL] > 0).tolist()
+        if (callback is None and not any(noisy) and len(noisy) <= self.max_loop_steps):
+            graph, static_table = self._loop(len(noisy))
+            static_table.copy_(table)
+            if graph is not None:
+                graph.replay()
+            else:
+                self._loop_body(static_table)
+            return self.x.clone(), self.pen.clone()
         noise = self.noise[:rows] if rows is not None else self.noise
         for i, t in enumerate(tqdm(sampler.timesteps, disable=not progress, desc="sampling",
                                    leave=False)):
