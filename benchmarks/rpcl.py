@@ -13,7 +13,7 @@ sketch of the data; 250 is QuickDraw's usual cap). Variants, timed in the same r
   bptt+bf16+graph  the whole step (from the rasterised images on) captured in ONE CUDA graph; the
                    rasteriser (host-side input checks) runs outside it and is added to the total
   trainer          `sketchlab.train.Trainer` end to end (bf16 amp, bptt, its per-step host syncs,
-                   background make_batch), ms per step over --iters steps after --warmup steps
+                   background make_batch), ms per step over --trainer-iters steps after 20
                    (H with image_phase_steps=0: every step a sequence step, the steady state)
 
 Before timing it checks, on the device: bptt vs reference (fp32, same dropout masks and noise)
@@ -284,29 +284,34 @@ def bench_model(name, args, device):
 
 
 def bench_trainer(name, args, device) -> float:
-    """ms per step of the real Trainer (after a warm-up run that it resumes from)."""
+    """ms per step of the real Trainer in its steady state: one run of 20 + --trainer-iters steps,
+    timed from the trainer's own log (elapsed at each 20th step), so the first 20 steps (CUDA
+    graph capture, compilation, allocator warm-up) are left out."""
+    import csv
+
     cls = get_model_class(name)
-    n = args.batch * (args.warmup + args.iters + 1)
+    first, steps = 20, 20 + args.trainer_iters
+    n = args.batch * (steps + 1)
     train = Sketches.from_list(random_sketches(n, args.length, seed=1), category=0, category_names=("random",))
     valid = Sketches.from_list(random_sketches(args.batch, args.length, seed=2), category=0, category_names=("random",))
     cfg = cls.Config(max_seq_len=args.length, batch_size=args.batch, z_size=args.z,
                      dec_model=args.dec_model, dec_rnn_size=args.hidden, hyper_num_units=args.hyper_units,
                      hyper_embedding_size=args.hyper_emb, cnn_channels=tuple(args.cnn_channels),
-                     max_valid_batches=1, checkpoint_every=10**9, patience=0, reload_best=False)
+                     max_valid_batches=1, checkpoint_every=10**9, patience=0, reload_best=False,
+                     eval_every=10**9)
     if hasattr(cfg, "image_phase_steps"):   # H: time the steady state (sequence steps), not s < 1000
         cfg.image_phase_steps = 0
     data = PreparedData({"train": train, "valid": valid}, 1.0, ("random",), cfg)
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
-        Trainer(cls(cfg), data, tmp, device=device, max_steps=args.warmup, progress=False,
+        Trainer(cls(cfg), data, tmp, device=device, max_steps=steps, progress=False,
                 log=lambda m: None).train()
-        torch.manual_seed(0)
-        tr = Trainer(cls(cfg), data, tmp, device=device, max_steps=args.warmup + args.iters,
-                     progress=False, log=lambda m: None)
-        tr.maybe_resume()
-        before = tr.elapsed
-        tr.train()
-        return (tr.elapsed - before) / args.iters * 1000.0
+        with open(Path(tmp) / "log.csv") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("loss") and int(r["step"]) >= first]
+    if len(rows) < 2:
+        raise RuntimeError("the trainer logged fewer than two steps after the warm-up")
+    a, b = rows[0], rows[-1]
+    return (float(b["elapsed"]) - float(a["elapsed"])) / (int(b["step"]) - int(a["step"])) * 1000.0
 
 
 ALL_VARIANTS = ["reference", "bptt", "bptt+bf16", "bptt+bf16+graph", "trainer"]
@@ -326,6 +331,8 @@ def main(argv=None):
     ap.add_argument("--hyper-emb", type=int, default=32)
     ap.add_argument("--cnn-channels", default="32,64,128,256")
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--trainer-iters", type=int, default=60,
+                    help="steady-state steps the `trainer` variant times (after 20 warm-up steps)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--ref-iters", type=int, default=2)
     ap.add_argument("--no-compile", action="store_true", help="no torch.compile fusion in the decoder")
@@ -341,7 +348,7 @@ def main(argv=None):
         args.smoke = True
         args.batch, args.length, args.z, args.hidden = 8, 24, 8, 32
         args.hyper_units, args.hyper_emb, args.cnn_channels = 16, 8, "8,8,16,16"
-        args.iters, args.warmup, args.ref_iters = 3, 1, 2
+        args.iters, args.warmup, args.ref_iters, args.trainer_iters = 3, 1, 2, 20
         args.threads = args.threads or 1
     if args.threads:
         torch.set_num_threads(args.threads)
