@@ -4,7 +4,6 @@ Every expected number below is worked out in the comment next to it (spec sectio
 docs/specs/rpcl-pix2seq.md); none is produced by calling the code under test.
 """
 
-import contextlib
 import math
 
 import pytest
@@ -242,27 +241,15 @@ def test_nonfinite_update_is_not_written():
     assert torch.equal(p.mean, before)
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Tiny ops run ~10x slower when two intra-op threads fight over a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def _train_prior(p, steps, start, seed):
     """Feed `steps` batches drawn from two clusters, writing the prior after each."""
     g = torch.Generator().manual_seed(seed)
-    with one_thread():
-        for s in range(start, start + steps):
-            centres = t([[0.0, 0.0], [3.0, 3.0]])[torch.randint(0, 2, (32,), generator=g)]
-            mu = centres + 0.3 * torch.randn(32, 2, generator=g)
-            s2 = torch.full((32, 2), 0.05)
-            p(mu + s2.sqrt() * torch.randn(32, 2, generator=g), mu, s2, step=s)
-            p.on_step_end()
+    for s in range(start, start + steps):
+        centres = t([[0.0, 0.0], [3.0, 3.0]])[torch.randint(0, 2, (32,), generator=g)]
+        mu = centres + 0.3 * torch.randn(32, 2, generator=g)
+        s2 = torch.full((32, 2), 0.05)
+        p(mu + s2.sqrt() * torch.randn(32, 2, generator=g), mu, s2, step=s)
+        p.on_step_end()
 
 
 def test_checkpoint_resume_is_exact(tmp_path):
@@ -450,11 +437,10 @@ def test_hierarchy_checkpoint_and_schedule(tmp_path):
     h = HierarchicalPrior(4, 4, z_size=2)
     assert [s for s in range(98, 108) if h.is_rpcl_step(s)] == [102, 105]
     g = torch.Generator().manual_seed(0)
-    with one_thread():
-        for s in range(0, 106):
-            mu = torch.randn(16, 2, generator=g)
-            h(mu, mu, torch.full((16, 2), 0.1), step=s)
-            assert h.on_step_end()
+    for s in range(0, 106):
+        mu = torch.randn(16, 2, generator=g)
+        h(mu, mu, torch.full((16, 2), 0.1), step=s)
+        assert h.on_step_end()
     close(h.q_j_given_i.sum(0), torch.ones(4), rel=1e-6)
     close(h.q_i.sum(), 1.0, rel=1e-6)
     save_file(h.state_dict(), tmp_path / "h.safetensors")

@@ -19,16 +19,6 @@ from sketchlab.nn.mixture import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: thread fan-out costs more than it saves, badly so on a loaded
-    # 2-core machine. Restored afterwards so other test modules are unaffected.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def raw_from(pen, pi, mux, muy, sx, sy, rho):
     """Raw head output from activated parameters (lists of length M, pen of length 3)."""
     t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731

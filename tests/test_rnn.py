@@ -15,16 +15,6 @@ from sketchlab.nn.rnn import BatchedSampler, HyperLSTMCell, LayerNormLSTMCell, L
 KINDS = ["lstm", "layer_norm", "hyper"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tensors are tiny: thread fan-out costs more than it saves, badly so on a loaded
-    # 2-core machine. Restored afterwards so other test modules are unaffected.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def small_cell(kind, I=5, H=12, keep=0.9, dtype=torch.float32, seed=0, perturb=0.1):
     torch.manual_seed(seed)
     cell = make_cell(kind, I, H, recurrent_dropout_keep=keep, hyper_num_units=8, hyper_embedding_size=4).to(dtype)

@@ -16,15 +16,6 @@ from sketchlab.models.sketchknitter import (
 )
 from sketchlab.nn.unet1d import AttentionBlock, UNet1D, timestep_embedding
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models are launch-bound; one thread is far faster on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = dict(num_points=32, model_channels=32, lift_dim=32, channel_mult=(1, 2), num_res_blocks=1,
             diffusion_steps=50)
 
