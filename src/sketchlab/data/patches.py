@@ -351,25 +351,19 @@ def _stamp_lines(canvas: torch.Tensor, plan: BatchPlan, geom: PatchGeometry, wp:
 
 
 def _zero_masked(canvas: torch.Tensor, plan: BatchPlan, geom: PatchGeometry, B: int, wp: int) -> None:
-    """Zero the S x S square of every masked centre (before anything is cropped: step 6)."""
-    masked = plan.masked.to(canvas.device)
+    """Zero the S x S square of every masked centre (before anything is cropped: step 6).
+
+    One slice assignment per masked patch (about 2 per sketch at the training rate 0.1): cheaper
+    than any dense cover map of the padded canvases, on a CPU and on a GPU."""
+    masked = plan.masked.cpu()
     if not bool(masked.any()):
         return
     b, slot = torch.nonzero(masked, as_tuple=True)
-    c = plan.centres.to(canvas.device)[b, slot] + geom.pad                # padded coordinates
-    y0 = (c[:, 1] - geom.half).clamp(0, wp)
-    y1 = (c[:, 1] + geom.half).clamp(0, wp)
-    x0 = (c[:, 0] - geom.half).clamp(0, wp)
-    x1 = (c[:, 0] + geom.half).clamp(0, wp)
-    diff = torch.zeros((B, wp + 1, wp + 1), dtype=torch.int32, device=canvas.device)
-    one = torch.ones_like(b, dtype=torch.int32)
-    diff.index_put_((b, y0, x0), one, accumulate=True)
-    diff.index_put_((b, y0, x1), -one, accumulate=True)
-    diff.index_put_((b, y1, x0), -one, accumulate=True)
-    diff.index_put_((b, y1, x1), one, accumulate=True)
-    cover = diff.cumsum(1).cumsum(2)[:, :wp, :wp] > 0
+    c = plan.centres.cpu()[b, slot] + geom.pad                            # padded coordinates
     view = canvas[:-1].view(B, wp, wp)
-    view.masked_fill_(cover, 0)
+    h = geom.half
+    for bi, (x, y) in zip(b.tolist(), c.tolist()):
+        view[bi, max(y - h, 0):max(y + h, 0), max(x - h, 0):max(x + h, 0)] = 0
 
 
 def _crops(canvas: torch.Tensor, plan: BatchPlan, geom: PatchGeometry, B: int, wp: int) -> torch.Tensor:
