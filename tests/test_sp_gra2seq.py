@@ -504,6 +504,15 @@ def test_cli_train_and_sample(tmp_path):
     assert (tmp_path / "c.png").is_file()
     assert main(["sample", str(run), "--out", str(tmp_path / "u.npz"), "--n", "2",
                  "--device", "cpu"]) == 2          # no prior: a clear error
+    # the evaluation suite's hooks (Ret needs encode; samples come back in raw units)
+    from sketchlab.eval.evaluate import model_run_hooks
+
+    hooks = model_run_hooks(run, device="cpu")
+    refs = make_doodles(2, ["fish"], seed=5)
+    codes = hooks.encode(refs)
+    assert codes.shape == (2, 8) and np.isfinite(codes).all()
+    out = hooks.sample(refs)
+    assert len(out) == 2 and out.scale_factor == 1.0
 
 
 @pytest.mark.gpu

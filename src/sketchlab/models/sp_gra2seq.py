@@ -382,6 +382,8 @@ class SPGra2Seq(SketchModel):
         self.eval()
         if not 0.0 <= mask_prob <= 1.0:
             raise ConfigError(f"mask_prob={mask_prob}: a probability in [0, 1]")
+        if len(references) == 0:
+            raise DataError("SP-gra2seq: no reference sketch to encode")
         rng = np.random.default_rng(seed)
         codes = []
         for lo in range(0, len(references), batch_size):
