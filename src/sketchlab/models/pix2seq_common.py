@@ -27,7 +27,6 @@ prior is fitted to mu and var and the 1e-10 variance floor means nothing in bf16
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -44,9 +43,10 @@ from sketchlab.errors import ConfigError
 from sketchlab.latent.codes import encode_sketches
 from sketchlab.latent.gmm import kl_weight
 from sketchlab.models.base import SketchModel
+from sketchlab.models.code_decoder import CodeDecoder
 from sketchlab.nn.conv import ImageDecoder, ImageEncoder, seed_linear
 from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms
-from sketchlab.nn.rnn import make_cell, sample_sequences
+from sketchlab.nn.rnn import make_cell
 
 
 @dataclass
@@ -98,7 +98,7 @@ def zero_touch(*modules: torch.nn.Module) -> Tensor:
     return torch.stack([p.reshape(-1)[0].float() for p in params]).sum() * 0.0
 
 
-class Pix2SeqBase(SketchModel):
+class Pix2SeqBase(CodeDecoder, SketchModel):
     """Encoder, decoders, data and generation of the two RPCL models; subclasses add the prior
     (`make_prior`), the loss (`loss`) and the latent labels (`latent_labels`, `sample_prior`)."""
 
@@ -133,14 +133,6 @@ class Pix2SeqBase(SketchModel):
         raise NotImplementedError
 
     # ---- data preparation ----------------------------------------------------------------------
-    @classmethod
-    def adapt_config(cls, config, splits):
-        """max_seq_len = the longest sketch over every loaded split (spec 2.3), unless set."""
-        if config.max_seq_len > 0:
-            return config
-        longest = max(int(sk.lengths.max()) for sk in splits.values() if len(sk))
-        return dataclasses.replace(config, max_seq_len=longest)
-
     def make_batch(self, sketches, train, rng):
         """Stroke-5 decoder sequences (augmented when training) + the un-augmented stroke-3
         sketches the image is rasterised from on the device (+ the image's shrunk side)."""
@@ -197,18 +189,6 @@ class Pix2SeqBase(SketchModel):
         z = mu + var.sqrt() * torch.randn_like(mu) if self.training else mu
         return x, mu, var, z
 
-    def initial_state(self, z: Tensor) -> Tensor:
-        """tanh(FC(z)), kept float32 under autocast (the cells keep their state in float32)."""
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            return torch.tanh(self.fc_init(z.float()))
-
-    def decode(self, inputs: Tensor, z: Tensor) -> Tensor:
-        """Teacher-forced decoder: stroke-5 inputs (B, T, 5) and z -> raw mixture params (B, T, 123)."""
-        B, T, _ = inputs.shape
-        x = torch.cat([inputs, z.unsqueeze(1).expand(B, T, z.shape[-1])], -1)
-        h, _ = self.decoder.sequence(x, self.initial_state(z))
-        return self.head(h)
-
     def sequence_terms(self, batch, z: Tensor) -> dict[str, Tensor]:
         """L_R's parts: {"offset", "pen"}, each summed over time and averaged over the batch."""
         strokes = batch["strokes"]
@@ -258,32 +238,8 @@ class Pix2SeqBase(SketchModel):
         return self.prior.n_alive()
 
     # ---- generation ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def decode_z(self, z: Tensor, temperature: float, greedy: bool = False,
-                 generator: torch.Generator | None = None) -> list[np.ndarray]:
-        """Sample one sketch per code (normalised stroke-3), seeds' procedure (spec 7.5): a fixed
-        max_seq_len rollout at temperature tau, cut at the first end-of-sketch row."""
-        seq = sample_sequences(self.decoder, self.head, self.initial_state(z), self.config.max_seq_len,
-                               z=z, temperature=temperature, greedy=greedy, generator=generator)
-        return [S.stroke5_to_stroke3(s) for s in seq.float().cpu().numpy()]
-
-    def _temperature(self, temperature, greedy) -> float:
-        t = self.config.temperature if temperature is None else float(temperature)
-        if t <= 0 and not greedy:
-            raise ConfigError(f"temperature must be > 0 (got {t}); use greedy=True for argmax")
-        return t
-
-    @torch.no_grad()
-    def decode_codes(self, z, *, temperature=None, seed=0, greedy=False) -> Sketches:
-        """Decode codes (N, z_size); the sketches carry z and their component under the prior."""
-        self.eval()
-        t = self._temperature(temperature, greedy)
-        gen = torch.Generator(device=self.device).manual_seed(int(seed))
-        z = torch.as_tensor(z).to(self.device, torch.float32)
-        out = Sketches.from_list(self.decode_z(z, t, greedy, gen), scale_factor=self.scale_factor)
-        out.z = z.cpu().numpy()
-        out.component = self.component_labels(z)
-        return out
+    def label_codes(self, sketches: Sketches, z: Tensor) -> None:
+        sketches.component = self.component_labels(z)
 
     @torch.no_grad()
     def _generate(self, n, references, temperature, seed, batch_size, greedy, component, unit) -> Sketches:
@@ -308,12 +264,7 @@ class Pix2SeqBase(SketchModel):
             prior_gen = torch.Generator().manual_seed(int(seed))
             z, comp = self.sample_prior(n, prior_gen, component=component, unit=unit)
             z = z.to(device)
-        gen = torch.Generator(device=device).manual_seed(int(seed))
-        out = []
-        for lo in range(0, n, batch_size):
-            out += self.decode_z(z[lo:lo + batch_size], t, greedy, gen)
-        result = Sketches.from_list(out, scale_factor=self.scale_factor)
-        result.z = z.float().cpu().numpy()
+        result = self.decode_batches(z, t, greedy, seed, batch_size)
         result.component = np.asarray(comp.cpu() if torch.is_tensor(comp) else comp, dtype=np.int64)
         return result.with_categories_of(references)
 

@@ -70,9 +70,10 @@ from sketchlab.data.patches import BatchPlan, PatchGeometry, node_mask, plan_bat
 from sketchlab.data.strokes import Sketches
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.models.base import SketchModel, clip_and_limit
+from sketchlab.models.code_decoder import CodeDecoder
 from sketchlab.nn.graph import PatchCNN, proximity_adjacency
 from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms
-from sketchlab.nn.rnn import make_cell, sample_sequences
+from sketchlab.nn.rnn import make_cell
 
 SCALE_MODES = ("faithful", "train_dxdy")
 NODE_MASKS = ("faithful", "clean")
@@ -153,7 +154,7 @@ def zero_extent(sketches: Sketches) -> np.ndarray:
     return out
 
 
-class SPGra2Seq(SketchModel):
+class SPGra2Seq(CodeDecoder, SketchModel):
     name = "sp-gra2seq"
     Config = Config
 
@@ -208,14 +209,6 @@ class SPGra2Seq(SketchModel):
         if config.scale_mode == "faithful":
             return all_column_std(train.points)
         return S.scale_factor(train)
-
-    @classmethod
-    def adapt_config(cls, config, splits):
-        """max_seq_len = the longest sketch over every loaded split (0.1), unless set."""
-        if config.max_seq_len > 0:
-            return config
-        longest = max(int(sk.lengths.max()) for sk in splits.values() if len(sk))
-        return dataclasses.replace(config, max_seq_len=longest)
 
     def setup_from_data(self, data) -> None:
         """Keep the training scale factor; in faithful mode re-normalise every other split by its
@@ -285,18 +278,6 @@ class SPGra2Seq(SketchModel):
         """The code used for retrieval and conditional generation: mu."""
         return self.encode_dist(batch)[1]
 
-    # ---- decoder -------------------------------------------------------------------------------
-    def initial_state(self, z: Tensor) -> Tensor:
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            return torch.tanh(self.fc_init(z.float()))
-
-    def decode(self, inputs: Tensor, z: Tensor) -> Tensor:
-        """Teacher-forced: stroke-5 inputs (B, T, 5) and z -> raw mixture parameters (B, T, 123)."""
-        B, T, _ = inputs.shape
-        x = torch.cat([inputs, z.unsqueeze(1).expand(B, T, z.shape[-1])], -1)
-        h, _ = self.decoder.sequence(x, self.initial_state(z))
-        return self.head(h)
-
     # ---- losses --------------------------------------------------------------------------------
     def cluster_terms(self, e: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(L_C, new centroids mu', occupancy) of 1.9 for patch embeddings e (B, P, D) and
@@ -350,30 +331,6 @@ class SPGra2Seq(SketchModel):
             self._staged = None
 
     # ---- generation ----------------------------------------------------------------------------
-    def _temperature(self, temperature, greedy) -> float:
-        t = self.config.temperature if temperature is None else float(temperature)
-        if t <= 0 and not greedy:
-            raise ConfigError(f"temperature must be > 0 (got {t}); use greedy=True for argmax")
-        return t
-
-    @torch.no_grad()
-    def decode_z(self, z: Tensor, temperature: float, greedy: bool = False,
-                 generator: torch.Generator | None = None) -> list[np.ndarray]:
-        """One sketch per code (normalised stroke-3): max_seq_len steps, cut at the first p3 (0.8)."""
-        seq = sample_sequences(self.decoder, self.head, self.initial_state(z), self.config.max_seq_len,
-                               z=z.float(), temperature=temperature, greedy=greedy, generator=generator)
-        return [S.stroke5_to_stroke3(s) for s in seq.float().cpu().numpy()]
-
-    @torch.no_grad()
-    def decode_codes(self, z, *, temperature=None, seed=0, greedy=False) -> Sketches:
-        self.eval()
-        t = self._temperature(temperature, greedy)
-        gen = torch.Generator(device=self.device).manual_seed(int(seed))
-        z = torch.as_tensor(z).to(self.device, torch.float32)
-        out = Sketches.from_list(self.decode_z(z, t, greedy, gen), scale_factor=self.scale_factor)
-        out.z = z.cpu().numpy()
-        return out
-
     @torch.no_grad()
     def encode_references(self, references: Sketches, mask_prob: float = 0.0, seed: int = 0,
                           batch_size: int = 100) -> Tensor:
@@ -412,13 +369,7 @@ class SPGra2Seq(SketchModel):
         n = len(references) if n is None else min(int(n), len(references))
         refs = references[np.arange(n)]
         z = self.encode_references(refs, mask_prob, seed, int(batch_size))
-        gen = torch.Generator(device=self.device).manual_seed(int(seed))
-        out = []
-        for lo in range(0, n, int(batch_size)):
-            out += self.decode_z(z[lo:lo + int(batch_size)], t, greedy, gen)
-        result = Sketches.from_list(out, scale_factor=self.scale_factor)
-        result.z = z.cpu().numpy()
-        return result.with_categories_of(refs)
+        return self.decode_batches(z, t, greedy, seed, batch_size).with_categories_of(refs)
 
     def sample_options(self):
         return {"mask_prob": "mask each reference patch with this probability before encoding "
