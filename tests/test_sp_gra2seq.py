@@ -42,11 +42,7 @@ TOY = np.array([
 @pytest.fixture(scope="module")
 def doodles():
     raw = make_doodles(4, ["fish", "house"])
-    factor = S.scale_factor(raw)
-    pts = raw.points.copy()
-    pts[:, :2] /= factor
-    return Sketches(pts, raw.offsets, category=raw.category, category_names=raw.category_names,
-                    scale_factor=factor)
+    return raw.in_units(S.scale_factor(raw))
 
 
 def build(sketches, **over):

@@ -121,3 +121,14 @@ def test_validate_stroke3(bad, msg):
         S.validate_stroke3(bad, "x.npz[train][3]")
     with pytest.raises(DataError, match="longer"):
         S.validate_stroke3(np.zeros((10, 3)), "x", max_len=5)
+
+
+def test_in_units_converts_between_raw_and_normalised():
+    raw = S.Sketches.from_list([np.array([[4.0, -2.0, 0], [6.0, 8.0, 1]], np.float32)],
+                               category=0, category_names=("cat",))
+    norm = raw.in_units(2.0)
+    np.testing.assert_allclose(norm.points, [[2.0, -1.0, 0], [3.0, 4.0, 1]])
+    assert norm.scale_factor == 2.0 and norm.category_names == ("cat",)
+    back = norm.in_units(4.0).in_units(1.0)  # via other units, back to raw
+    np.testing.assert_allclose(back.points, raw.points)
+    assert back.scale_factor == 1.0 and raw.points[0, 0] == 4.0  # the source is untouched

@@ -145,6 +145,15 @@ class Sketches:
             out.component = self.component[idx]
         return out
 
+    def in_units(self, scale_factor: float) -> "Sketches":
+        """The same sketches with offsets in units of 1/`scale_factor` of the raw data (1.0: raw
+        units; a model's scale factor: its normalised units). Labels and codes are kept."""
+        pts = self.points.copy()
+        pts[:, :2] *= self.scale_factor / float(scale_factor)
+        return Sketches(pts, self.offsets, category=self.category,
+                        category_names=self.category_names, z=self.z, component=self.component,
+                        scale_factor=float(scale_factor))
+
     def with_categories_of(self, references: "Sketches | None") -> "Sketches":
         """Give sketch i the category of reference i (samples conditioned on references)."""
         if references is not None and references.category is not None:

@@ -264,15 +264,9 @@ def model_run_hooks(run_dir: Path, device=None, temperature: float = 0.2,
     scale = float(model.scale_factor)
     rng = np.random.default_rng(seed)
 
-    def to_model_units(sketches: Sketches) -> Sketches:
-        pts = sketches.points.copy()
-        pts[:, :2] *= sketches.scale_factor / scale
-        return Sketches(pts, sketches.offsets, category=sketches.category,
-                        category_names=sketches.category_names, scale_factor=scale)
-
     @torch.inference_mode()
     def encode(sketches: Sketches) -> np.ndarray:
-        items = list(to_model_units(sketches))
+        items = list(sketches.in_units(scale))
         codes = []
         for i in range(0, len(items), batch_size):
             batch = model.make_batch(items[i:i + batch_size], False, rng)
@@ -281,7 +275,7 @@ def model_run_hooks(run_dir: Path, device=None, temperature: float = 0.2,
         return np.concatenate(codes)
 
     def sample(reference: Sketches) -> Sketches:
-        out = model.generate(references=to_model_units(reference), temperature=temperature,
+        out = model.generate(references=reference.in_units(scale), temperature=temperature,
                              seed=seed)
         return to_raw_units(out)
 

@@ -220,10 +220,7 @@ class SPGra2Seq(CodeDecoder, SketchModel):
             if name == "train" or len(sk) == 0:
                 continue
             sigma = all_column_std(sk.points, xy_scale=data.scale_factor)   # raw units
-            pts = sk.points.copy()
-            pts[:, :2] *= data.scale_factor / sigma
-            data.splits[name] = Sketches(pts, sk.offsets, category=sk.category,
-                                         category_names=sk.category_names, scale_factor=sigma)
+            data.splits[name] = sk.in_units(sigma)
             self.split_scale[name] = sigma
 
     def make_batch(self, sketches, train, rng):

@@ -182,10 +182,7 @@ def load_references(spec: str, run_dir: Path, model, info: dict) -> Sketches:
     sk = cls.filter_sketches(model.config, sk)
     if len(sk) == 0:
         raise DataError(f"--condition-on {spec}: no usable sketch (all longer than max_seq_len?)")
-    pts = sk.points.copy()
-    pts[:, :2] /= model.scale_factor
-    return Sketches(pts, sk.offsets, category=sk.category, category_names=sk.category_names,
-                    scale_factor=model.scale_factor)
+    return sk.in_units(model.scale_factor)
 
 
 def cmd_sample(args) -> int:
@@ -247,10 +244,7 @@ def calibrate_shortcut_from_classifier(model, run: Path, classifier_dir: str, de
 
 def to_raw_units(sk: Sketches) -> Sketches:
     """Normalised sketches -> raw data units (scale_factor 1), for files users and metrics read."""
-    pts = sk.points.copy()
-    pts[:, :2] *= sk.scale_factor
-    return Sketches(pts, sk.offsets, category=sk.category, category_names=sk.category_names,
-                    z=sk.z, component=sk.component, scale_factor=1.0)
+    return sk.in_units(1.0)
 
 
 def draw_grid(sketches: Sketches, path: Path, refs_raw: Sketches | None = None, limit: int = 64) -> bool:

@@ -108,12 +108,7 @@ def prepare_data(model_cls, config, raw: dict[str, Sketches]) -> PreparedData:
                             f"{getattr(config, 'max_seq_len', None)}); raise max_seq_len")
         S.check_finite(sk.points, f"{split} split")
     factor = float(model_cls.compute_scale_factor(config, filtered["train"]))
-    splits = {}
-    for k, sk in filtered.items():
-        pts = sk.points.copy()
-        pts[:, :2] /= factor
-        splits[k] = Sketches(pts, sk.offsets, category=sk.category,
-                             category_names=sk.category_names, scale_factor=factor)
+    splits = {k: sk.in_units(factor) for k, sk in filtered.items()}
     config = model_cls.adapt_config(config, splits)
     return PreparedData(splits, factor, tuple(filtered["train"].category_names), config)
 
