@@ -181,9 +181,11 @@ class SketchGloc(SketchModel):
         boxes_clean = np.zeros((B, Sn, 4), np.float32)
         for b, sketch in enumerate(sketches):
             d = np.asarray(sketch, dtype=np.float32)
-            if d.ndim != 2 or d.shape[1] != 3 or len(d) == 0:
-                raise DataError(f"SketchGloc.make_batch: sketch {b} is not a non-empty (n, 3) stroke-3 array "
+            if d.ndim != 2 or d.shape[1] != 3:
+                raise DataError(f"SketchGloc.make_batch: sketch {b} is not an (n, 3) stroke-3 array "
                                 f"(shape {d.shape})")
+            # An empty sketch (e.g. a generated one that ended at once) has no chunk: its code
+            # comes from the empty graph (readout 0), as in the original.
             if augment:
                 d = S.random_scale(d, c.random_scale_factor, rng)
             bound = G.origin_bound(d)                       # before point dropping and the shift
