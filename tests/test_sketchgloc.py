@@ -387,6 +387,8 @@ def test_stroke_embeddings_are_each_chunks_final_bilstm_state():
         torch.testing.assert_close(v[k, :H], m.enc_fw.output(sf)[0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(v[k, H:], m.enc_bw.output(sb)[0], rtol=1e-5, atol=1e-6)
     assert v[3:].abs().sum() == 0                               # empty slots
+    m.static_chunks = lambda x: True                            # the CUDA-graph path: every slot, L steps
+    torch.testing.assert_close(m.stroke_embeddings(b)[0], v, rtol=1e-5, atol=1e-6)
     # the GPU original with a chunk of L+1 points (only its first L are stored): the backward
     # LSTM runs L steps over [next packed chunk's first point, p_{L-1}, ..., p_1]; p_0 is unseen
     f = build(**NO_AUG, use_recurrent_dropout=False, clamp_stroke_len=False, max_stroke_len=2)
@@ -399,6 +401,9 @@ def test_stroke_embeddings_are_each_chunks_final_bilstm_state():
     x_bw = torch.from_numpy(np.stack([a2[3], a2[1]])).float()[None]
     _, sb = f.enc_bw.sequence(x_bw, torch.zeros(1, f.enc_bw.state_size), fast=False)
     torch.testing.assert_close(f.stroke_embeddings(b2)[0, 0, H:], f.enc_bw.output(sb)[0], rtol=1e-5, atol=1e-6)
+    full = f.stroke_embeddings(b2)
+    f.static_chunks = lambda x: True
+    torch.testing.assert_close(f.stroke_embeddings(b2), full, rtol=1e-5, atol=1e-6)
 
 
 def test_loss_is_L_R_with_z_mu_in_eval():
@@ -419,7 +424,7 @@ def test_loss_is_L_R_with_z_mu_in_eval():
     # by hand: sum over time / B, pen masked by 1 - p3 in eval, unmasked in training
     per = mixture_loss_terms(raw, batch["strokes"][:, 1:], training=True, reduction="none")
     mask = 1 - batch["strokes"][:, 1:, 4]
-    assert float(t["pen"]) == pytest.approx(float((per["pen"] * mask).sum().detach() / 4), rel=1e-5)
+    assert float(t["pen"].detach()) == pytest.approx(float((per["pen"] * mask).sum().detach() / 4), rel=1e-5)
     m.train()
     torch.manual_seed(1)
     tr = m.loss(batch)

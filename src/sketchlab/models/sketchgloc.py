@@ -232,25 +232,45 @@ class SketchGloc(SketchModel):
 
     # ---- encoder -------------------------------------------------------------------------------
     def stroke_embeddings(self, batch) -> Tensor:
-        """V (B, S, D): [h_fw ; h_bw] of each chunk at its last valid step, 0 for empty slots."""
+        """V (B, S, D): [h_fw ; h_bw] of each chunk at its last valid step, 0 for empty slots.
+
+        Eagerly, only the occupied slots run, and only up to the batch's longest chunk (most of
+        the S x L grid is padding: sheep have S = 62, L = 131); while a CUDA graph is being
+        captured every slot runs the full L steps (static shapes). Both give the same V."""
         x = batch["chunks"].float()
         B, Sn, L, _ = x.shape
         x = x.reshape(B * Sn, L, 2)
         n = batch["chunk_len"].reshape(-1).to(x.device)
+        nxt = batch["chunk_next"].to(x.dtype).reshape(B * Sn, 1, 2) if "chunk_next" in batch else None
+        rows = None
+        if not self.static_chunks(x):
+            rows = (n > 0).nonzero().squeeze(1)
+            if len(rows) == 0:
+                return x.new_zeros(B, Sn, 2 * self.config.enc_rnn_size)
+            L = int(n.max().clamp(max=L))
+            x, n = x[rows, :L], n[rows]
+            nxt = None if nxt is None else nxt[rows]
         n_fw = n.clamp(max=L)
-        zeros = lambda cell: x.new_zeros(B * Sn, cell.state_size)  # noqa: E731
+        zeros = lambda cell: x.new_zeros(x.shape[0], cell.state_size)  # noqa: E731
         h_fw, _ = self.enc_fw.sequence(x, zeros(self.enc_fw))
         if self.config.clamp_stroke_len:
             x_bw = reverse_padded(x, n_fw)
         else:
             # GPU TF's reverse_sequence with length L+1 reads one step past the chunk: the next
             # packed chunk's first point (`chunk_next`); point 0 is never seen (bug 12).
-            nxt = batch["chunk_next"].to(x.dtype).reshape(B * Sn, 1, 2)
             x_bw = reverse_padded(torch.cat([x, nxt], 1), n)[:, :L]
         h_bw, _ = self.enc_bw.sequence(x_bw, zeros(self.enc_bw))
         v = torch.cat([last_valid(h_fw, n_fw), last_valid(h_bw, n_fw)], -1)
-        v = v * (n > 0).unsqueeze(-1).to(v.dtype)
+        if rows is None:
+            v = v * (n > 0).unsqueeze(-1).to(v.dtype)
+        else:
+            v = v.new_zeros(B * Sn, v.shape[-1]).index_copy(0, rows, v)
         return v.reshape(B, Sn, -1)
+
+    @staticmethod
+    def static_chunks(x: Tensor) -> bool:
+        """Run every chunk slot for all L steps (no data-dependent shapes): under CUDA-graph capture."""
+        return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
     def encode_dist(self, batch, clean_boxes: bool = False) -> tuple[Tensor, Tensor]:
         """(mu, s) with s the log-variance; `clean_boxes` builds the graphs from the clean
