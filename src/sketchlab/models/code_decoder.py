@@ -39,7 +39,7 @@ class CodeDecoder:
     def decode(self, inputs: Tensor, z: Tensor) -> Tensor:
         """Teacher-forced: stroke-5 inputs (B, T, 5) and z -> raw mixture parameters (B, T, 123)."""
         B, T, _ = inputs.shape
-        x = torch.cat([inputs, z.unsqueeze(1).expand(B, T, z.shape[-1])], -1)
+        x = torch.cat([inputs, z.unsqueeze(1).expand(B, T, z.shape[-1]).to(inputs.dtype)], -1)
         h, _ = self.decoder.sequence(x, self.initial_state(z))
         return self.head(h)
 
@@ -67,8 +67,10 @@ class CodeDecoder:
 
     @torch.no_grad()
     def decode_codes(self, z, *, temperature=None, seed=0, greedy=False) -> Sketches:
-        """Decode codes (N, z_size) into normalised sketches that carry their z."""
+        """Decode codes (N, z_size) into normalised sketches that carry their z (greedily too
+        when the config says the original samples greedily: SketchGloc's root variant)."""
         self.eval()
+        greedy = bool(greedy) or bool(getattr(self.config, "greedy_sampling", False))
         t = self._temperature(temperature, greedy)
         gen = torch.Generator(device=self.device).manual_seed(int(seed))
         z = torch.as_tensor(z).to(self.device, torch.float32)

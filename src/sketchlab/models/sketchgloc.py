@@ -56,11 +56,12 @@ from sketchlab.data import strokes as S
 from sketchlab.data.strokes import Sketches
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.models.base import SketchModel
+from sketchlab.models.code_decoder import CodeDecoder
 from sketchlab.models.sketch_rnn import last_valid, reverse_padded
 from sketchlab.nn.conv import seed_linear
 from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms
 from sketchlab.nn.relation_gcn import RelationGCN
-from sketchlab.nn.rnn import make_cell, sample_sequences
+from sketchlab.nn.rnn import make_cell
 
 RET_GALLERIES = ("z_ori", "z", "clean")
 
@@ -112,7 +113,7 @@ def root_config(**overrides) -> Config:
     return dataclasses.replace(base, **overrides)
 
 
-class SketchGloc(SketchModel):
+class SketchGloc(CodeDecoder, SketchModel):
     name = "sketchgloc"
     Config = Config
 
@@ -288,18 +289,6 @@ class SketchGloc(SketchModel):
         """The code for retrieval, maps and conditional generation: mu."""
         return self.encode_dist(batch)[0]
 
-    # ---- decoder -------------------------------------------------------------------------------
-    def initial_state(self, z: Tensor) -> Tensor:
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            return torch.tanh(self.fc_init(z.float()))
-
-    def decode(self, inputs: Tensor, z: Tensor) -> Tensor:
-        """Teacher-forced: absolute stroke-5 inputs (B, T, 5) and z -> raw mixture params."""
-        B, T, _ = inputs.shape
-        x = torch.cat([inputs, z.unsqueeze(1).expand(B, T, z.shape[-1]).to(inputs.dtype)], -1)
-        h, _ = self.decoder.sequence(x, self.initial_state(z))
-        return self.head(h)
-
     # ---- loss ----------------------------------------------------------------------------------
     def graph_key(self, step: int):
         return "train"          # no step-dependent control flow, static shapes
@@ -316,31 +305,10 @@ class SketchGloc(SketchModel):
                 "pen": t["pen"].detach()}
 
     # ---- generation ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def decode_z(self, z: Tensor, temperature: float, greedy: bool = False,
-                 generator: torch.Generator | None = None) -> list[np.ndarray]:
-        """One sketch per code: T steps (no early stop) fed back the sampled ABSOLUTE rows, cut at
-        the first end row, converted to stroke-3 offsets (row 0 stays the start position)."""
-        seq = sample_sequences(self.decoder, self.head, self.initial_state(z), self.config.max_seq_len,
-                               z=z, temperature=temperature, greedy=greedy, generator=generator)
-        return [S.to_offsets(S.stroke5_to_stroke3(s)) for s in seq.float().cpu().numpy()]
-
-    def _temperature(self, temperature, greedy) -> float:
-        t = self.config.temperature if temperature is None else float(temperature)
-        if t <= 0 and not greedy:
-            raise ConfigError(f"temperature must be > 0 (got {t}); use greedy=True for argmax")
-        return t
-
-    @torch.no_grad()
-    def decode_codes(self, z, *, temperature=None, seed=0, greedy=False) -> Sketches:
-        self.eval()
-        greedy = bool(greedy) or self.config.greedy_sampling
-        t = self._temperature(temperature, greedy)
-        gen = torch.Generator(device=self.device).manual_seed(int(seed))
-        z = torch.as_tensor(z).to(self.device, torch.float32)
-        out = Sketches.from_list(self.decode_z(z, t, greedy, gen), scale_factor=self.scale_factor)
-        out.z = z.cpu().numpy()
-        return out
+    def rollout_to_stroke3(self, seq5: np.ndarray) -> np.ndarray:
+        """The decoder draws ABSOLUTE rows: cut at the first end row, then back to stroke-3
+        offsets (row 0 stays the start position)."""
+        return S.to_offsets(S.stroke5_to_stroke3(seq5))
 
     @torch.no_grad()
     def generate(self, n: int | None = None, *, references: Sketches | None = None,
