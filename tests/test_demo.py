@@ -11,12 +11,16 @@ from sketchlab.cli import main
 @pytest.mark.parametrize("model, hp", [
     ("sketch-rnn", "enc_rnn_size=8,dec_rnn_size=16,z_size=4,batch_size=8"),
     ("rpcl-pix2seq", "dec_rnn_size=16,z_size=4,batch_size=8,cnn_channels=[4,4,4,4]"),
+    ("sp-gra2seq", "graph_picture_size=32,cnn_channels=[4,4,4,4],dec_rnn_size=16,z_size=4,"
+                   "num_mixture=3,batch_size=4"),
+    ("sketchgloc", "enc_rnn_size=8,dec_rnn_size=16,z_size=4,batch_size=4"),
 ])
 def test_demo_draws_everything(tmp_path, model, hp):
     out = tmp_path / "demo"
     assert main(["demo", "--model", model, "--out", str(out), "--minutes", "0.05",
                  "--per-category", "30", "--hparams", hp]) == 0
-    for name in ("reconstructions.png", "samples.png", "interpolation.png", "loss.png",
+    figure = "healing.png" if model in ("sp-gra2seq", "sketchgloc") else "samples.png"
+    for name in ("reconstructions.png", figure, "interpolation.png", "loss.png",
                  "run/config.json", "run/best.safetensors"):
         assert (out / name).is_file(), name
     if model.startswith("rpcl"):

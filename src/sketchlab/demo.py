@@ -4,6 +4,8 @@ It needs no data and no GPU. It writes, under `--out`:
   run/                  the run directory (config.json, weights, log.csv): `sketchlab sample demo_out/run ...`
   reconstructions.png   held-out doodles (odd rows) and the model's redrawings of them (even rows)
   samples.png           new doodles from random codes (RPCL: from the learned prior)
+  healing.png           (SP-gra2seq, SketchGloc: no prior) held-out doodles and their redrawings
+                        from corrupted inputs (30% of the patches masked / strokes moved)
   interpolation.png     a walk through the latent space from one doodle to another
   loss.png              training and validation loss
 and for the RPCL models, whose prior is a mixture learned by rival-penalised EM:
@@ -37,11 +39,11 @@ from sketchlab.train.trainer import Trainer, pick_device, prepare_data
 SKETCH_RNN_DEMO = ("enc_rnn_size=96,dec_rnn_size=192,z_size=24,max_seq_len=64,batch_size=32,"
                    "learning_rate=0.002,use_recurrent_dropout=0,eval_every=100,patience=0,"
                    "kl_weight=0.1,kl_weight_start=0.01,kl_decay_rate=0.999")
-DEMO_MODELS = ("sketch-rnn", "rpcl-pix2seq", "rpcl-pix2seqh")
+DEMO_MODELS = ("sketch-rnn", "rpcl-pix2seq", "rpcl-pix2seqh", "sp-gra2seq", "sketchgloc")
 
 
 def demo_config(name: str):
-    """The demo's configuration of a model (the RPCL modules define theirs as `demo_config()`)."""
+    """The demo's configuration of a model (the other modules define theirs as `demo_config()`)."""
     cls = get_model_class(name)
     if name == "sketch-rnn":
         return apply_hparams(cls.Config(), SKETCH_RNN_DEMO)
@@ -107,17 +109,26 @@ def draw_demo_figures(model, test: Sketches, out: Path, seed: int = 0, temperatu
 
     # Reconstructions: 6 test doodles per category, each above the model's redrawing.
     refs = test.select(_pick_per_category(test, 6))
-    recon = model.generate(references=refs, temperature=temperature, seed=seed)
-    rows, titles = [], []
-    for r in range(0, len(refs), 6):
-        part = np.arange(r, min(r + 6, len(refs)))
-        rows += [refs[int(i)] for i in part] + [recon[int(i)] for i in part]
-        titles += [f"{refs.category_name(int(i))}" for i in part] + ["redrawn"] * len(part)
-    grid = to_raw_units(Sketches.from_list(rows, scale_factor=model.scale_factor))
-    save_grid(grid, out / "reconstructions.png", cols=6, titles=titles)
 
-    samples = to_raw_units(model.generate(n=36, temperature=0.3, seed=seed))
-    save_grid(samples, out / "samples.png", cols=6)
+    def pairs(redrawn: Sketches, caption: str, path: Path) -> None:
+        rows, titles = [], []
+        for r in range(0, len(refs), 6):
+            part = np.arange(r, min(r + 6, len(refs)))
+            rows += [refs[int(i)] for i in part] + [redrawn[int(i)] for i in part]
+            titles += [f"{refs.category_name(int(i))}" for i in part] + [caption] * len(part)
+        grid = to_raw_units(Sketches.from_list(rows, scale_factor=model.scale_factor))
+        save_grid(grid, path, cols=6, titles=titles)
+
+    pairs(model.generate(references=refs, temperature=temperature, seed=seed), "redrawn",
+          out / "reconstructions.png")
+    if model.samples_from_prior:
+        samples = to_raw_units(model.generate(n=36, temperature=0.3, seed=seed))
+        save_grid(samples, out / "samples.png", cols=6)
+        figures = ["samples.png"]
+    else:  # no prior: show healing instead (the references corrupted at strength 0.3)
+        pairs(model.generate(references=refs, temperature=temperature, seed=seed, strength=0.3),
+              "healed", out / "healing.png")
+        figures = ["healing.png"]
 
     # Interpolation between the first two categories' first test doodles.
     pair = refs.select([0, 6 if len(refs) > 6 else len(refs) - 1])
@@ -131,7 +142,7 @@ def draw_demo_figures(model, test: Sketches, out: Path, seed: int = 0, temperatu
 
     plot_curves(out / "run" / "log.csv", out / "loss.png", series=["loss", "valid_loss"],
                 title=f"{model.name} on doodles")
-    for name in ("reconstructions.png", "samples.png", "interpolation.png", "loss.png"):
+    for name in ["reconstructions.png", *figures, "interpolation.png", "loss.png"]:
         print(f"wrote {out / name}")
 
 

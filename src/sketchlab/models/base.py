@@ -29,6 +29,9 @@ from sketchlab.data.strokes import Sketches
 class SketchModel(nn.Module):
     name: ClassVar[str] = "base"
     Config: ClassVar[type]
+    # False for models that only redraw or heal reference sketches (no prior to sample z from:
+    # SP-gra2seq, SketchGloc); `generate` then needs `references`.
+    samples_from_prior: ClassVar[bool] = True
 
     def __init__(self, config):
         super().__init__()

@@ -22,6 +22,15 @@ from sketchlab.nn.rnn import sample_sequences
 
 
 class CodeDecoder:
+    def require_data_sizes(self, *fields: str) -> None:
+        """Refuse a config whose data-dependent sizes (`adapt_config` fills them) are unset."""
+        for field in fields:
+            value = getattr(self.config, field)
+            if value <= 0:
+                raise ConfigError(
+                    f"{field}={value}: {self.name} takes it from the data; `sketchlab train` fills "
+                    "it in, set it explicitly to build a model by hand")
+
     @classmethod
     def adapt_config(cls, config, splits):
         """max_seq_len = the longest sketch over every loaded split, unless set: the seeds filter

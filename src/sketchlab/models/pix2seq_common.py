@@ -107,10 +107,7 @@ class Pix2SeqBase(CodeDecoder, SketchModel):
     def __init__(self, config: Pix2SeqConfig):
         super().__init__(config)
         c = config
-        if c.max_seq_len <= 0:
-            raise ConfigError(
-                f"max_seq_len={c.max_seq_len}: the seeds take the longest sketch of the data; "
-                "`sketchlab train` fills it in, set it explicitly to build a model by hand")
+        self.require_data_sizes("max_seq_len")
         if c.png_width % 16:
             raise ConfigError(f"png_width={c.png_width}: the CNNs halve the image four times; "
                               "use a multiple of 16 (the seeds use 48)")

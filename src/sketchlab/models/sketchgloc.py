@@ -116,14 +116,12 @@ def root_config(**overrides) -> Config:
 class SketchGloc(CodeDecoder, SketchModel):
     name = "sketchgloc"
     Config = Config
+    samples_from_prior = False
 
     def __init__(self, config: Config):
         super().__init__(config)
         c = config
-        for field in ("max_seq_len", "max_stroke_len", "max_stroke_num"):
-            if getattr(c, field) <= 0:
-                raise ConfigError(f"{field}={getattr(c, field)}: SketchGloc takes it from the data; "
-                                  "`sketchlab train` fills it in, set it explicitly to build a model by hand")
+        self.require_data_sizes("max_seq_len", "max_stroke_len", "max_stroke_num")
         if c.ret_gallery not in RET_GALLERIES:
             raise ConfigError(f"ret_gallery={c.ret_gallery!r}: choose one of {RET_GALLERIES}")
         keep = c.recurrent_dropout_prob if c.use_recurrent_dropout else 1.0

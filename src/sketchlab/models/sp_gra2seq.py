@@ -157,14 +157,12 @@ def zero_extent(sketches: Sketches) -> np.ndarray:
 class SPGra2Seq(CodeDecoder, SketchModel):
     name = "sp-gra2seq"
     Config = Config
+    samples_from_prior = False
 
     def __init__(self, config: Config):
         super().__init__(config)
         c = config
-        if c.max_seq_len <= 0:
-            raise ConfigError(
-                f"max_seq_len={c.max_seq_len}: SP-gra2seq takes the longest sketch of the data; "
-                "`sketchlab train` fills it in, set it explicitly to build a model by hand")
+        self.require_data_sizes("max_seq_len")
         if c.scale_mode not in SCALE_MODES:
             raise ConfigError(f"scale_mode={c.scale_mode!r}: choose one of {SCALE_MODES}")
         if c.node_mask not in NODE_MASKS:
