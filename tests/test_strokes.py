@@ -132,3 +132,14 @@ def test_in_units_converts_between_raw_and_normalised():
     back = norm.in_units(4.0).in_units(1.0)  # via other units, back to raw
     np.testing.assert_allclose(back.points, raw.points)
     assert back.scale_factor == 1.0 and raw.points[0, 0] == 4.0  # the source is untouched
+
+
+def test_an_empty_selection_keeps_codes_and_labels():
+    s = S.Sketches.from_list([np.zeros((0, 3), np.float32), np.ones((2, 3), np.float32)])
+    s.z, s.component = np.arange(8, dtype=np.float32).reshape(2, 4), np.array([3, 1])
+    none = s.select([])
+    assert len(none) == 0 and none.z.shape == (0, 4) and none.component.shape == (0,)
+    from sketchlab.models.base import clip_and_limit
+    kept = clip_and_limit(s, 0)  # drops the empty sketch, keeps the other's code
+    assert len(kept) == 1 and kept.z.tolist() == [[4, 5, 6, 7]]
+    assert len(clip_and_limit(s.select([0]), 0)) == 0

@@ -62,7 +62,10 @@ class Sketches:
         if self.component is not None:
             self.component = np.asarray(self.component, dtype=np.int64).reshape(n)
         if self.z is not None:
-            self.z = np.asarray(self.z, dtype=np.float32).reshape(n, -1)
+            z = np.asarray(self.z, dtype=np.float32)
+            # (n, width); the width is kept explicitly so an empty batch keeps its code size
+            width = z.shape[-1] if z.ndim > 1 else (z.size // n if n else 0)
+            self.z = z.reshape(n, width)
         self.category_names = tuple(str(c) for c in self.category_names)
 
     # ---- construction ----------------------------------------------------------------------
