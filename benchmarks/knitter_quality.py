@@ -64,7 +64,7 @@ def evaluate(args) -> dict:
 
     judge = None
     T = model.diffusion.num_timesteps
-    S = 30 if T >= 60 else 10  # the stride rule cannot make 30 of a smoke run's 50 steps
+    S = 30 if T >= 1000 else 10  # the stride rule cannot make 30 of a smoke run's 50 or 100 steps
     samplers = [(f"ddpm{T}", dict(sampler="ddpm")), (f"ddim{S}", dict(sampler="ddim", steps=S))]
     if model.config.clip is not None and not model.config.faithful:
         # the clean default clamps x0_hat to the data bound; score DDIM without it as well
