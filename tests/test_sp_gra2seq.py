@@ -229,8 +229,12 @@ def test_degenerate_input_gives_clear_errors():
     assert plan_sketch(dot, degenerate="blank").n == 0
     with pytest.raises(DataError, match="empty batch"):
         plan_batch([])
-    with pytest.raises(DataError, match="stroke-3"):
+    with pytest.raises(DataError, match="empty sketch"):
         plan_sketch(np.zeros((0, 3), np.float32))
+    with pytest.raises(DataError, match="stroke-3"):
+        plan_sketch(np.zeros((4, 2), np.float32))
+    # a generated sketch that ended at once is encoded (for Ret) from blank nodes
+    assert plan_sketch(np.zeros((0, 3), np.float32), degenerate="blank").n == 0
     with pytest.raises(ConfigError):
         plan_sketch(TOY, mask_prob=0.5)                    # no generator
     with pytest.raises(ConfigError, match="graph_picture_size"):
@@ -507,6 +511,9 @@ def test_cli_train_and_sample(tmp_path):
     refs = make_doodles(2, ["fish"], seed=5)
     codes = hooks.encode(refs)
     assert codes.shape == (2, 8) and np.isfinite(codes).all()
+    # a generated sketch may be empty (the decoder ended at once): it still gets a code
+    with_empty = Sketches.from_list([refs[0], np.zeros((0, 3), np.float32)])
+    assert np.isfinite(hooks.encode(with_empty)).all()
     out = hooks.sample(refs)
     assert len(out) == 2 and out.scale_factor == 1.0
 

@@ -162,13 +162,19 @@ def plan_sketch(sketch: np.ndarray, geom: PatchGeometry = PatchGeometry(), mask_
     `numpy.random.Generator` or a `SeedStream`. With `mask_prob == 0` nothing is drawn.
     """
     s = np.asarray(sketch, dtype=np.float32)
-    if s.ndim != 2 or s.shape[1] != 3 or len(s) == 0:
-        raise DataError(f"{where}: expected a non-empty stroke-3 array (n, 3), got shape {s.shape}")
+    P = geom.n_patches
+    blank = SketchPlan(np.zeros((0, 4), np.int64), 2 * geom.margin, np.zeros((P, 2), np.int64),
+                       np.zeros(P, bool), np.zeros(P, bool), 0, [])
+    if s.ndim != 2 or s.shape[1] != 3:
+        raise DataError(f"{where}: expected a stroke-3 array (n, 3), got shape {s.shape}")
+    if len(s) == 0:
+        if degenerate == "blank":  # e.g. a generated sketch that ended at once: nothing drawn
+            return blank
+        raise DataError(f"{where}: an empty sketch (no points), nothing to render")
     if not np.isfinite(s).all():
         raise DataError(f"{where}: holds NaN or inf")
     if mask_prob > 0 and rng is None:
         raise ConfigError("plan_sketch: mask_prob > 0 needs a random generator (rng)")
-    P = geom.n_patches
     # Step 1: scale the longest side to the render size. The extent excludes row 0 and is
     # truncated to an integer (in normalised units), so the drawing may come out larger.
     q = np.cumsum(s[1:, :2], axis=0, dtype=np.float32)
@@ -179,8 +185,7 @@ def plan_sketch(sketch: np.ndarray, geom: PatchGeometry = PatchGeometry(), mask_
         ext = max(h_f, w_f)     # the original divides by zero here (see the module docstring)
     if ext == 0:
         if degenerate == "blank":
-            return SketchPlan(np.zeros((0, 4), np.int64), 2 * geom.margin,
-                              np.zeros((P, 2), np.int64), np.zeros(P, bool), np.zeros(P, bool), 0, [])
+            return blank
         raise DataError(f"{where}: all its points coincide (zero extent), nothing to render; "
                         "drop it from the data")
     f = geom.render_size / ext
