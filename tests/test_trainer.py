@@ -191,6 +191,39 @@ def test_early_stopping_and_reload_best(tmp_path):
     assert any("rewound" in m for m in msgs)
 
 
+def test_a_rewind_retries_the_epoch_on_new_data_and_optionally_keeps_the_moments(tmp_path):
+    """After a rewind the step counter goes back, but the retried epoch is not a replay: a new
+    order, a new batch RNG, the torch RNG running on. rewind_optimizer=False keeps Adam's
+    current moments (SP-gra2seq's train.py) instead of the checkpoint's."""
+    for keep_moments in (False, True):
+        model, data = build(tmp_path, reload_best=True, patience=5, eval_every=4,
+                            rewind_optimizer=not keep_moments)
+        run = tmp_path / f"run{keep_moments}"
+        tr = Trainer(model, data, run, progress=False, max_steps=4, log=lambda m: None)
+        tr.train()                                  # evaluates at step 4: the best checkpoint
+        order0 = tr._epoch_order(0)
+        for _ in range(3):                          # move on, so the live moments differ
+            tr.optimizer.zero_grad()
+            tr.model.loss(tr._train_batch(order0, 0, tr.step), tr.step)["loss"].backward()
+            tr.optimizer.step()
+            tr.step += 1
+        moments = [v["exp_avg"].clone() for v in tr.optimizer.state.values()]
+        torch.manual_seed(123)
+        draw_before = torch.rand(1)
+        torch.manual_seed(123)
+        tr._rewind_to_best("test")
+        assert tr.step == 4 and tr.rewinds == 1
+        assert not np.array_equal(tr._epoch_order(0), order0)
+        assert torch.rand(1) == draw_before          # the torch RNG was not rewound
+        after = [v["exp_avg"] for v in tr.optimizer.state.values()]
+        same = all(torch.equal(a, b) for a, b in zip(after, moments))
+        assert same == keep_moments
+        tr.save()
+        model2, data2 = build(tmp_path, reload_best=True, patience=5, eval_every=4)
+        tr2 = Trainer(model2, data2, run, progress=False, max_steps=8, log=lambda m: None)
+        assert tr2.maybe_resume() and tr2.rewinds == 1   # the counter survives a resume
+
+
 def test_time_limit_stops_with_a_checkpoint_and_resumes(tmp_path):
     model, data = build(tmp_path)
     msgs = []

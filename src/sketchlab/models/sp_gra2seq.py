@@ -47,8 +47,11 @@ Choices the spec leaves open or flags (section 4):
   taken from column 0; "clean" uses the n x n block and the diagonal.
 * Kept as in the original (bugs 4-7, 9): row 0 drawn as ink, the dot quirk, top picks before
   masking with signed cosines, empty clusters decaying toward 0, no KL.
-* Rollback (bug 10): the trainer's rewind restores the optimiser state (Adam moments) too; the
-  original keeps its current moments. Not reproducible without changing the shared trainer.
+* Rollback (bug 10): as the original, a rewind restores weights, BN statistics, centroids and
+  the step counter (so the lr schedule rewinds) but keeps Adam's current moments
+  (`rewind_optimizer=False`); the retried epoch sees a new order and new masking draws.
+* Healing and Ret (1.13): the query is generated from the corrupted sketch, the gallery is the
+  CLEAN reference's mu, so samples generated with mask_prob > 0 carry the clean mu as `z`.
 * If a batch holds fewer than K patch slots (B * 20 < K), the initial centroids cycle through
   the available embeddings. If no patch of a batch is valid, L_C is 0 (the original: 0 / 0).
 """
@@ -107,6 +110,7 @@ class Config(TrainingConfig):
     eval_every: int = 0
     patience: int = 5
     reload_best: bool = True
+    rewind_optimizer: bool = False       # the rollback keeps Adam's moments (bug 10)
     valid_metric: str = "recon"
 
 
@@ -235,8 +239,12 @@ class SPGra2Seq(CodeDecoder, SketchModel):
         faithful = c.node_mask == "faithful"
         masks = [node_mask(int(n), ids, self.geom.n_patches, faithful)
                  for n, ids in zip(plan.n.tolist(), plan.mask_id)]
+        # The decoder's targets: a reference longer than max_seq_len (encoded for sampling or
+        # Ret, never a training or validation sketch: those set max_seq_len) is cut, since the
+        # encoder reads the patch images only.
         return {
-            "strokes": torch.from_numpy(S.pad_batch(sketches, c.max_seq_len)),
+            "strokes": torch.from_numpy(S.pad_batch([s[:c.max_seq_len] for s in sketches],
+                                                    c.max_seq_len)),
             "mk": torch.from_numpy(np.stack([m[0] for m in masks])),
             "v": torch.from_numpy(np.stack([m[1] for m in masks])),
             **plan.tensors(),
@@ -352,7 +360,8 @@ class SPGra2Seq(CodeDecoder, SketchModel):
         `sample.py`: each reference's patches are first masked with probability `mask_prob`
         (0: plain reconstruction; 0.1 / 0.3: the paper's healing; `strength` is the command
         line's name for it), then decoded at temperature tau for max_seq_len steps. Returns
-        normalised sketches carrying z and the references' categories."""
+        normalised sketches carrying the references' categories and, as `z`, the Ret gallery
+        code: mu of the CLEAN reference (1.13; equal to the decoded code when mask_prob = 0)."""
         if references is None:
             raise ConfigError("SP-gra2seq has no prior to sample from: it generates from reference "
                               "sketches (`sketchlab sample RUN --condition-on test`)")
@@ -364,7 +373,10 @@ class SPGra2Seq(CodeDecoder, SketchModel):
         n = len(references) if n is None else min(int(n), len(references))
         refs = references[np.arange(n)]
         z = self.encode_references(refs, mask_prob, seed, int(batch_size))
-        return self.decode_batches(z, t, greedy, seed, batch_size).with_categories_of(refs)
+        out = self.decode_batches(z, t, greedy, seed, batch_size).with_categories_of(refs)
+        if mask_prob > 0:
+            out.z = self.encode_references(refs, 0.0, seed, int(batch_size)).cpu().numpy()
+        return out
 
     def sample_options(self):
         return {"mask_prob": "mask each reference patch with this probability before encoding "

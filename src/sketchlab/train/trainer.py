@@ -8,11 +8,13 @@ bar, and multi-GPU data parallelism under `torchrun`.
 
 Reproducibility: the order of epoch `e` is `default_rng([seed, e]).permutation(N)` and the
 augmentation RNG of step `s` is `default_rng([seed, 1, s])`, so a resumed run sees exactly the
-batches an uninterrupted one would.
+batches an uninterrupted one would. After the r-th rewind to the best checkpoint both seeds gain
+a word r, so retried epochs see a new order, as the seeds' do.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import os
@@ -248,6 +250,7 @@ class Trainer:
         self.batch_in_epoch = 0
         self.best_valid = math.inf
         self.bad_evals = 0
+        self.rewinds = 0                 # rewinds to the best checkpoint so far (seeds retried epochs)
         self.elapsed = 0.0
         self.stopped_early = False
         self.last_eval_step = -1
@@ -305,6 +308,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "best_valid": self.best_valid,
             "bad_evals": self.bad_evals,
+            "rewinds": self.rewinds,
             "elapsed": self.elapsed,
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -344,6 +348,7 @@ class Trainer:
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.best_valid = float(state["best_valid"])
         self.bad_evals = int(state["bad_evals"])
+        self.rewinds = int(state.get("rewinds", 0))
         self.elapsed = float(state.get("elapsed", 0.0))
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
@@ -369,21 +374,39 @@ class Trainer:
         if self.distributed:
             dist.barrier()
         if best_w.is_file() and best_s.is_file():
-            keep = (self.best_valid, self.bad_evals)
+            # The seeds rewind weights, buffers and the step counter, but the retried epochs
+            # see new data: their numpy RNG runs on. Here the data order and the batch RNG are
+            # seeded by (epoch, step, rewinds) and the torch RNG is not rewound, so a retry is
+            # not a replay of the epoch that just failed (it would fail again, identically).
+            keep = (self.best_valid, self.bad_evals, self.rewinds + 1)
+            rng = torch.get_rng_state()
+            cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+            moments = None if self.cfg.rewind_optimizer else copy.deepcopy(self.optimizer.state_dict())
             self._load(best_w, best_s)
-            self.best_valid, self.bad_evals = keep
+            self.best_valid, self.bad_evals, self.rewinds = keep
+            torch.set_rng_state(rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, self.device)
+            if moments is not None:
+                self.optimizer.load_state_dict(moments)
+                self._fix_loaded_optimizer()
             self.say(f"{reason}: rewound to the best checkpoint (step {self.step})")
 
     # ---- batches -------------------------------------------------------------------------------
+    def _retry(self) -> list[int]:
+        """Extra seed words after a rewind (none before: runs without rewinds keep their data)."""
+        return [self.rewinds] if self.rewinds else []
+
     def _epoch_order(self, epoch: int) -> np.ndarray:
-        perm = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.data.splits["train"]))
+        perm = np.random.default_rng([self.cfg.seed, epoch, *self._retry()]).permutation(
+            len(self.data.splits["train"]))
         return perm[self.rank::self.world]
 
     def _train_batch(self, order: np.ndarray, b: int, step: int):
         bs = self.cfg.batch_size
         train = self.data.splits["train"]
         idx = order[b * bs:(b + 1) * bs]
-        rng = np.random.default_rng([self.cfg.seed, 1, step, self.rank])
+        rng = np.random.default_rng([self.cfg.seed, 1, step, self.rank, *self._retry()])
         return self.model.make_batch([train[int(i)] for i in idx], True, rng)
 
     def valid_batches(self, split: str = "valid"):
