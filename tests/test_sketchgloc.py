@@ -313,6 +313,10 @@ def test_make_batch_keeps_the_first_S_chunks_and_the_faithful_length_rule():
     np.testing.assert_allclose(b["chunk_next"][1, 0].numpy(), [1, 0])
     np.testing.assert_allclose(b["chunk_next"][1, 2].numpy(), [0, 0])          # last packed chunk: zeros
     assert build(**NO_AUG).make_batch([few], False, np.random.default_rng(0))["chunk_len"][0].tolist() == [4, 4, 4, 0, 0]
+    # each kept chunk's box is its own (x = i for stroke i), not stretched over dropped chunks
+    boxes = m.make_batch([d], False, np.random.default_rng(0))["boxes"][0].numpy()
+    np.testing.assert_allclose(boxes[:, :2], [[i, i] for i in range(5)])
+    np.testing.assert_allclose(boxes[:, 2:], [[0, 4]] * 5)
 
 
 def test_make_batch_training_augmentation_is_seeded_and_gated():
@@ -534,3 +538,13 @@ def test_real_data_sizes_and_a_batch(shared_data):
     m.setup_from_data(data)
     b = m.make_batch([data.splits["train"][i] for i in range(8)], True, np.random.default_rng(0))
     assert torch.isfinite(m.loss(b)["loss"])
+
+
+def test_the_mixture_head_stays_float32_under_bf16_autocast():
+    m = build(**NO_AUG)
+    d = sketch([[0, 0], [1, 1], [2, 2]], [[5, 5], [6, 7]])
+    batch = m.make_batch([d, d], False, np.random.default_rng(0))
+    z = torch.zeros(2, m.config.z_size)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        raw = m.decode(batch["strokes"][:, :-1], z)
+    assert raw.dtype == torch.float32

@@ -194,7 +194,9 @@ def chunk_boxes(points: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> 
     """Axis-aligned box `(x0, x1, y0, y1)` of each chunk's absolute points (`get_bounds_whole`)."""
     if len(starts) == 0:
         return np.zeros((0, 4), np.float32)
-    xy = np.asarray(points, dtype=np.float32)[:, :2]
+    # reduceat's last segment runs to the end of the array: cut after the last chunk, or it
+    # would take in the dropped chunks (beyond S) and the unclosed tail of the sketch.
+    xy = np.asarray(points, dtype=np.float32)[:int(starts[-1] + lengths[-1]), :2]
     lo = np.minimum.reduceat(xy, starts, 0)
     hi = np.maximum.reduceat(xy, starts, 0)
     return np.stack([lo[:, 0], hi[:, 0], lo[:, 1], hi[:, 1]], 1)

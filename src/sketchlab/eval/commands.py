@@ -257,6 +257,8 @@ def register_cli(subparsers) -> None:
         epilog="example:\n  sketchlab compare runs/sketchrnn runs/pix2seq --classifier runs/clf "
                "--data-dir data/spg20 --per-category 100 --out table.json")
     cmp.add_argument("runs", nargs="+", metavar="RUN")
-    cmp.add_argument("--temperature", type=float, default=0.2)
+    cmp.add_argument("--temperature", type=float, default=None,
+                     help="sampling temperature for every run (default: each model's own, as its "
+                          "original samples: 0.24 for the RPCL / SP-gra2seq / SketchGloc seeds)")
     _common_eval_args(cmp)
     cmp.set_defaults(func=cmd_compare)

@@ -249,10 +249,11 @@ def compare_runs(runs: Sequence[str | Path], load_hooks: Callable[[Path], RunHoo
     return evaluate_sets(samples, reference, classifier, retrieval=retrieval, **kw)
 
 
-def model_run_hooks(run_dir: Path, device=None, temperature: float = 0.2,
+def model_run_hooks(run_dir: Path, device=None, temperature: float | None = None,
                     batch_size: int = 100, seed: int = 0) -> RunHooks:
     """RunHooks for a sketchlab model run: conditional generation and `Model.encode`.
 
+    `temperature` None samples each model at its own configured temperature (the original's).
     References arrive in raw data units; the model works in units of its training scale factor.
     """
     import torch

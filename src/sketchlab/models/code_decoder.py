@@ -22,6 +22,10 @@ from sketchlab.nn.rnn import sample_sequences
 
 
 class CodeDecoder:
+    # Compute the mixture head in float32 under bf16 autocast: for a decoder of ABSOLUTE positions
+    # (SketchGloc) bf16's 8-bit mantissa rounds the means ~8x coarser than for offsets.
+    fp32_head: bool = False
+
     def require_data_sizes(self, *fields: str) -> None:
         """Refuse a config whose data-dependent sizes (`adapt_config` fills them) are unset."""
         for field in fields:
@@ -50,6 +54,9 @@ class CodeDecoder:
         B, T, _ = inputs.shape
         x = torch.cat([inputs, z.unsqueeze(1).expand(B, T, z.shape[-1]).to(inputs.dtype)], -1)
         h, _ = self.decoder.sequence(x, self.initial_state(z))
+        if self.fp32_head:
+            with torch.autocast(device_type=h.device.type, enabled=False):
+                return self.head(h.float())
         return self.head(h)
 
     def _temperature(self, temperature, greedy) -> float:

@@ -38,6 +38,10 @@ Choices on the spec's bugs and ambiguities (each a config field):
   coincide when re_scale = 0.
 * bug 17 (greedy root vs tau = 0.24 rebranch): `greedy_sampling=False`, tau 0.24.
 * bug 19 (single-point first/last stroke in the round trip): `faithful_roundtrip=True` keeps it.
+* Known parity gap: grid cells use the spec's inclusive box boundaries exactly. The original
+  re-accumulates each chunk's offsets in float64, so two box edges that are equal in float32
+  can fall on either side there (12 of 150 sheep validation sketches get a different graph
+  entry); this cannot be matched without copying its arithmetic.
 """
 
 from __future__ import annotations
@@ -117,6 +121,7 @@ class SketchGloc(CodeDecoder, SketchModel):
     name = "sketchgloc"
     Config = Config
     samples_from_prior = False
+    fp32_head = True        # the mixture models absolute positions: keep its means in float32
 
     def __init__(self, config: Config):
         super().__init__(config)
