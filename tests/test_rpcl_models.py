@@ -272,6 +272,25 @@ def test_graphed_training_matches_eager_on_cuda(tmp_path, cls, cfg, tiny):
         assert torch.allclose(a, b, rtol=1e-2, atol=3e-3), k
 
 
+@pytest.mark.gpu
+def test_a_rewind_under_cuda_graphs_keeps_the_captured_tensors(tmp_path):
+    """Rewinds to the best checkpoint mid-run (a huge lr makes evaluations worse) must load the
+    optimizer state INTO the tensors the captured graphs read and write, or the graphs go on
+    updating orphaned moments with a stale learning rate."""
+    splits = make_doodle_splits(24, 8, 8, categories=["fish", "house"])
+    cfg = PConfig(**{**TINY_P, "rpcl_start": 2, "recurrent_dropout_prob": 1.0, "amp": False,
+                     "learning_rate": 0.5, "min_learning_rate": 0.5, "eval_every": 3,
+                     "reload_best": True, "patience": 50, "cuda_graph": True})
+    data = prepare_data(RPCLPix2Seq, cfg, splits)
+    msgs = []
+    tr = Trainer(RPCLPix2Seq(data.config), data, tmp_path / "g", progress=False, max_steps=15,
+                 log=msgs.append, device=torch.device("cuda"))
+    tr.train()
+    assert tr.graph_mode and tr.graphed is not None and tr.graphed.graphs
+    assert tr.rewinds > 0 and any("rewound" in m for m in msgs)
+    assert tr.graphed.held_ids() == tr.graphed.captured_ids
+
+
 @pytest.mark.parametrize("cls,cfg,tiny", MODELS, ids=IDS)
 def test_resume_matches_uninterrupted_run_prior_included(tmp_path, cls, cfg, tiny):
     full = _run(cls, cfg, tiny, tmp_path / "full", 7, seed=0)   # an epoch is 6 steps

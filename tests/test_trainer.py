@@ -1,5 +1,6 @@
 """The generic trainer on a tiny model: learning, lr schedule, clipping, resume, NaN, early stop."""
 
+import copy
 import json
 from dataclasses import dataclass
 
@@ -268,3 +269,29 @@ def test_patience_start_spares_a_warm_up_phase(tmp_path):
     summary = Trainer(model, data, tmp_path / "run", progress=False, max_steps=200,
                       log=lambda m: None).train()
     assert summary["stopped_early"] and summary["step"] >= 40
+
+
+def test_optimizer_state_loads_into_the_tensors_it_already_holds():
+    """What a mid-run rewind needs under CUDA graphs: the captured moment / step / lr tensors
+    receive the checkpoint's values instead of being replaced by new ones."""
+    from sketchlab.train.graphed import load_optimizer_state_in_place
+
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([w], lr=torch.tensor(0.1))
+    for _ in range(2):
+        opt.zero_grad()
+        (w * torch.arange(3.0)).sum().backward()
+        opt.step()
+    saved = copy.deepcopy(opt.state_dict())
+    for _ in range(3):
+        opt.zero_grad()
+        (w * torch.arange(3.0)).sum().backward()
+        opt.step()
+    held = dict(opt.state[w])
+    lr = opt.param_groups[0]["lr"]
+    load_optimizer_state_in_place(opt, saved)
+    now = opt.state[w]
+    assert all(now[k] is held[k] for k in held)            # same tensor objects
+    assert torch.equal(now["exp_avg"], saved["state"][0]["exp_avg"])
+    assert float(now["step"]) == 2.0
+    assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.1)

@@ -87,6 +87,8 @@ class GraphedTrainer:
         self._restore(snap)
         torch.cuda.set_rng_state(rng)     # warm-up draws leave the random stream untouched
         live = self._live()
+        # What the graphs read and write: a later load must fill these very tensors (tests check).
+        self.captured_ids = [id(t) for t in live] + [id(g["lr"]) for g in self.optimizer.param_groups]
         if self._backup is None:          # one backup shared by every graph (they run in turn)
             self._backup = [t.detach().clone() for t in live]
         graph = torch.cuda.CUDAGraph()
@@ -101,6 +103,10 @@ class GraphedTrainer:
             self._pool = graph.pool()
         shapes = {k: tuple(v.shape) for k, v in inputs.items()}
         return _Graph(graph, inputs, out, finite, shapes)
+
+    def held_ids(self) -> list[int]:
+        """ids of the tensors the optimizer and model hold now (compare with `captured_ids`)."""
+        return [id(t) for t in self._live()] + [id(g["lr"]) for g in self.optimizer.param_groups]
 
     def fits(self, key: Hashable, batch: dict[str, Tensor]) -> bool:
         """Whether `batch` has the shapes the graph of `key` was captured with (or none yet)."""
@@ -120,3 +126,29 @@ class GraphedTrainer:
                 torch._foreach_copy_(self._live(), self._backup)
             return None
         return {k: float(v) for k, v in g.outputs.items()}
+
+
+def load_optimizer_state_in_place(optimizer: torch.optim.Optimizer, state_dict: dict,
+                                  after_load: Callable[[], None] | None = None) -> None:
+    """`optimizer.load_state_dict`, but the values land in the tensors the optimizer already
+    holds (moments, step counters, tensor learning rates), so CUDA graphs captured on them stay
+    valid: a mid-run rewind to a checkpoint must not leave the graphs updating orphaned copies.
+    `after_load` runs between the load and the copy-back (the trainer's dtype/device fix-ups)."""
+    old_state = {p: dict(s) for p, s in optimizer.state.items()}
+    old_lr = [g["lr"] for g in optimizer.param_groups]
+    optimizer.load_state_dict(state_dict)
+    if after_load is not None:
+        after_load()
+    with torch.no_grad():
+        for p, state in optimizer.state.items():
+            before = old_state.get(p, {})
+            for k, v in state.items():
+                old = before.get(k)
+                if isinstance(v, Tensor) and isinstance(old, Tensor) and old.shape == v.shape:
+                    old.copy_(v)
+                    state[k] = old
+        for group, lr in zip(optimizer.param_groups, old_lr):
+            if isinstance(lr, Tensor):
+                lr.fill_(float(group["lr"]))
+                group["lr"] = lr
+

@@ -278,6 +278,15 @@ class Trainer:
             else:
                 group["lr"] = lr
 
+    def _load_optimizer(self, state_dict: dict) -> None:
+        if self.graphed is not None and self.graphed.graphs:   # keep the captured tensors
+            from sketchlab.train.graphed import load_optimizer_state_in_place
+
+            load_optimizer_state_in_place(self.optimizer, state_dict, self._fix_loaded_optimizer)
+        else:
+            self.optimizer.load_state_dict(state_dict)
+            self._fix_loaded_optimizer()
+
     def _fix_loaded_optimizer(self) -> None:
         """A state saved by an eager run, loaded for graph replay: tensor lr, device step counters."""
         if not self.graph_mode:
@@ -341,8 +350,7 @@ class Trainer:
             self.say(f"note: {weights.name} is at step {meta['step']} but {state_path.name} at "
                      f"{state['step']}; resuming from the weights' step with the older optimizer state")
             state["step"] = int(meta["step"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self._fix_loaded_optimizer()
+        self._load_optimizer(state["optimizer"])
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
@@ -388,8 +396,7 @@ class Trainer:
             if cuda_rng is not None:
                 torch.cuda.set_rng_state(cuda_rng, self.device)
             if moments is not None:
-                self.optimizer.load_state_dict(moments)
-                self._fix_loaded_optimizer()
+                self._load_optimizer(moments)
             self.say(f"{reason}: rewound to the best checkpoint (step {self.step})")
 
     # ---- batches -------------------------------------------------------------------------------
