@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # sketchlab's GPU checks and benchmarks in one call (what the H100 numbers in the notes came from).
 # usage: OUT=dir benchmarks/run_gpu.sh STAGE...
-#   stages: tests raster rnn-hyper rnn-lstm rnn-sample diffusion evaluate
+#   stages: tests raster rnn-hyper rnn-lstm rnn-sample diffusion diffusion-variants rpcl evaluate
 # Data: SKETCHLAB_SHARED_DATA (default .gpu/shared) holds sketchrnn/aaron_sheep.npz;
 #       SPG20 (default .gpu/spg20) holds the npz files of `sketchlab data import shared/data/spg20`.
 set -u
@@ -20,6 +20,11 @@ for stage in "$@"; do
     rnn-lstm)   run rnn_lstm 240 python benchmarks/rnn.py --cells lstm,layer_norm --sizes 2048 --only-train ;;
     rnn-sample) run rnn_sample 100 python benchmarks/rnn.py --only-sample ;;
     diffusion)  run diffusion 300 python benchmarks/diffusion.py ;;
+    # whole-loop vs per-step graphs and two compile modes, in one run (the >= 5x question)
+    diffusion-variants) run diffusion 540 python benchmarks/diffusion.py --compile --cudnn-benchmark \
+                          --per-step --compile-mode max-autotune-no-cudagraphs ;;
+    rpcl)       run rpcl 300 python benchmarks/rpcl.py --models rpcl-pix2seq --length 144 \
+                          --variants bptt+bf16,bptt+bf16+graph,trainer ;;
     evaluate)   run evaluate 200 python benchmarks/evaluate.py --data-dir "$SPG20" ;;
     *) echo "unknown stage $stage"; exit 2 ;;
   esac
