@@ -116,8 +116,13 @@ def agreement(model, device, batch, steps, compile_):
     plain = model.generate(batch, fast=False, generator=gen(), callback=first_eps("plain"), **kw)
     fast = model.generate(batch, fast=True, fast_dtype=torch.bfloat16, compile=compile_,
                           generator=gen(), callback=first_eps("fast"), **kw)
+    # the callback above forces one graph per step; without it DDIM is one whole-loop graph
+    whole = model.generate(batch, fast=True, fast_dtype=torch.bfloat16, compile=compile_,
+                           generator=gen(), **kw)
     a, b = plain.points, fast.points
     return {
+        "ddim_whole_loop_vs_per_step_rel_l2": float(
+            np.linalg.norm(whole.points[:, :2] - b[:, :2]) / np.linalg.norm(b[:, :2])),
         "ddim_rel_l2_offsets": float(np.linalg.norm(b[:, :2] - a[:, :2]) / np.linalg.norm(a[:, :2])),
         "ddim_pen_agreement": float(np.mean(a[:, 2] == b[:, 2])),
         "first_step_eps_rel_l2": float((eps["fast"] - eps["plain"]).norm() / eps["plain"].norm()),
