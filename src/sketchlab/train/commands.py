@@ -33,6 +33,7 @@ SAMPLE_EPILOG = """examples:
   sketchlab sample runs/rpcl --out cond.npz --condition-on test --n 100
   sketchlab sample runs/rpcl --out comp3.npz --component 3 --n 25
   sketchlab sample runs/knitter --out healed.npz --condition-on broken.npz --strength 0.3
+  sketchlab sample runs/sp --out healed.npz --condition-on test --strength 0.1   # SP-gra2seq, SketchGloc
 
 Writes a pickle-free Sketches npz (raw data units) and a PNG grid beside it.
 """
@@ -69,8 +70,11 @@ def register_cli(sub) -> None:
     s.add_argument("--component", type=int, default=None, help="latent component to sample from (RPCL; "
                    "the level-k Gaussian for RPCL-pix2seqH)")
     s.add_argument("--unit", type=int, default=None, help="level-l unit to sample from (RPCL-pix2seqH)")
-    s.add_argument("--strength", type=float, default=None, help="noise level for refinement (SketchKnitter)")
-    s.add_argument("--sampler", default=None, help="diffusion sampler: ddpm | ddim | shortcut")
+    s.add_argument("--strength", type=float, default=None,
+                   help="how much to corrupt or noise the --condition-on sketches before redrawing "
+                        "them: SketchKnitter's refinement noise level t0/T, SP-gra2seq's patch-"
+                        "masking probability, SketchGloc's stroke-displacement scale (papers: 0.1, 0.3)")
+    s.add_argument("--sampler", default=None, help="diffusion sampler: ddpm | ddim | rshortcut")
     s.add_argument("--steps", type=int, default=None, help="diffusion sampling steps")
     s.add_argument("--classifier", default=None,
                    help="a `sketchlab classifier train` run: calibrates SketchKnitter's r-Shortcut "
