@@ -31,6 +31,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/raster.py
 	$(PY) benchmarks/rnn.py
 	$(PY) benchmarks/diffusion.py
+	$(PY) benchmarks/augment.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

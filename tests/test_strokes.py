@@ -75,6 +75,24 @@ def test_augment_strokes_preserves_absolute_positions(rng):
     assert np.allclose(S.augment_strokes(line, 0.0, rng), line)
 
 
+def test_vectorised_augment_strokes_equals_the_seeds_loop():
+    """Same kept points, same merged offsets, same random draws consumed, on random sketches
+    with dots, long strokes and pen lifts everywhere."""
+    gen = np.random.default_rng(0)
+    for trial in range(300):
+        n = int(gen.integers(1, 60))
+        sk = np.zeros((n, 3), np.float32)
+        sk[:, :2] = gen.normal(size=(n, 2)).astype(np.float32) * 10
+        sk[:, 2] = gen.random(n) < gen.choice([0.05, 0.2, 0.6])
+        prob = float(gen.choice([0.1, 0.5, 0.9]))
+        a_rng, b_rng = np.random.default_rng(trial), np.random.default_rng(trial)
+        fast = S.augment_strokes(sk, prob, a_rng)
+        slow = S.augment_strokes_reference(sk, prob, b_rng)
+        assert fast.shape == slow.shape and np.array_equal(fast[:, 2], slow[:, 2])
+        np.testing.assert_allclose(fast[:, :2], slow[:, :2], rtol=1e-5, atol=1e-4)
+        assert a_rng.random() == b_rng.random()      # the same number of draws
+
+
 def test_random_scale_range(rng):
     s = np.ones((5, 3), np.float32)
     s[:, 2] = 0

@@ -511,13 +511,43 @@ def random_scale(sketch: np.ndarray, factor: float, rng: np.random.Generator) ->
 
 
 def augment_strokes(sketch: np.ndarray, prob: float, rng: np.random.Generator) -> np.ndarray:
-    """sketch-rnn's point dropping (spec 2.4 step 2).
+    """sketch-rnn's point dropping (spec 2.4 step 2), vectorised.
 
     A pen-down point whose predecessor (last kept point) is pen-down, deep inside a stroke
     (`count > 2` consecutive pen-down candidates), is dropped with probability `prob`; its offset is
     added to the last kept point so every later absolute position is unchanged. Stroke ends are
     never dropped.
+
+    Why a loop is not needed: a dropped point is pen-down and so is the kept point it merges
+    into, so "the last kept point's pen" always equals the previous ORIGINAL point's pen. Which
+    points are candidates (and so draw a uniform) then depends on the pens alone: the draws are
+    taken at once, in the same order, and give the same result as `augment_strokes_reference`
+    (the seeds' loop) from the same generator state.
     """
+    s = np.asarray(sketch, dtype=np.float32)
+    if prob <= 0 or len(s) < 3:
+        return s.copy()
+    up = s[:, 2] == 1
+    # count_i: consecutive pen-down (cand, prev) pairs up to i, reset where either pen is up.
+    reset = np.ones(len(s), bool)
+    reset[1:] = up[1:] | up[:-1]
+    idx = np.arange(len(s))
+    last_reset = np.maximum.accumulate(np.where(reset, idx, 0))
+    count = idx - last_reset
+    candidate = ~reset & (count > 2)
+    drop = np.zeros(len(s), bool)
+    drop[candidate] = rng.random(int(candidate.sum())) < prob
+    if not drop.any():
+        return s.copy()
+    group = np.cumsum(~drop) - 1                   # each point's kept point (itself or before)
+    out = s[~drop].copy()
+    for j in (0, 1):                               # merged offsets, summed in point order
+        out[:, j] = np.bincount(group, weights=s[:, j].astype(np.float64))
+    return out
+
+
+def augment_strokes_reference(sketch: np.ndarray, prob: float, rng: np.random.Generator) -> np.ndarray:
+    """The seeds' per-point loop (`utils.augment_strokes`), kept to test the vectorised one."""
     s = np.asarray(sketch, dtype=np.float32)
     if prob <= 0 or len(s) < 3:
         return s.copy()
