@@ -52,6 +52,11 @@ Choices the spec leaves open or flags (section 4):
   (`rewind_optimizer=False`); the retried epoch sees a new order and new masking draws.
 * Healing and Ret (1.13): the query is generated from the corrupted sketch, the gallery is the
   CLEAN reference's mu, so samples generated with mask_prob > 0 carry the clean mu as `z`.
+* Generation rolls out max_seq_len steps (the longest sketch of all loaded splits); the
+  original uses the longest of the category's test split. Outputs are cut at the first end
+  token, so this only matters for a rollout that never ends.
+* Multi-GPU (DDP): every process stages centroids from its own batch, and DDP's buffer
+  broadcast then makes process 0's win each step: the centroids follow one shard of the batch.
 * If a batch holds fewer than K patch slots (B * 20 < K), the initial centroids cycle through
   the available embeddings. If no patch of a batch is valid, L_C is 0 (the original: 0 / 0).
 """
