@@ -8,7 +8,6 @@ whether every output matched.
     SPG20=data/spg20 python benchmarks/augment.py
 """
 
-import json
 import os
 import sys
 import time
@@ -18,6 +17,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from report import emit  # noqa: E402  (benchmarks/report.py)
 from sketchlab.data.strokes import augment_strokes, augment_strokes_reference  # noqa: E402
 
 
@@ -49,11 +49,7 @@ def main(n: int = 3000, prob: float = 0.1) -> dict:
               "points": int(sum(map(len, data))), "prob": prob,
               "loop_s": round(t_slow, 4), "vectorised_s": round(t_fast, 4),
               "speedup": round(t_slow / t_fast, 2), "identical": same}
-    print(json.dumps(result))
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "augment.json"), "w") as fh:
-            json.dump(result, fh)
-    return result
+    return emit(result, "augment", indent=None)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import platform
 import sys
 import time
@@ -41,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+import report  # noqa: E402  (benchmarks/report.py)
 from sketchlab.models.sketchknitter import Config, SketchKnitter  # noqa: E402
 
 ORIGINAL_ANCHORS = {"ddpm": 13.9, "ddim": 313.0}  # sketches/s, original code, H100, batch 256
@@ -220,13 +219,7 @@ def main(argv=None) -> dict:
 
 def emit(result: dict, final: bool) -> None:
     """Print the final JSON; keep $OUT/diffusion.json current after every measurement."""
-    text = json.dumps(result, indent=2)
-    if final:
-        print(text)
-    if os.environ.get("OUT"):
-        out = Path(os.environ["OUT"]) / "diffusion.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text)
+    (report.emit if final else report.save)(result, "diffusion")
 
 
 if __name__ == "__main__":

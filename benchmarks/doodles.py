@@ -5,13 +5,12 @@ Prints JSON (and writes `$OUT/doodles.json` when OUT is set). `generate_s` is th
 processing stage on the same drawings, batched (as `make_doodles` does) and one sketch at a time.
 """
 
-import json
-import os
 import sys
 import time
 
 import numpy as np
 
+from report import emit
 from sketchlab.data import synthetic as Y
 
 
@@ -41,11 +40,7 @@ def main(n: int = 2000) -> dict:
               "mean_points": round(float(sketches.lengths.mean()), 1),
               "process_batched_s": round(t_batched, 4), "process_one_at_a_time_s": round(t_single, 4),
               "process_speedup": round(t_single / t_batched, 2), "identical": same}
-    print(json.dumps(result))
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "doodles.json"), "w") as fh:
-            json.dump(result, fh)
-    return result
+    return emit(result, "doodles", indent=None)
 
 
 if __name__ == "__main__":

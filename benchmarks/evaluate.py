@@ -22,7 +22,6 @@ Plain references, each timed in the same run:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -35,6 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from report import emit  # noqa: E402  (benchmarks/report.py)
 from sketchlab.data.strokes import Sketches  # noqa: E402
 from sketchlab.eval import classifier as C  # noqa: E402
 from sketchlab.eval import evaluate as E  # noqa: E402
@@ -223,11 +223,7 @@ def main() -> None:
                                 "pool_s": round(t_pool, 3), "speedup": round(t_serial / t_pool, 2),
                                 "agree": bool(np.array_equal(serial[0], pooled[0]))}
 
-    text = json.dumps(report, indent=2)
-    print(text)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"]).mkdir(parents=True, exist_ok=True)
-        (Path(os.environ["OUT"]) / "evaluate.json").write_text(text + "\n")
+    emit(report, "evaluate")
 
 
 if __name__ == "__main__":

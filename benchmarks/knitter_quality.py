@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from report import emit, out_dir  # noqa: E402  (benchmarks/report.py)
 from sketchlab.data.sources import load_splits  # noqa: E402
 from sketchlab.data.strokes import Sketches  # noqa: E402
 from sketchlab.models.sketchknitter import calibrate_shortcut, classifier_score_fn  # noqa: E402
@@ -36,17 +35,9 @@ from sketchlab.train import checkpoint as ckpt  # noqa: E402
 from sketchlab.train.commands import to_raw_units  # noqa: E402
 
 
-def out_dir() -> Path | None:
-    return Path(os.environ["OUT"]) if os.environ.get("OUT") else None
-
-
-def emit(result: dict) -> None:
+def progress(result: dict) -> None:
     """Print the result so far and keep it on disk: a run cut by its time limit keeps its stages."""
-    text = json.dumps(result, indent=2, default=float)
-    print(text, flush=True)
-    if out_dir():
-        out_dir().mkdir(parents=True, exist_ok=True)
-        (out_dir() / "knitter_quality.json").write_text(text)
+    emit(result, "knitter_quality")
 
 
 def evaluate(args) -> dict:
@@ -88,7 +79,7 @@ def evaluate(args) -> dict:
                                             (999, 800, 600, 400, 200, 100, 50, 20, 0)
                                             if t < len(curve)},
                                "timesteps": model.make_sampler("rshortcut", S).timesteps}
-        emit(result)
+        progress(result)
         samplers.append((f"rshortcut{S}", dict(sampler="rshortcut", steps=S)))
 
     samples = {}
@@ -111,7 +102,7 @@ def evaluate(args) -> dict:
         samples[name] = sk
         result.setdefault("sampling", {})[name] = {"seconds": sec, "sketches_per_s": n / sec,
                                                    "mean_points": float(sk.lengths.mean())}
-        emit(result)
+        progress(result)
         if out_dir():
             save_grid(sk[np.arange(min(48, len(sk)))], out_dir() / f"knitter_{name}.png", cols=8)
     model.config = config
@@ -141,7 +132,7 @@ def main(argv=None):
     ap.add_argument("--target-on", default="x_t", choices=("x_t", "x0_hat"))
     ap.add_argument("--gs", action="store_true", help="also the Geometry Score (slow)")
     args = ap.parse_args(argv)
-    emit(evaluate(args))
+    progress(evaluate(args))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from report import emit  # noqa: E402  (benchmarks/report.py)
 from sketchlab.data import quickdraw as qd  # noqa: E402
 from sketchlab.data import strokes as S  # noqa: E402
 from sketchlab.data.strokes import rdp  # noqa: E402
@@ -90,11 +91,7 @@ def main() -> dict:
     else:
         result = {"benchmark": "quickdraw_io", "rdp": bench_rdp(), "load": bench_load(),
                   "import_spg20": bench_import()}
-    print(json.dumps(result, indent=1))
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "quickdraw_io.json"), "w") as fh:
-            json.dump(result, fh, indent=1)
-    return result
+    return emit(result, "quickdraw_io", indent=1)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ Prints one JSON object (sketches/s and ratios) and writes it to $OUT/raster.json
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -30,6 +29,7 @@ from PIL import Image, ImageDraw
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from report import emit  # noqa: E402  (benchmarks/report.py)
 from sketchlab.data.raster import rasterize, rasterize_torch  # noqa: E402
 from sketchlab.data.strokes import Sketches  # noqa: E402
 
@@ -181,11 +181,7 @@ def main() -> None:
         result["cuda_category_sketches_per_s"] = args.category / category_s
         result["cuda_peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
 
-    text = json.dumps(result, indent=2)
-    print(text)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"]).mkdir(parents=True, exist_ok=True)
-        (Path(os.environ["OUT"]) / "raster.json").write_text(text + "\n")
+    emit(result, "raster")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,11 @@
 Prints JSON (and writes `$OUT/rdp.json` when OUT is set): seconds for each and their ratio.
 """
 
-import json
-import os
 import time
 
 import numpy as np
 
+from report import emit
 from sketchlab.data.strokes import rdp, rdp_many
 
 
@@ -30,11 +29,7 @@ def main(n_lines: int = 3000) -> dict:
     result = {"benchmark": "rdp", "polylines": n_lines, "points": int(sum(map(len, lines))),
               "plain_s": round(t_plain, 4), "batched_s": round(t_fast, 4),
               "speedup": round(t_plain / t_fast, 2), "identical": same}
-    print(json.dumps(result))
-    if os.environ.get("OUT"):
-        with open(os.path.join(os.environ["OUT"], "rdp.json"), "w") as fh:
-            json.dump(result, fh)
-    return result
+    return emit(result, "rdp", indent=None)
 
 
 if __name__ == "__main__":

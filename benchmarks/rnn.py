@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -48,6 +47,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from report import save  # noqa: E402  (benchmarks/report.py)
 from sketchlab.nn import rnn as rnn_mod  # noqa: E402
 from sketchlab.nn.cudagraph import GraphedStep  # noqa: E402
 from sketchlab.nn.mixture import MixtureHead, mixture_nll, sample_step, split_params  # noqa: E402
@@ -182,15 +182,38 @@ def free(device):
 class Report:
     def __init__(self, meta):
         self.data = {**meta, "train": [], "sample": None}
-        out = os.environ.get("OUT")
-        self.path = Path(out) / "rnn.json" if out else None
 
     def save(self):
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.data, indent=1))
-            tmp.replace(self.path)
+        save(self.data, "rnn", indent=1)
+
+
+def time_variant(res: dict, label: str, variant: str, build, iters: int, warmup: int,
+                 device) -> float | None:
+    """Time one variant of a training step into `res` (its "ms", "peak_mem_gb", "capture_s" or
+    "errors"). `build()` makes the optimizer and step and returns (step_fn, what to keep alive);
+    for a "+graph" variant its time is the capture time. The step's loss must be finite.
+    Returns ms per step, or None after recording the error."""
+    cuda = device.type == "cuda"
+    try:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        fn, _alive = build()
+        if "+graph" in variant:
+            res.setdefault("capture_s", {})[variant] = round(time.perf_counter() - t0, 2)
+        ms = timed(fn, iters, warmup, device)
+        loss = fn().item()
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss}")
+        res["ms"][variant] = round(ms, 3)
+        if cuda:
+            res["peak_mem_gb"][variant] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        log(f"{label} {variant}: {ms:.2f} ms/step")
+        return ms
+    except Exception as e:
+        res["errors"][variant] = error_text(e)
+        log(f"{label} {variant} failed: {error_text(e)}")
+        return None
 
 
 def log(*a):
@@ -280,31 +303,17 @@ def bench_train(kind, hidden, args, device):
         if path == "cudnn":
             model.cell.recurrent_dropout_keep = 1.0  # cuDNN has no candidate dropout
         iters = args.ref_iters if path == "reference" else args.iters
-        opt = step = graphed = None
-        try:
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
+
+        def make_variant(graph=graph, path=path, bf16=bf16):
             opt = make_optimizer(model, device, capturable=graph)
             step = make_step(model, opt, path, bf16, device)
             if graph:
-                t0 = time.perf_counter()
                 graphed = GraphedStep(step, (strokes, z))
-                res.setdefault("capture_s", {})[variant] = round(time.perf_counter() - t0, 2)
-                fn = lambda: graphed(strokes, z)  # noqa: E731
-            else:
-                fn = lambda: step(strokes, z)  # noqa: E731
-            ms = timed(fn, iters, 1 if path == "reference" else args.warmup, device)
-            loss = fn().item()
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss}")
-            res["ms"][variant] = round(ms, 3)
-            if cuda:
-                res["peak_mem_gb"][variant] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-            log(f"{kind}-{hidden} {variant}: {ms:.2f} ms/step")
-        except Exception as e:
-            res["errors"][variant] = error_text(e)
-            log(f"{kind}-{hidden} {variant} failed: {error_text(e)}")
-        del opt, step, graphed
+                return (lambda: graphed(strokes, z)), (opt, graphed)
+            return (lambda: step(strokes, z)), opt
+
+        time_variant(res, f"{kind}-{hidden}", variant, make_variant, iters,
+                     1 if path == "reference" else args.warmup, device)
         torch.backends.cuda.matmul.allow_tf32 = tf32[0]
         model.zero_grad(set_to_none=True)
         free(device)

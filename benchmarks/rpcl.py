@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
 import tempfile
 import time
@@ -49,8 +47,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from rnn import compare, error_text, free, log, timed  # noqa: E402  (benchmarks/rnn.py)
+from rnn import compare, error_text, free, log, time_variant, timed  # noqa: E402  (benchmarks/rnn.py)
 
+from report import save as save_json  # noqa: E402  (benchmarks/report.py)
 from sketchlab.data.strokes import Sketches  # noqa: E402
 from sketchlab.models import get_model_class  # noqa: E402
 from sketchlab.nn import rnn as rnn_mod  # noqa: E402
@@ -237,34 +236,20 @@ def bench_model(name, args, device):
         reset()
         model.decoder.fast_path = "reference" if variant == "reference" else "bptt"
         iters = args.ref_iters if variant == "reference" else args.iters
-        opt = step = graphed = None
-        try:
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
+
+        def make_variant(graph=graph, bf16=bf16):
             opt = make_optimizer(model, device, capturable=graph)
-            step = make_step(model, opt, s, bf16, device)
             if graph:
-                t0 = time.perf_counter()
                 graphed = GraphedStep(graph_step(model, opt, s, device), graph_inputs(image_batch))
-                res.setdefault("capture_s", {})[variant] = round(time.perf_counter() - t0, 2)
-                fn = lambda: graphed(*graph_inputs(image_batch))  # noqa: E731
-            else:
-                fn = lambda: step(batch)  # noqa: E731   rasterises inside loss
-            ms = timed(fn, iters, 1 if variant == "reference" else args.warmup, device)
-            loss = fn().item()
-            if not math.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss}")
-            if graph:
-                res["ms"][variant + " (without raster)"] = round(ms, 3)
-                ms += res["raster_ms"]
-            res["ms"][variant] = round(ms, 3)
-            if cuda:
-                res["peak_mem_gb"][variant] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-            log(f"{name} {variant}: {ms:.2f} ms/step")
-        except Exception as e:
-            res["errors"][variant] = error_text(e)
-            log(f"{name} {variant} failed: {error_text(e)}")
-        opt = step = graphed = fn = None  # free the graph and the optimizer state
+                return (lambda: graphed(*graph_inputs(image_batch))), (opt, graphed)
+            step = make_step(model, opt, s, bf16, device)
+            return (lambda: step(batch)), opt   # rasterises inside loss
+
+        ms = time_variant(res, name, variant, make_variant, iters,
+                          1 if variant == "reference" else args.warmup, device)
+        if ms is not None and graph:   # the graph replays a pre-rasterised batch: add it back
+            res["ms"][variant + " (without raster)"] = round(ms, 3)
+            res["ms"][variant] = round(ms + res["raster_ms"], 3)
         model.zero_grad(set_to_none=True)
         free(device)
 
@@ -361,14 +346,9 @@ def main(argv=None):
               "args": vars(args), "results": [],
               "notes": "ms = one training step incl. on-device rasterisation. fp32 variants without TF32 "
                        "matmuls (PyTorch default; cuDNN convs use TF32). Parity checks with TF32 off."}
-    out_path = Path(os.environ["OUT"]) / "rpcl.json" if os.environ.get("OUT") else None
 
     def save():
-        if out_path is not None:
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(report, indent=1))
-            tmp.replace(out_path)
+        save_json(report, "rpcl", indent=1)
 
     t0 = time.perf_counter()
     for name in [m for m in args.models.split(",") if m]:
