@@ -33,6 +33,7 @@ run cut short keeps what it measured).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -187,6 +188,17 @@ class Report:
         save(self.data, "rnn", indent=1)
 
 
+@contextlib.contextmanager
+def without_tf32():
+    """fp32 matmuls and convolutions for parity checks (restores the previous flags)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def time_variant(res: dict, label: str, variant: str, build, iters: int, warmup: int,
                  device) -> float | None:
     """Time one variant of a training step into `res` (its "ms", "peak_mem_gb", "capture_s" or
@@ -241,23 +253,21 @@ def bench_train(kind, hidden, args, device):
         model.cell.recurrent_dropout_keep = args.keep
 
     # ---- parity on the device: fast vs reference, fp32 (no TF32), same dropout masks --------
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    tf32 = torch.backends.cuda.matmul.allow_tf32   # restored after each timed variant
     try:
-        ref = loss_and_grads(model, "reference", strokes, z, seed=1)
-        res["parity"]["bptt_vs_reference_fp32"] = compare(ref, loss_and_grads(model, "bptt", strokes, z, seed=1))
-        res["parity"]["bptt_bf16_vs_reference_fp32"] = compare(ref, loss_and_grads(model, "bptt", strokes, z, seed=1, bf16=True), norm=True)
-        if kind == "lstm":
-            model.cell.recurrent_dropout_keep = 1.0
-            ref1 = loss_and_grads(model, "reference", strokes, z, seed=1)
-            res["parity"]["cudnn_vs_reference_fp32_nodropout"] = compare(ref1, loss_and_grads(model, "cudnn", strokes, z, seed=1))
-            model.cell.recurrent_dropout_keep = args.keep
-        del ref
+        with without_tf32():
+            ref = loss_and_grads(model, "reference", strokes, z, seed=1)
+            res["parity"]["bptt_vs_reference_fp32"] = compare(ref, loss_and_grads(model, "bptt", strokes, z, seed=1))
+            res["parity"]["bptt_bf16_vs_reference_fp32"] = compare(ref, loss_and_grads(model, "bptt", strokes, z, seed=1, bf16=True), norm=True)
+            if kind == "lstm":
+                model.cell.recurrent_dropout_keep = 1.0
+                ref1 = loss_and_grads(model, "reference", strokes, z, seed=1)
+                res["parity"]["cudnn_vs_reference_fp32_nodropout"] = compare(ref1, loss_and_grads(model, "cudnn", strokes, z, seed=1))
+                model.cell.recurrent_dropout_keep = args.keep
+            del ref
     except Exception as e:
         res["errors"]["parity"] = error_text(e)
         log(traceback.format_exc())
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     model.zero_grad(set_to_none=True)
     free(device)
 
@@ -314,7 +324,7 @@ def bench_train(kind, hidden, args, device):
 
         time_variant(res, f"{kind}-{hidden}", variant, make_variant, iters,
                      1 if path == "reference" else args.warmup, device)
-        torch.backends.cuda.matmul.allow_tf32 = tf32[0]
+        torch.backends.cuda.matmul.allow_tf32 = tf32
         model.zero_grad(set_to_none=True)
         free(device)
     ref_ms = res["ms"].get("reference")

@@ -47,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
-from rnn import compare, error_text, free, log, time_variant, timed  # noqa: E402  (benchmarks/rnn.py)
+from rnn import compare, error_text, free, log, time_variant, timed, without_tf32  # noqa: E402  (benchmarks/rnn.py)
 
 from report import save as save_json  # noqa: E402  (benchmarks/report.py)
 from sketchlab.data.strokes import Sketches  # noqa: E402
@@ -171,22 +171,19 @@ def bench_model(name, args, device):
         model.decoder.recurrent_dropout_keep = 0.9
 
     # ---- parity (fp32 without TF32; same masks and noise) --------------------------------
-    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        model.decoder.fast_path = "reference"
-        ref = loss_and_grads(model, batch, s, seed=1)
-        model.decoder.fast_path = "bptt"
-        res["parity"]["bptt_vs_reference_fp32"] = compare(ref, loss_and_grads(model, batch, s, seed=1))
-        if cuda:
-            res["parity"]["bptt_bf16_vs_reference_fp32"] = compare(
-                ref, loss_and_grads(model, batch, s, seed=1, bf16=True), norm=True)
-        del ref
+        with without_tf32():
+            model.decoder.fast_path = "reference"
+            ref = loss_and_grads(model, batch, s, seed=1)
+            model.decoder.fast_path = "bptt"
+            res["parity"]["bptt_vs_reference_fp32"] = compare(ref, loss_and_grads(model, batch, s, seed=1))
+            if cuda:
+                res["parity"]["bptt_bf16_vs_reference_fp32"] = compare(
+                    ref, loss_and_grads(model, batch, s, seed=1, bf16=True), norm=True)
+            del ref
     except Exception as e:
         res["errors"]["parity"] = error_text(e)
         log(traceback.format_exc())
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     reset()
     model.zero_grad(set_to_none=True)
     free(device)
