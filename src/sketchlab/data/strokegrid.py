@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.strokes import Sketches, bounds
 from sketchlab.errors import DataError
 
 # The original assumes a 48-px canvas centred on the origin in `stroke_pbias` (utils.width).
@@ -86,10 +86,8 @@ def origin_bound(sketch: np.ndarray) -> float:
     (`seq2png.get_bounds`): the scale of the reorganisation noise."""
     if len(sketch) == 0:
         return 0.0
-    a = np.cumsum(sketch[:, :2].astype(np.float64), 0)
-    lo = np.minimum(a.min(0), 0.0)
-    hi = np.maximum(a.max(0), 0.0)
-    return float((hi - lo).max())
+    x0, x1, y0, y1 = bounds(sketch)
+    return max(x1 - x0, y1 - y0)
 
 
 def stroke_pbias(sketch: np.ndarray, scale_factor: float, rng: np.random.Generator,
@@ -106,9 +104,9 @@ def stroke_pbias(sketch: np.ndarray, scale_factor: float, rng: np.random.Generat
     (`low + (high - low) * U`, numpy's formula, whatever the order of the bounds)."""
     if len(sketch) == 0:
         return 0.0, 0.0
-    a = np.cumsum(sketch[:, :2].astype(np.float64), 0)
-    lo = np.minimum(a.min(0), 0.0) * scale_factor + canvas / 2
-    hi = np.maximum(a.max(0), 0.0) * scale_factor + canvas / 2
+    x0, x1, y0, y1 = bounds(sketch)
+    lo = np.array([x0, y0]) * scale_factor + canvas / 2
+    hi = np.array([x1, y1]) * scale_factor + canvas / 2
     low, high = -0.8 * lo, 0.8 * (canvas - hi)
     u = rng.random(2)
     bias = low + (high - low) * u
