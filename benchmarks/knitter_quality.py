@@ -51,7 +51,9 @@ def evaluate(args) -> dict:
     reference = type(model).filter_sketches(model.config, reference)
     cat = reference.category_names[0]
     n = args.n or len(reference)
-    result = {"category": cat, "run": str(run), "n_samples": n, "reference": len(reference)}
+    result = {"category": cat, "run": str(run), "n_samples": n, "reference": len(reference),
+              "reference_mean_abs_offset": float(np.abs(reference.points[:, :2]).mean()
+                                                 * reference.scale_factor)}
 
     judge = None
     T = model.diffusion.num_timesteps
@@ -96,12 +98,15 @@ def evaluate(args) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         sec = time.perf_counter() - t
+        # DDIM's overshoot shows here first: mean |dx, dy| against the reference's (raw units)
+        abs_offset = float(np.abs(sk.points[:, :2]).mean() * sk.scale_factor)
         sk = to_raw_units(sk)
         sk.category = np.zeros(len(sk), np.int64)
         sk.category_names = (cat,)
         samples[name] = sk
         result.setdefault("sampling", {})[name] = {"seconds": sec, "sketches_per_s": n / sec,
-                                                   "mean_points": float(sk.lengths.mean())}
+                                                   "mean_points": float(sk.lengths.mean()),
+                                                   "mean_abs_offset": abs_offset}
         progress(result)
         if out_dir():
             save_grid(sk[np.arange(min(48, len(sk)))], out_dir() / f"knitter_{name}.png", cols=8)
