@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from report import emit  # noqa: E402  (benchmarks/report.py)
-from sketchlab.data.strokes import Sketches  # noqa: E402
+from sketchlab.data.sketches import Sketches  # noqa: E402
+from sketchlab.data.sketches import Sketches
 from sketchlab.eval import classifier as C  # noqa: E402
 from sketchlab.eval import evaluate as E  # noqa: E402
 from sketchlab.eval import metrics as M  # noqa: E402

@@ -73,7 +73,7 @@ def main(argv=None):
     ap.add_argument("--hparams", default=None, help="extra --hparams for `sketchlab train`")
     ap.add_argument("--rec", action="store_true", help="also train a Sketch-a-Net and run `sketchlab evaluate`")
     args = ap.parse_args(argv)
-    for module in ("sketchlab.latent.commands",):
+    for module in ("sketchlab.cli.latent",):
         if module not in CLI_MODULES:   # until the lead lists it
             CLI_MODULES.append(module)
     out = Path(args.out)
@@ -107,12 +107,11 @@ def main(argv=None):
         shutil.copy(run / "loss.png", out / f"{name}_loss.png")
 
     from sketchlab.errors import ConfigError
-    from sketchlab.latent.codes import encode_sketches
-    from sketchlab.latent.commands import latent_map
+        from sketchlab.latent.maps import latent_map
     from sketchlab.render import save_grid
     from sketchlab.train import checkpoint as ckpt
-    from sketchlab.train.commands import load_references, to_raw_units
-    from sketchlab.train.trainer import pick_device
+    from sketchlab import runs
+    from sketchlab.nn.device import pick_device
 
     rows = list(csv.DictReader(open(run / "log.csv")))
     valid_rows = [r for r in rows if r.get("valid_recon")]
@@ -125,8 +124,8 @@ def main(argv=None):
                                   for r in valid_rows][-8:],
                    last_train_terms={k: float(v) for k, v in train_rows[-1].items() if v} if train_rows else {})
     device = pick_device(None)
-    model = ckpt.load_model(run, device=device, which="best")
-    info = ckpt.read_run_config(run)
+    opened = runs.open_run(run, device=device, which="best")
+    model, info = opened.model, opened.info
     summary["max_seq_len"] = model.config.max_seq_len
     summary["n_alive"] = int(model.n_alive())
     summary["prior_weights"] = [round(float(w), 5) for w in model.prior_weights()]
@@ -134,7 +133,7 @@ def main(argv=None):
         summary["n_alive_units"] = int(model.n_alive_units())
 
     # ---- validation terms of the best checkpoint (eval mode, z = mu) -----------------------------
-    valid = load_references("valid", run, model, info)
+    valid = runs.load_references("valid", opened)
     rng = np.random.default_rng(0)
     sums, count = {}, 0
     with torch.no_grad():
@@ -146,7 +145,7 @@ def main(argv=None):
     summary["valid_best_checkpoint"] = {k: round(v / count, 4) for k, v in sums.items()}
 
     # ---- conditional samples on the test split ------------------------------------------------
-    test = load_references("test", run, model, info)
+    test = runs.load_references("test", opened)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     model.generate(references=test[np.arange(8)], seed=1)        # warm-up (graph capture)
     sync()
@@ -158,7 +157,7 @@ def main(argv=None):
                            "empty": int((samples.lengths == 0).sum()),
                            "mean_length": round(float(samples.lengths.mean()), 1)}
     samples.save(run / "test_samples.npz")
-    queries = encode_sketches(model, samples)
+    queries = model.encode_sketches(samples)
     summary["ret"] = retrieval(torch.from_numpy(samples.z).to(queries.device), queries)
     pick = np.concatenate([np.nonzero(test.category == c)[0][:6] for c in np.unique(test.category)])
     refs, gen = test.select(pick), samples.select(pick)
@@ -193,7 +192,7 @@ def main(argv=None):
             if not (clf / "config.json").is_file():
                 assert cli(["classifier", "train", "--data-dir", str(data), "--categories", CATEGORIES,
                             "--out", str(clf), "--epochs", "10", "--quiet"]) == 0
-            to_raw_units(samples).save(run / "test_samples_raw.npz")   # evaluate reads raw units
+            samples.in_units(1.0).save(run / "test_samples_raw.npz")   # evaluate reads raw units
             assert cli(["evaluate", str(run / "test_samples_raw.npz"), "--run", str(run), "--classifier", str(clf),
                         "--data-dir", str(data), "--out", str(run / "metrics.json"), "--no-gs", "--quiet"]) == 0
             summary["evaluate"] = json.loads((run / "metrics.json").read_text())

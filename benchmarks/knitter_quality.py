@@ -28,11 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from report import emit, out_dir  # noqa: E402  (benchmarks/report.py)
 from sketchlab.data.sources import load_splits  # noqa: E402
-from sketchlab.data.strokes import Sketches  # noqa: E402
+from sketchlab.data.sketches import Sketches  # noqa: E402
+from sketchlab.data.sketches import Sketches
 from sketchlab.models.sketchknitter import calibrate_shortcut, classifier_score_fn  # noqa: E402
 from sketchlab.render import save_grid  # noqa: E402
 from sketchlab.train import checkpoint as ckpt  # noqa: E402
-from sketchlab.train.commands import to_raw_units  # noqa: E402
+from sketchlab.runs import load_model  # noqa: E402
 
 
 def progress(result: dict) -> None:
@@ -44,7 +45,7 @@ def evaluate(args) -> dict:
     device = torch.device(args.device)
     run = Path(args.run)
     info = ckpt.read_run_config(run, expect_model="sketchknitter")
-    model = ckpt.load_model(run, device=device)
+    model = load_model(run, device=device)
     raw = load_splits(info.get("data_dir"), info.get("categories") or None,
                       limit_per_category=info.get("limit_per_category"))
     reference = raw["test"] if not args.with_valid else Sketches.concat([raw["test"], raw["valid"]])
@@ -100,7 +101,7 @@ def evaluate(args) -> dict:
         sec = time.perf_counter() - t
         # DDIM's overshoot shows here first: mean |dx, dy| against the reference's (raw units)
         abs_offset = float(np.abs(sk.points[:, :2]).mean() * sk.scale_factor)
-        sk = to_raw_units(sk)
+        sk = sk.in_units(1.0)
         sk.category = np.zeros(len(sk), np.int64)
         sk.category_names = (cat,)
         samples[name] = sk

@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from sketchlab.data.sources import load_splits  # noqa: E402
-from sketchlab.data.strokes import Sketches  # noqa: E402
+from sketchlab.data.sketches import Sketches  # noqa: E402
+from sketchlab.data.sketches import Sketches
 from sketchlab.models import get_model_class  # noqa: E402
 from sketchlab.render import save_grid  # noqa: E402
 from sketchlab.train.trainer import Trainer, prepare_data  # noqa: E402

@@ -31,7 +31,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from report import emit  # noqa: E402  (benchmarks/report.py)
 from sketchlab.data.raster import rasterize, rasterize_torch  # noqa: E402
-from sketchlab.data.strokes import Sketches  # noqa: E402
+from sketchlab.data.sketches import Sketches  # noqa: E402
+from sketchlab.data.sketches import Sketches
 
 # Like tests/conftest.py: SKETCHLAB_SHARED_DATA, else shared/data beside (or inside) the repo.
 SHARED_CANDIDATES = [Path(p) for p in (os.environ.get("SKETCHLAB_SHARED_DATA"),) if p] + [

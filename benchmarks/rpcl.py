@@ -50,7 +50,8 @@ sys.path.insert(0, str(HERE))
 from rnn import compare, error_text, free, log, time_variant, timed, without_tf32  # noqa: E402  (benchmarks/rnn.py)
 
 from report import save as save_json  # noqa: E402  (benchmarks/report.py)
-from sketchlab.data.strokes import Sketches  # noqa: E402
+from sketchlab.data.sketches import Sketches  # noqa: E402
+from sketchlab.data.sketches import Sketches
 from sketchlab.models import get_model_class  # noqa: E402
 from sketchlab.nn import rnn as rnn_mod  # noqa: E402
 from sketchlab.nn.cudagraph import GraphedStep  # noqa: E402

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import raster_standin
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import CheckpointError, ConfigError, DataError
 from sketchlab.eval import classifier as C
 

@@ -2,30 +2,32 @@
 commands, on tiny synthetic data."""
 
 import argparse
+import itertools
 import importlib.util
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
 import torch
 
 import raster_standin
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.quickdraw import save_sketchrnn_npz
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import CheckpointError, DataError
 from sketchlab.eval import classifier as C
-from sketchlab.eval import commands
+from sketchlab.cli import evaluate as commands
 from sketchlab.eval import evaluate as E
 
 raster_standin.install()
 
 CATS = ("square", "zigzag")
 SPLITS = {"train": 6, "valid": 5, "test": 5}
+SIZES = itertools.count(5)
 
 
 def make_sketch(cat: str, rng) -> np.ndarray:
-    s = rng.uniform(5, 20)
+    # Integer offsets (sketch-rnn files store int16); distinct sizes keep every sketch distinct.
+    s = float(next(SIZES))
     if cat == "square":
         return np.array([[0, 0, 0], [s, 0, 0], [0, s, 0], [-s, 0, 0], [0, -s, 1]], np.float32)
     rows = [[0, 0, 0]] + [[4.0, s if i % 2 == 0 else -s, 0] for i in range(int(rng.integers(4, 8)))]
@@ -34,36 +36,14 @@ def make_sketch(cat: str, rng) -> np.ndarray:
 
 
 @pytest.fixture
-def data_dir(tmp_path, monkeypatch):
-    """Per-split Sketches files plus a stand-in `sketchlab.data.quickdraw.load_categories` with
-    the fixed interface (dict split -> Sketches, category-major)."""
+def data_dir(tmp_path):
+    """One sketch-rnn npz per category (train/valid/test), as `sketchlab data import` writes."""
     rng = np.random.default_rng(1)
     root = tmp_path / "data"
     root.mkdir()
-    for split, n in SPLITS.items():
-        sk = [make_sketch(c, rng) for c in CATS for _ in range(n)]
-        cat = [i for i in range(len(CATS)) for _ in range(n)]
-        Sketches.from_list(sk, category=cat, category_names=CATS).save(root / f"{split}.npz")
-
-    def load_categories(data_dir, categories, splits, limit_per_category=None):
-        out = {}
-        for split in splits:
-            path = root / f"{split}.npz"
-            if not path.exists():
-                raise DataError(f"{data_dir}: no split {split}")
-            sk = Sketches.load(path)
-            idx = []
-            for c in categories:
-                if c not in sk.category_names:
-                    raise DataError(f"{data_dir}: unknown category {c}")
-                found = np.nonzero(sk.category == sk.category_names.index(c))[0]
-                idx.extend(found[:limit_per_category])
-            out[split] = sk.select(idx)
-        return out
-
-    fake = types.ModuleType("sketchlab.data.quickdraw")
-    fake.load_categories = load_categories
-    monkeypatch.setitem(sys.modules, "sketchlab.data.quickdraw", fake)
+    for c in CATS:
+        save_sketchrnn_npz(root / f"{c}.npz", {split: [make_sketch(c, rng) for _ in range(n)]
+                                               for split, n in SPLITS.items()})
     return root
 
 
@@ -101,7 +81,7 @@ def test_load_split_counts_and_order(data_dir):
     assert sk.category_names == ("zigzag", "square")
     assert sk.category.tolist() == [0, 0, 1, 1, 1]
     assert len(E.load_split(data_dir, list(CATS), "valid")) == 10
-    with pytest.raises(DataError, match="unknown category"):
+    with pytest.raises(DataError, match="no cat.npz"):
         E.load_split(data_dir, ["cat"], "test")
 
 

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sketchlab.errors import ConfigError
-from sketchlab.latent.gmm import (
+from sketchlab.nn.priors import (
     GMMPrior,
     GMMState,
     HierarchicalPrior,

@@ -500,7 +500,7 @@ def test_describe_npz_matches_hand_computed_numbers(data_dir):
 
 
 def _run_cli(monkeypatch, capsys, *argv):
-    monkeypatch.setattr(cli, "CLI_MODULES", ["sketchlab.data.commands"])
+    monkeypatch.setattr(cli, "CLI_MODULES", ["sketchlab.cli.data"])
     code = cli.main(list(argv))
     out, err = capsys.readouterr()
     return code, out, err

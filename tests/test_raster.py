@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sketchlab.data.raster import rasterize, rasterize_torch
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
 
 LINE = np.array([[0, 0, 0], [10, 0, 1]], np.float32)  # one horizontal segment

@@ -7,9 +7,10 @@ from PIL import Image, ImageColor
 
 from sketchlab import cli
 from sketchlab.data import synthetic
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
-from sketchlab.render import commands, layout, png, save_grid, svg
+from sketchlab.render import layout, png, save_grid, svg
+from sketchlab.data.sources import load_sketch_file
 
 SVG_NS = "{http://www.w3.org/2000/svg}"
 
@@ -158,7 +159,7 @@ def test_nice_ticks():
 
 @pytest.fixture
 def run_cli(monkeypatch):
-    monkeypatch.setattr(cli, "CLI_MODULES", ["sketchlab.render.commands"])
+    monkeypatch.setattr(cli, "CLI_MODULES", ["sketchlab.cli.render"])
     return lambda *argv: cli.main([str(a) for a in argv])
 
 
@@ -205,15 +206,9 @@ def test_cli_refuses_pickles_in_a_sketches_file(run_cli, tmp_path, capsys):
     assert "bad.npz" in capsys.readouterr().err
 
 
-def test_cli_reads_sketchrnn_npz_through_the_safe_loader(run_cli, tmp_path, monkeypatch, capsys):
+def test_cli_reads_sketchrnn_npz_through_the_safe_loader(run_cli, tmp_path, monkeypatch):
     (path,) = synthetic.write_npz_dataset(tmp_path / "data", 10, categories=["fish"])
-    # without the data module the error says what is missing
-    monkeypatch.setitem(sys.modules, "sketchlab.data.quickdraw", None)
-    assert run_cli("render", path, "--out", tmp_path / "x.png", "--split", "valid") == 2
-    assert "needs sketchlab.data.quickdraw" in capsys.readouterr().err
-    monkeypatch.undo()
-    pytest.importorskip("sketchlab.data.quickdraw")
-    monkeypatch.setattr(cli, "CLI_MODULES", ["sketchlab.render.commands"])
+    monkeypatch.setattr(cli, "CLI_MODULES", ["sketchlab.cli.render"])
     assert run_cli("render", path, "--out", tmp_path / "v.svg", "--split", "valid") == 0
     root = ET.parse(tmp_path / "v.svg").getroot()
     expected = synthetic.make_doodles(1, ["fish"], 0, "valid")
@@ -223,5 +218,5 @@ def test_cli_reads_sketchrnn_npz_through_the_safe_loader(run_cli, tmp_path, monk
 
 def test_load_sketches_split_rules(sketch_file):
     with pytest.raises(ConfigError, match="drop --split"):
-        commands.load_sketches(sketch_file, "train")
-    assert len(commands.load_sketches(sketch_file)) == 4 * len(synthetic.CATEGORIES)
+        load_sketch_file(sketch_file, "train")
+    assert len(load_sketch_file(sketch_file)) == 4 * len(synthetic.CATEGORIES)

@@ -11,16 +11,17 @@ import torch
 from sketchlab.data import strokes as S
 from sketchlab.data.image_aug import area_resize
 from sketchlab.data.raster import rasterize
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.sketches import Sketches
 from sketchlab.data.synthetic import make_doodle_splits, make_doodles
 from sketchlab.errors import CheckpointError, ConfigError, DataError
-from sketchlab.latent.codes import encode_sketches, label_agreement
-from sketchlab.latent.gmm import alpha_kl, gaussian_kl, gmm_update, hierarchy_update, structural_kl
+from sketchlab.latent.codes import label_agreement
+from sketchlab.nn.priors import alpha_kl, gaussian_kl, gmm_update, hierarchy_update, structural_kl
 from sketchlab.models.rpcl_pix2seq import Config as PConfig
 from sketchlab.models.rpcl_pix2seq import RPCLPix2Seq
 from sketchlab.models.rpcl_pix2seqh import Config as HConfig
 from sketchlab.models.rpcl_pix2seqh import RPCLPix2SeqH
 from sketchlab.nn.mixture import mixture_loss_terms
+from sketchlab.runs import load_model
 from sketchlab.train import checkpoint as ckpt
 from sketchlab.train.trainer import Trainer, prepare_data
 
@@ -322,7 +323,7 @@ def test_sketch_rnn_checkpoint_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="sketch-rnn"):
         ckpt.load_weights(tmp_path / "run" / "model.safetensors", model, "rpcl-pix2seq")
     with pytest.raises(CheckpointError, match="sketch-rnn"):
-        ckpt.load_model(tmp_path / "run", expect_model="rpcl-pix2seq")
+        load_model(tmp_path / "run", expect_model="rpcl-pix2seq")
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,7 +337,7 @@ def test_generate_conditional_prior_and_component(doodles, cls, cfg, tiny):
     m.scale_factor = doodles.scale_factor
     label = "component" if cls is RPCLPix2Seq else "level_k"
     cond = m.generate(references=doodles, seed=0)
-    z = encode_sketches(m, doodles)
+    z = m.encode_sketches(doodles)
     assert len(cond) == len(doodles) and np.allclose(cond.z, z.numpy(), atol=1e-6)
     assert np.array_equal(cond.component, m.latent_labels(z)[label])
     assert np.array_equal(cond.category, doodles.category) and cond.category_names == doodles.category_names
@@ -395,7 +396,7 @@ def test_label_agreement_by_hand():
 def test_latent_tools_for_rpcl_and_sketch_rnn(tmp_path, doodles):
     from PIL import Image
 
-    from sketchlab.latent.commands import analogy_strip, interpolation_strip, latent_map
+    from sketchlab.latent.maps import analogy_strip, interpolation_strip, latent_map
     from sketchlab.models.sketch_rnn import Config as SConfig
     from sketchlab.models.sketch_rnn import SketchRNN
 
@@ -410,7 +411,7 @@ def test_latent_tools_for_rpcl_and_sketch_rnn(tmp_path, doodles):
     assert len(out) == 3 and "<svg" in (tmp_path / "strip.svg").read_text()
     out = analogy_strip(rpcl, doodles, 0, 1, 5, tmp_path / "analogy.png", samples=2)
     assert len(out) == 2 and (tmp_path / "analogy.png").is_file()
-    z = encode_sketches(rpcl, doodles[[0, 1, 5]])
+    z = rpcl.encode_sketches(doodles[[0, 1, 5]])
     assert np.allclose(out.z[0], (z[2] + z[1] - z[0]).numpy(), atol=1e-5)
     with pytest.raises(ConfigError):
         interpolation_strip(srnn, doodles, 0, 99, tmp_path / "x.png")
@@ -427,8 +428,8 @@ def test_cli_train_sample_and_latent_tools(tmp_path, model):
     import sketchlab.cli as cli
     from sketchlab.cli import main
 
-    if "sketchlab.latent.commands" not in cli.CLI_MODULES:   # until the lead lists it
-        cli.CLI_MODULES.append("sketchlab.latent.commands")
+    if "sketchlab.cli.latent" not in cli.CLI_MODULES:   # until the lead lists it
+        cli.CLI_MODULES.append("sketchlab.cli.latent")
     run = tmp_path / "run"
     hp = "dec_model=lstm,dec_rnn_size=16,z_size=8,batch_size=8,max_valid_batches=1," + (
         "num_mixture=2,num_sub=2" if model == "rpcl-pix2seq" else "num_layer_j=4,num_layer_i=4")

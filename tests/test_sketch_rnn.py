@@ -9,10 +9,10 @@ import torch
 from sketchlab.cli import main
 from sketchlab.config import apply_hparams
 from sketchlab.data.sources import load_splits
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import CheckpointError, ConfigError
 from sketchlab.models.sketch_rnn import Config, SketchRNN, last_valid, reverse_padded
-from sketchlab.train.checkpoint import load_model
+from sketchlab.runs import load_model
 from sketchlab.train.trainer import Trainer, prepare_data
 
 TINY = "enc_rnn_size=8,dec_rnn_size=16,z_size=4,max_seq_len=40,batch_size=8,eval_every=0"

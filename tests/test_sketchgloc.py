@@ -11,7 +11,7 @@ import torch
 
 from sketchlab.data import strokegrid as G
 from sketchlab.data import strokes as S
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.sketches import Sketches
 from sketchlab.data.synthetic import make_doodle_splits
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.models.sketchgloc import Config, SketchGloc, demo_config, root_config
@@ -483,7 +483,7 @@ def test_generate_heals_references_and_returns_offsets():
 
 def test_cli_train_sample_heal_and_retrieval_hooks(tmp_path):
     from sketchlab.cli import main
-    from sketchlab.train.checkpoint import load_model
+    from sketchlab.runs import load_model
 
     run = tmp_path / "run"
     hp = "enc_rnn_size=8,dec_model=hyper,dec_rnn_size=16,hyper_num_units=8,hyper_embedding_size=4," \
@@ -506,7 +506,7 @@ def test_cli_train_sample_heal_and_retrieval_hooks(tmp_path):
     model = load_model(run)
     assert isinstance(model, SketchGloc) and model.config.max_stroke_len == c["max_stroke_len"]
     # the evaluation suite's hooks: conditional samples carry their gallery code, Ret runs
-    from sketchlab.eval.evaluate import model_run_hooks
+    from sketchlab.runs import model_run_hooks
     from sketchlab.eval.metrics import retrieval_metrics
 
     hooks = model_run_hooks(run)

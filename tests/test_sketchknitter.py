@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from sketchlab.data.corrupt import deform, drop_strokes, mask_patches, mask_points, remove_points
-from sketchlab.data.strokes import Sketches, to_absolute
+from sketchlab.data.strokes import to_absolute
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.models.sketchknitter import (
     Config, SketchKnitter, calibrate_shortcut, config_from_original, decode_pen,

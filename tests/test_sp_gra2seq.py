@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from sketchlab.data import strokes as S
 from sketchlab.data.patches import (PatchGeometry, SeedStream, make_graph, node_mask, plan_batch,
                                     plan_sketch, render_nodes)
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.sketches import Sketches
 from sketchlab.data.synthetic import make_doodles
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.models.sp_gra2seq import Config, SPGra2Seq, all_column_std, demo_config, zero_extent
@@ -513,7 +513,7 @@ def test_cli_train_and_sample(tmp_path):
     assert main(["sample", str(run), "--out", str(tmp_path / "u.npz"), "--n", "2",
                  "--device", "cpu"]) == 2          # no prior: a clear error
     # the evaluation suite's hooks (Ret needs encode; samples come back in raw units)
-    from sketchlab.eval.evaluate import model_run_hooks
+    from sketchlab.runs import model_run_hooks
 
     hooks = model_run_hooks(run, device="cpu")
     refs = make_doodles(2, ["fish"], seed=5)

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from sketchlab.data import strokes as S
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import DataError
 
 SQUARE = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [-10, 0, 0], [0, -10, 1],
@@ -102,7 +103,7 @@ def test_random_scale_range(rng):
 
 
 def test_sketches_roundtrip(tmp_path):
-    sk = S.Sketches.from_list([SQUARE, SQUARE[:3]], category=np.array([1, 0]),
+    sk = Sketches.from_list([SQUARE, SQUARE[:3]], category=np.array([1, 0]),
                               category_names=("cat", "dog"), scale_factor=2.5)
     sk.z = np.ones((2, 4), np.float32)
     assert len(sk) == 2 and sk.lengths.tolist() == [7, 3]
@@ -113,10 +114,10 @@ def test_sketches_roundtrip(tmp_path):
     sk.save(path)
     with np.load(path, allow_pickle=False) as f:   # pickle-free on disk
         assert "points" in f.files
-    back = S.Sketches.load(path)
+    back = Sketches.load(path)
     assert back.category_names == ("cat", "dog") and back.scale_factor == 2.5
     assert np.allclose(back.points, sk.points) and back.category.tolist() == [1, 0]
-    both = S.Sketches.concat([sk, S.Sketches.from_list([SQUARE], category=0, category_names=("dog",),
+    both = Sketches.concat([sk, Sketches.from_list([SQUARE], category=0, category_names=("dog",),
                                                         scale_factor=2.5)])
     assert both.category.tolist() == [1, 0, 1]   # 'dog' remapped onto the union
 
@@ -125,7 +126,7 @@ def test_sketches_load_rejects_garbage(tmp_path):
     p = tmp_path / "bad.npz"
     p.write_bytes(b"not a zip")
     with pytest.raises(DataError, match="bad.npz"):
-        S.Sketches.load(p)
+        Sketches.load(p)
 
 
 @pytest.mark.parametrize("bad, msg", [
@@ -142,7 +143,7 @@ def test_validate_stroke3(bad, msg):
 
 
 def test_in_units_converts_between_raw_and_normalised():
-    raw = S.Sketches.from_list([np.array([[4.0, -2.0, 0], [6.0, 8.0, 1]], np.float32)],
+    raw = Sketches.from_list([np.array([[4.0, -2.0, 0], [6.0, 8.0, 1]], np.float32)],
                                category=0, category_names=("cat",))
     norm = raw.in_units(2.0)
     np.testing.assert_allclose(norm.points, [[2.0, -1.0, 0], [3.0, 4.0, 1]])
@@ -153,7 +154,7 @@ def test_in_units_converts_between_raw_and_normalised():
 
 
 def test_an_empty_selection_keeps_codes_and_labels():
-    s = S.Sketches.from_list([np.zeros((0, 3), np.float32), np.ones((2, 3), np.float32)])
+    s = Sketches.from_list([np.zeros((0, 3), np.float32), np.ones((2, 3), np.float32)])
     s.z, s.component = np.arange(8, dtype=np.float32).reshape(2, 4), np.array([3, 1])
     none = s.select([])
     assert len(none) == 0 and none.z.shape == (0, 4) and none.component.shape == (0,)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from sketchlab.data import synthetic as Y
-from sketchlab.data.strokes import Sketches, to_absolute, validate_stroke3
+from sketchlab.data.strokes import to_absolute, validate_stroke3
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError
 
 

@@ -10,7 +10,7 @@ import torch
 
 from sketchlab.config import TrainingConfig
 from sketchlab.data import strokes as S
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import CheckpointError
 from sketchlab.models.base import SketchModel
 from sketchlab.train import checkpoint as ckpt

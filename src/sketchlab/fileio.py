@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb"):
@@ -19,7 +21,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb"):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, mode) as fh:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -30,9 +32,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb"):
         raise
 
 
-def atomic_write(path: str | os.PathLike, write) -> None:
+def atomic_write(path: str | os.PathLike, write, mode: str = "wb") -> None:
     """Call `write(fileobj)` on a temp file beside `path`, then rename it over `path`."""
-    with atomic_open(path, "wb") as fh:
+    with atomic_open(path, mode) as fh:
         write(fh)
 
 
@@ -46,3 +48,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def atomic_savez(path: str | os.PathLike, **arrays) -> None:
+    """`np.savez` written atomically: never a torn file."""
+    atomic_write(path, lambda fh: np.savez(fh, **arrays))

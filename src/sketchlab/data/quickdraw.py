@@ -53,7 +53,8 @@ from tqdm import tqdm
 
 from sketchlab.data.quickdraw_categories import QUICKDRAW_CATEGORIES
 from sketchlab.data import strokes as S
-from sketchlab.data.strokes import Sketches, clip_offsets, from_polylines, scale_factor
+from sketchlab.data.strokes import clip_offsets, from_polylines, scale_factor
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.fileio import atomic_open
 

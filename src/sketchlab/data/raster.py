@@ -53,7 +53,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
 
 # Segments shorter than this (pixels) are dropped: with butt caps a zero-length segment draws

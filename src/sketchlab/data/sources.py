@@ -1,10 +1,12 @@
-"""Where training data comes from: a folder of sketch-rnn npz files, or the built-in doodles."""
+"""Where sketches come from: a folder of sketch-rnn npz files, the built-in doodles, or one file."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.quickdraw import SPLITS, load_categories, load_npz, npz_keys
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
 
 BUILTIN = "builtin"
@@ -41,8 +43,6 @@ def load_splits(data_dir: str | Path | None, categories: list[str] | None = None
         n_eval = max(10, n_train // 10)
         return make_doodle_splits(n_train=n_train, n_valid=n_eval, n_test=n_eval,
                                   categories=cats, seed=seed)
-    from sketchlab.data.quickdraw import load_categories
-
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"--data-dir {data_dir}: no such folder")
@@ -51,3 +51,25 @@ def load_splits(data_dir: str | Path | None, categories: list[str] | None = None
         raise ConfigError(f"--categories is required with --data-dir; {data_dir} holds: "
                           f"{', '.join(found) if found else 'no .npz files'}")
     return load_categories(data_dir, categories, limit_per_category=limit_per_category)
+
+
+def load_sketch_file(path: str | os.PathLike, split: str | None = None) -> Sketches:
+    """Sketches in raw data units from a sketchlab Sketches npz (what `sketchlab sample` writes)
+    or from one split (default `test`) of a sketch-rnn npz. Nothing is unpickled blindly."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; give one .npz file")
+    keys = npz_keys(path)
+    if "points" in keys and "offsets" in keys:
+        if split is not None:
+            raise ConfigError(f"{path}: a sketchlab Sketches file has no splits; drop --split")
+        return Sketches.load(path).in_units(1.0)
+    if not any(k in keys for k in SPLITS):
+        raise DataError(f"{path}: neither a sketchlab Sketches file (points/offsets) nor a "
+                        f"sketch-rnn npz (train/valid/test); it holds {keys}")
+    split = split or "test"
+    if split not in keys:
+        raise DataError(f"{path}: no split '{split}'; the file holds {keys}")
+    return load_npz(path, (split,))[split]

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sketchlab.data.strokes import Sketches, bounds
+from sketchlab.data.strokes import bounds
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import DataError
 
 # The original assumes a 48-px canvas centred on the origin in `stroke_pbias` (utils.width).

@@ -41,7 +41,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sketchlab.data.quickdraw import save_sketchrnn_npz
-from sketchlab.data.strokes import Sketches, rdp_mask
+from sketchlab.data.strokes import rdp_mask
+from sketchlab.data.sketches import Sketches
 from sketchlab.fileio import atomic_write_text
 from sketchlab.errors import ConfigError
 

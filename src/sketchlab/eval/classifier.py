@@ -39,8 +39,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sketchlab import __version__
-from sketchlab.data.strokes import Sketches, augment_strokes, random_scale
+from sketchlab.data.strokes import augment_strokes, random_scale
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import CheckpointError, ConfigError, DataError
+from sketchlab.nn.device import pick_device
 from sketchlab.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 MODEL_NAME = "sketch-a-net"
@@ -377,17 +379,8 @@ def load_classifier(run_dir: str | os.PathLike, device=None,
         model.load_state_dict(load_file(str(weights)))
     except (SafetensorError, RuntimeError, OSError) as e:
         raise CheckpointError(f"{weights}: does not hold this Sketch-a-Net's weights ({e})") from e
-    device = torch.device(device) if device is not None else default_device()
+    device = torch.device(device) if device is not None else pick_device()
     return SketchANetFeatures(model, config, device, batch_size, run_dir)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-# ------------------------------------------------------------------------------------------------
-# Training
-# ------------------------------------------------------------------------------------------------
 
 
 def _augment(sketch: np.ndarray, tc: TrainConfig, rng: np.random.Generator) -> np.ndarray:
@@ -417,7 +410,7 @@ def train_classifier(train: Sketches, valid: Sketches, out_dir: str | os.PathLik
     out_dir = Path(out_dir)
     if (out_dir / "config.json").exists():
         _refuse_other_model(out_dir, _read_config(out_dir))
-    device = torch.device(device) if device is not None else default_device()
+    device = torch.device(device) if device is not None else pick_device()
     y_train = category_labels(train, config.categories, "training set")
     y_valid = category_labels(valid, config.categories, "validation set")
     if len(train) == 0 or len(valid) == 0:

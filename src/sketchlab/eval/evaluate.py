@@ -26,7 +26,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.quickdraw import load_categories
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.eval import metrics as M
 from sketchlab.eval.classifier import FeatureExtractor, SketchANetFeatures
@@ -75,7 +76,6 @@ def load_split(data_dir: str | Path, categories: Sequence[str], split: str,
 
     `per_category` caps each category's count (an int for all, or a count per category name).
     """
-    from sketchlab.data.quickdraw import load_categories  # lazily: a sibling module
 
     counts = per_category if isinstance(per_category, dict) else {c: per_category for c in categories}
     limit = None if any(v is None for v in counts.values()) else max(counts.values(), default=0)
@@ -247,40 +247,6 @@ def compare_runs(runs: Sequence[str | Path], load_hooks: Callable[[Path], RunHoo
             retrieval[hooks.name] = (np.asarray(gallery), np.asarray(hooks.encode(generated)))
         samples[hooks.name] = generated
     return evaluate_sets(samples, reference, classifier, retrieval=retrieval, **kw)
-
-
-def model_run_hooks(run_dir: Path, device=None, temperature: float | None = None,
-                    batch_size: int = 100, seed: int = 0) -> RunHooks:
-    """RunHooks for a sketchlab model run: conditional generation and `Model.encode`.
-
-    `temperature` None samples each model at its own configured temperature (the original's).
-    References arrive in raw data units; the model works in units of its training scale factor.
-    """
-    import torch
-
-    from sketchlab.train.checkpoint import load_model
-    from sketchlab.train.commands import to_raw_units
-
-    model = load_model(run_dir, device=device or "cpu")
-    scale = float(model.scale_factor)
-    rng = np.random.default_rng(seed)
-
-    @torch.inference_mode()
-    def encode(sketches: Sketches) -> np.ndarray:
-        items = list(sketches.in_units(scale))
-        codes = []
-        for i in range(0, len(items), batch_size):
-            batch = model.make_batch(items[i:i + batch_size], False, rng)
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            codes.append(model.encode(batch).float().cpu().numpy())
-        return np.concatenate(codes)
-
-    def sample(reference: Sketches) -> Sketches:
-        out = model.generate(references=reference.in_units(scale), temperature=temperature,
-                             seed=seed)
-        return to_raw_units(out)
-
-    return RunHooks(Path(run_dir).name, sample, encode)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Latent codes of sketches, and how well discrete latent labels agree with known classes.
 
 Works with any sketchlab model that has `make_batch` and `encode` (sketch-rnn, RPCL-pix2seq(H),
-...): `encode_sketches` turns normalised sketches into their codes; `label_agreement` scores a
+...): `label_agreement` scores a
 labelling (e.g. the RPCL component of each code) against ground truth (category, or the doodle
 style) with a contingency table, purity and normalised mutual information.
 """
@@ -13,29 +13,8 @@ import math
 import numpy as np
 import torch
 
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import DataError
-
-
-@torch.no_grad()
-def encode_sketches(model, sketches: Sketches, batch_size: int = 500) -> torch.Tensor:
-    """The model's code (`encode`: mu for the VAEs) of each normalised sketch: (N, D) float32 on
-    the model's device, in the order given. Evaluation mode, no augmentation."""
-    was_training = model.training
-    model.eval()
-    rng = np.random.default_rng(0)
-    device = model.device
-    codes = []
-    try:
-        for lo in range(0, len(sketches), batch_size):
-            items = [sketches[i] for i in range(lo, min(lo + batch_size, len(sketches)))]
-            batch = {k: v.to(device) for k, v in model.make_batch(items, False, rng).items()}
-            codes.append(model.encode(batch).float())
-    finally:
-        model.train(was_training)
-    if not codes:
-        raise DataError("encode_sketches: no sketch to encode")
-    return torch.cat(codes, 0)
 
 
 def contingency(truth, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -73,8 +52,8 @@ def label_agreement(truth, labels) -> dict:
 def latent_label_agreement(model, sketches: Sketches, truth, batch_size: int = 500) -> dict:
     """`label_agreement` of each of `model.latent_labels` (e.g. the RPCL component) of the
     sketches' codes against `truth` (one class per sketch, e.g. the doodle style)."""
-    labels = model.latent_labels(encode_sketches(model, sketches, batch_size))
+    labels = model.latent_labels(model.encode_sketches(sketches, batch_size))
     return {name: label_agreement(truth, value) for name, value in labels.items()}
 
 
-__all__ = ["contingency", "encode_sketches", "label_agreement", "latent_label_agreement"]
+__all__ = ["contingency", "label_agreement", "latent_label_agreement"]

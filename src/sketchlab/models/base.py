@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from sketchlab.data import strokes as S
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.sketches import Sketches
+from sketchlab.errors import DataError
 
 
 class SketchModel(nn.Module):
@@ -92,6 +93,25 @@ class SketchModel(nn.Module):
 
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} has no encoder")
+
+    @torch.no_grad()
+    def encode_sketches(self, sketches: Sketches, batch_size: int = 500) -> torch.Tensor:
+        """The code (`encode`: mu for the VAEs) of each normalised sketch: `(N, D)` float32 on the
+        model's device, in the order given; evaluation mode, no augmentation."""
+        if len(sketches) == 0:
+            raise DataError("no sketch to encode")
+        was_training = self.training
+        self.eval()
+        rng = np.random.default_rng(0)
+        codes = []
+        try:
+            for lo in range(0, len(sketches), batch_size):
+                items = [sketches[i] for i in range(lo, min(lo + batch_size, len(sketches)))]
+                batch = {k: v.to(self.device) for k, v in self.make_batch(items, False, rng).items()}
+                codes.append(self.encode(batch).float())
+        finally:
+            self.train(was_training)
+        return torch.cat(codes, 0)
 
     def generate(self, *args, **kwargs) -> Sketches:
         raise NotImplementedError

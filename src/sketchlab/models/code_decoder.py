@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from sketchlab.data import strokes as S
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError
 from sketchlab.nn.rnn import sample_sequences
 

@@ -38,10 +38,9 @@ from sketchlab.config import TrainingConfig
 from sketchlab.data import strokes as S
 from sketchlab.data.image_aug import png_scale_sizes, shrink_top_left_batched
 from sketchlab.data.raster import rasterize_torch
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError
-from sketchlab.latent.codes import encode_sketches
-from sketchlab.latent.gmm import kl_weight
+from sketchlab.nn.priors import kl_weight
 from sketchlab.models.base import SketchModel
 from sketchlab.models.code_decoder import CodeDecoder
 from sketchlab.nn.conv import ImageDecoder, ImageEncoder, seed_linear
@@ -252,7 +251,7 @@ class Pix2SeqBase(CodeDecoder, SketchModel):
                                   "drop --component (or the references) to sample a component")
             n = len(references) if n is None else min(int(n), len(references))
             refs = references[np.arange(n)]
-            z = encode_sketches(self, refs, batch_size)
+            z = self.encode_sketches(refs, batch_size)
             comp = torch.as_tensor(self.component_labels(z))
         else:
             if n is None:

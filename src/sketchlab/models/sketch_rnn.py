@@ -26,7 +26,7 @@ from torch import nn
 
 from sketchlab.config import TrainingConfig
 from sketchlab.data import strokes as S
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError
 from sketchlab.models.base import SketchModel
 from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms

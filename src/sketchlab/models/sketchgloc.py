@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from sketchlab.config import TrainingConfig
 from sketchlab.data import strokegrid as G
 from sketchlab.data import strokes as S
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.models.base import SketchModel
 from sketchlab.models.code_decoder import CodeDecoder

@@ -37,8 +37,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sketchlab.config import TrainingConfig
+from sketchlab.data.sketches import Sketches
 from sketchlab.data.strokes import (
-    Sketches, augment_strokes, random_scale, scale_factor as xy_scale_factor, validate_stroke3,
+    augment_strokes, random_scale, scale_factor as xy_scale_factor, validate_stroke3,
 )
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.models.base import SketchModel, clip_and_limit

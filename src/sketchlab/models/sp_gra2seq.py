@@ -75,7 +75,7 @@ from torch import Tensor, nn
 from sketchlab.config import TrainingConfig
 from sketchlab.data import strokes as S
 from sketchlab.data.patches import BatchPlan, PatchGeometry, node_mask, plan_batch, render_nodes
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.models.base import SketchModel, clip_and_limit
 from sketchlab.models.code_decoder import CodeDecoder

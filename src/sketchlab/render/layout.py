@@ -10,13 +10,12 @@ fit uses the bounding box of the drawn points only.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from sketchlab.data.strokes import Sketches, to_polylines
+from sketchlab.data.strokes import to_polylines
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
 
 # A qualitative palette (Tableau 10, slightly darkened for thin lines on white).
@@ -88,20 +87,3 @@ def check_titles(titles: Sequence[str] | None, n: int, what: str = "titles") -> 
     if len(titles) != n:
         raise ConfigError(f"{len(titles)} {what} for {n} sketches; give one per sketch")
     return titles
-
-
-def atomic_write(path: str | os.PathLike, write: Callable, mode: str = "wb") -> None:
-    """Call `write(file)` on a temporary file in the target folder, then rename it to `path`,
-    so a killed process never leaves a torn drawing."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -16,8 +16,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from sketchlab.fileio import atomic_write
 from sketchlab.errors import DataError
-from sketchlab.render.layout import (INK, PALETTE, as_sketch_list, atomic_write, check_titles,
+from sketchlab.render.layout import (INK, PALETTE, as_sketch_list, check_titles,
                                      fit_polylines, grid_shape, stroke_colours)
 
 SUPERSAMPLE = 4

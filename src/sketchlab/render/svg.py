@@ -10,7 +10,8 @@ import os
 from typing import Sequence
 from xml.sax.saxutils import escape, quoteattr
 
-from sketchlab.render.layout import (INK, as_sketch_list, atomic_write, check_titles, fit_polylines,
+from sketchlab.fileio import atomic_write
+from sketchlab.render.layout import (INK, as_sketch_list, check_titles, fit_polylines,
                                      grid_shape, stroke_colours)
 
 BACKGROUND = "white"

@@ -131,32 +131,3 @@ def load_state(path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: missing") from e
     except Exception as e:
         raise CheckpointError(f"{path}: unreadable or not a sketchlab state file ({e})") from e
-
-
-# ---------------------------------------------------------------------------------------------
-# loading a trained model for sampling / evaluation
-# ---------------------------------------------------------------------------------------------
-
-
-def load_model(run_dir, device: str | torch.device = "cpu", which: str = "best",
-               expect_model: str | None = None):
-    """Rebuild the model of a run directory and load its weights (`best` if present, else latest)."""
-    from sketchlab.models import get_model_class
-
-    run_dir = Path(run_dir)
-    info = read_run_config(run_dir, expect_model)
-    cls = get_model_class(info["model"])
-    config = from_dict(cls.Config, info["config"], where=str(run_dir / "config.json"))
-    model = cls(config)
-    model.scale_factor = float(info.get("scale_factor", 1.0))
-    model.categories = list(info.get("categories", []))
-    files = {"best": ["best.safetensors", "model.safetensors"], "latest": ["model.safetensors"]}
-    if which not in files:
-        raise CheckpointError(f"which={which!r}: choose 'best' or 'latest'")
-    for name in files[which]:
-        if (run_dir / name).is_file():
-            load_weights(run_dir / name, model, info["model"])
-            break
-    else:
-        raise CheckpointError(f"{run_dir}: no weights yet (model.safetensors); has training started?")
-    return model.to(device).eval()

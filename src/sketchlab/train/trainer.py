@@ -30,26 +30,13 @@ import torch
 import torch.distributed as dist
 
 from sketchlab.data import strokes as S
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import CheckpointError, ConfigError, DataError
+from sketchlab.nn.device import pick_device
 from sketchlab.train import checkpoint as ckpt
 
 # Consecutive non-finite steps after which the trainer rewinds to the last checkpoint.
 MAX_BAD_STEPS = 5
-
-
-def pick_device(requested: str | None = None) -> torch.device:
-    """`cuda`, then `mps`, then `cpu`, unless the user asked for one."""
-    if requested:
-        dev = torch.device(requested)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device {requested}: CUDA is not available on this machine")
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def learning_rate(cfg, step: int) -> float:

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import zipfile
 
 import numpy as np
 
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.quickdraw import SPLITS
+from sketchlab.data.sources import load_sketch_file
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.render import FORMATS
-
-SPLITS = ("train", "valid", "test")
 
 EPILOG = """\
 INPUT is a sketchlab Sketches .npz (what `sketchlab sample` writes), a sketch-rnn .npz
@@ -25,45 +24,6 @@ examples:
   sketchlab render data/cat.npz --split test --n 48 --cols 8 --colour-strokes --out cats.png
   sketchlab render runs/sheep/log.csv --out curves.png --series loss,valid_loss
 """
-
-
-def _npz_keys(path: str) -> list[str]:
-    """The array names in an npz, read from the zip directory (nothing is unpickled)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return sorted(n[:-4] if n.endswith(".npy") else n for n in zf.namelist())
-    except (zipfile.BadZipFile, OSError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({e})") from e
-
-
-def load_sketches(path: str | os.PathLike, split: str | None = None) -> Sketches:
-    """Sketches from a sketchlab `Sketches` npz or from one split of a sketch-rnn npz."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise DataError(f"{path}: is a folder; give one .npz file")
-    keys = _npz_keys(path)
-    if "points" in keys and "offsets" in keys:
-        if split is not None:
-            raise ConfigError(f"{path}: a sketchlab Sketches file has no splits; drop --split")
-        return Sketches.load(path)
-    if not any(k in keys for k in SPLITS):
-        raise DataError(f"{path}: neither a sketchlab Sketches file (points/offsets) nor a "
-                        f"sketch-rnn npz (train/valid/test); it holds {keys}")
-    split = split or "test"
-    if split not in keys:
-        raise DataError(f"{path}: no split '{split}'; the file holds {keys}")
-    try:  # the safe reader for pickled object arrays lives in the data package
-        from sketchlab.data.quickdraw import load_npz
-    except ImportError as e:
-        raise DataError(f"{path}: reading sketch-rnn npz files needs sketchlab.data.quickdraw, "
-                        f"which this installation lacks ({e})") from e
-    loaded = load_npz(path, (split,))
-    sketches = loaded[split] if isinstance(loaded, dict) else loaded
-    if not isinstance(sketches, Sketches):
-        sketches = Sketches.from_list(sketches)
-    return sketches
 
 
 def _titles(sketches: Sketches, indices: np.ndarray) -> list[str]:
@@ -91,7 +51,7 @@ def run_render(args: argparse.Namespace) -> int:
         print(f"wrote {out}")
         return 0
 
-    sketches = load_sketches(args.input, args.split)
+    sketches = load_sketch_file(args.input, args.split)
     if len(sketches) == 0:
         raise DataError(f"{args.input}: holds no sketches")
     if args.index is not None:

@@ -8,13 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from sketchlab.data.strokes import Sketches, scale_factor
+from sketchlab.data.strokes import scale_factor
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.eval.classifier import (ClassifierConfig, TrainConfig, atomic_write_json,
                                        atomic_write_text, load_classifier, make_extractor,
                                        train_classifier)
 from sketchlab.eval.evaluate import (EvalConfig, compare_runs, evaluate_sets, load_split,
-                                     markdown_table, model_run_hooks, per_category_counts)
+                                     markdown_table, per_category_counts)
+from sketchlab.nn.device import pick_device
+from sketchlab.runs import model_run_hooks
 
 _FMT = argparse.RawDescriptionHelpFormatter   # keeps the examples' line breaks
 
@@ -34,20 +37,6 @@ def _categories(text: str | None) -> list[str] | None:
     return cats
 
 
-def _device(name: str | None):
-    import torch
-
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as e:
-        raise ConfigError(f"--device {name!r}: {e}") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is present")
-    return dev
-
-
 # ------------------------------------------------------------------------------------------------
 # sketchlab classifier train
 # ------------------------------------------------------------------------------------------------
@@ -62,7 +51,7 @@ def cmd_classifier_train(args) -> int:
                      seed=args.seed, max_steps=args.max_steps, amp=not args.no_amp)
     print(f"training Sketch-a-Net on {len(train)} sketches of {len(cats)} categories, validating "
           f"on {len(valid)} ({args.valid_split}); run dir {args.out}")
-    metrics = train_classifier(train, valid, args.out, config, tc, device=_device(args.device),
+    metrics = train_classifier(train, valid, args.out, config, tc, device=pick_device(args.device),
                                progress=not args.quiet)
     print(f"best validation accuracy {metrics['best_valid_accuracy']:.4f} "
           f"(epoch {metrics['best_epoch']}); saved to {args.out}")
@@ -108,7 +97,7 @@ def _write_result(result: dict, out: Path, table_path: Path | None) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    device = _device(args.device)
+    device = pick_device(args.device)
     clf = load_classifier(args.classifier, device=device, batch_size=args.batch_size)
     extractor = make_extractor(args.features, clf, device, args.batch_size)
     wanted = _categories(args.categories)
@@ -149,7 +138,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    device = _device(args.device)
+    device = pick_device(args.device)
     clf = load_classifier(args.classifier, device=device, batch_size=args.batch_size)
     extractor = make_extractor(args.features, clf, device, args.batch_size)
     cats = _categories(args.categories) or list(clf.categories)

@@ -27,10 +27,11 @@ import torch
 
 from sketchlab.config import apply_hparams
 from sketchlab.data.sources import load_splits
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.sketches import Sketches
 from sketchlab.latent.interpolate import interpolate
 from sketchlab.models import get_model_class
-from sketchlab.train.trainer import Trainer, pick_device, prepare_data
+from sketchlab.nn.device import pick_device
+from sketchlab.train.trainer import Trainer, prepare_data
 
 # Small enough to learn the doodles on 2 CPU cores in about two minutes. No recurrent dropout:
 # the LSTMs then run on torch's native sequence kernel, ~3x faster on a CPU. A lighter KL weight
@@ -85,7 +86,7 @@ def cmd_demo(args) -> int:
     summary = trainer.train()
     print(f"trained {summary['step']} steps in {time.time() - t0:.0f}s; best valid "
           f"{data.config.valid_metric} {summary['best_valid']:.3f}")
-    from sketchlab.train.checkpoint import load_model
+    from sketchlab.runs import load_model
 
     model = load_model(out / "run", device=device)
     draw_demo_figures(model, data.splits["test"], out, seed=args.seed)
@@ -105,7 +106,6 @@ def _pick_per_category(sk: Sketches, per_cat: int) -> np.ndarray:
 def draw_demo_figures(model, test: Sketches, out: Path, seed: int = 0, temperature: float = 0.2) -> None:
     from sketchlab.render import save_grid
     from sketchlab.render.png import plot_curves, render_strip, save_png
-    from sketchlab.train.commands import to_raw_units
 
     # Reconstructions: 6 test doodles per category, each above the model's redrawing.
     refs = test.select(_pick_per_category(test, 6))
@@ -116,13 +116,13 @@ def draw_demo_figures(model, test: Sketches, out: Path, seed: int = 0, temperatu
             part = np.arange(r, min(r + 6, len(refs)))
             rows += [refs[int(i)] for i in part] + [redrawn[int(i)] for i in part]
             titles += [f"{refs.category_name(int(i))}" for i in part] + [caption] * len(part)
-        grid = to_raw_units(Sketches.from_list(rows, scale_factor=model.scale_factor))
+        grid = Sketches.from_list(rows, scale_factor=model.scale_factor).in_units(1.0)
         save_grid(grid, path, cols=6, titles=titles)
 
     pairs(model.generate(references=refs, temperature=temperature, seed=seed), "redrawn",
           out / "reconstructions.png")
     if model.samples_from_prior:
-        samples = to_raw_units(model.generate(n=36, temperature=0.3, seed=seed))
+        samples = model.generate(n=36, temperature=0.3, seed=seed).in_units(1.0)
         save_grid(samples, out / "samples.png", cols=6)
         figures = ["samples.png"]
     else:  # no prior: show healing instead (the references corrupted at strength 0.3)
@@ -136,7 +136,7 @@ def draw_demo_figures(model, test: Sketches, out: Path, seed: int = 0, temperatu
     with torch.no_grad():
         z = model.encode({k: v.to(model.device) for k, v in batch.items()})
     path = interpolate(z[0].cpu(), z[1].cpu(), 8)
-    walk = to_raw_units(model.decode_codes(path, temperature=0.1, seed=seed))
+    walk = model.decode_codes(path, temperature=0.1, seed=seed).in_units(1.0)
     captions = [pair.category_name(0)] + [""] * 6 + [pair.category_name(1)]
     save_png(render_strip(walk, captions=captions), out / "interpolation.png")
 
@@ -149,10 +149,9 @@ def draw_demo_figures(model, test: Sketches, out: Path, seed: int = 0, temperatu
 def draw_latent_figures(model, test: Sketches, out: Path, seed: int, per_category: int) -> dict:
     """The RPCL demo's extra question: do the doodle styles get components of their own?"""
     from sketchlab.data.synthetic import STYLES, make_doodles_with_styles
-    from sketchlab.latent.codes import encode_sketches, label_agreement
-    from sketchlab.latent.commands import latent_map
+    from sketchlab.latent.codes import label_agreement
+    from sketchlab.latent.maps import latent_map
     from sketchlab.render import save_grid
-    from sketchlab.train.commands import to_raw_units
 
     cats = list(test.category_names)
     # The built-in test split, regenerated with its style labels (same seed, same doodles).
@@ -167,7 +166,7 @@ def draw_latent_figures(model, test: Sketches, out: Path, seed: int, per_categor
     style_id = first[test.category] + style
 
     latent_map(model, test, out / "latent_map.png", thumbnails=120, seed=seed)
-    labels = model.latent_labels(encode_sketches(model, test))
+    labels = model.latent_labels(model.encode_sketches(test))
     report = {"n_alive": int(model.n_alive()), "labels": {}}
     for key, lab in labels.items():
         by_style = label_agreement(style_id, lab)
@@ -190,7 +189,7 @@ def draw_latent_figures(model, test: Sketches, out: Path, seed: int, per_categor
     alive = np.nonzero(model.prior_weights().detach().cpu().numpy() > model.config.alive_threshold)[0]
     rows, titles = [], []
     for k in alive[:10]:
-        part = to_raw_units(model.generate(n=6, component=int(k), temperature=0.3, seed=seed))
+        part = model.generate(n=6, component=int(k), temperature=0.3, seed=seed).in_units(1.0)
         rows += list(part)
         titles += [f"k={int(k)}"] * len(part)
     save_grid(Sketches.from_list(rows), out / "components.png", cols=6, titles=titles)

@@ -12,11 +12,13 @@ import torch
 
 from sketchlab.config import apply_hparams, from_dict, split_hparams
 from sketchlab.data.sources import load_splits, parse_categories
-from sketchlab.data.strokes import Sketches
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.models import MODELS, get_model_class
 from sketchlab.train import checkpoint as ckpt
-from sketchlab.train.trainer import Trainer, pick_device, prepare_data
+from sketchlab.nn.device import pick_device
+from sketchlab.train.trainer import Trainer, prepare_data
+from sketchlab import runs
 
 TRAIN_EPILOG = """examples:
   sketchlab train sketch-rnn --out runs/doodles --max-steps 2000          # built-in doodles
@@ -162,41 +164,13 @@ def _draw_loss_curve(run_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def load_references(spec: str, run_dir: Path, model, info: dict) -> Sketches:
-    """Reference sketches in the model's normalised units: a split of the run's data or a file."""
-    cls = type(model)
-    if spec in ("test", "valid", "train"):
-        raw = load_splits(info.get("data_dir"), info.get("categories") or None,
-                          limit_per_category=info.get("limit_per_category"),
-                          seed=model.config.seed)
-        sk = raw[spec]
-    else:
-        path = Path(spec)
-        if not path.is_file():
-            raise DataError(f"--condition-on {spec}: not a split name (test, valid, train) and no such file")
-        try:
-            sk = Sketches.load(path)
-            if sk.scale_factor != 1.0:      # stored normalised: back to raw units first
-                sk.points[:, :2] *= sk.scale_factor
-                sk.scale_factor = 1.0
-        except DataError:
-            from sketchlab.data.quickdraw import load_npz
-
-            sk = load_npz(path)["test"]
-    sk = cls.filter_sketches(model.config, sk)
-    if len(sk) == 0:
-        raise DataError(f"--condition-on {spec}: no usable sketch (all longer than max_seq_len?)")
-    return sk.in_units(model.scale_factor)
-
-
 def cmd_sample(args) -> int:
-    run = Path(args.run)
-    info = ckpt.read_run_config(run)
     device = pick_device(args.device)
-    model = ckpt.load_model(run, device=device, which=args.which)
+    run = runs.open_run(args.run, device=device, which=args.which)
+    model, info = run.model, run.info
     if args.classifier:
-        calibrate_shortcut_from_classifier(model, run, args.classifier, device)
-    refs = load_references(args.condition_on, run, model, info) if args.condition_on else None
+        runs.calibrate_shortcut(run, args.classifier)
+    refs = runs.load_references(args.condition_on, run) if args.condition_on else None
     n = args.n if args.n is not None else (None if refs is not None else 64)
     kwargs = {"n": n, "references": refs, "temperature": args.temperature, "seed": args.seed}
     optional = {"component": args.component, "unit": args.unit, "strength": args.strength, "sampler": args.sampler,
@@ -213,42 +187,13 @@ def cmd_sample(args) -> int:
     t0 = time.time()
     out = model.generate(**kwargs)
     dt = time.time() - t0
-    raw = to_raw_units(out)
+    raw = out.in_units(1.0)
     raw.save(args.out)
     print(f"{len(raw)} sketches in {dt:.1f}s ({len(raw) / max(dt, 1e-9):.0f}/s) -> {args.out}")
     png = Path(args.out).with_suffix(".png")
-    if draw_grid(raw, png, refs_raw=to_raw_units(refs) if refs is not None else None):
+    if draw_grid(raw, png, refs_raw=refs.in_units(1.0) if refs is not None else None):
         print(f"grid: {png}")
     return 0
-
-
-def calibrate_shortcut_from_classifier(model, run: Path, classifier_dir: str, device) -> None:
-    """SketchKnitter's r-Shortcut: train the recognizability predictor on the classifier's scores
-    along sampling trajectories, store the mean curve in the run's weights (atomically)."""
-    if not hasattr(model, "set_shortcut_curve"):
-        raise ConfigError(f"--classifier calibrates SketchKnitter's r-Shortcut; a {model.name} "
-                          f"model has none")
-    from sketchlab.eval.classifier import load_classifier
-    from sketchlab.models.sketchknitter import calibrate_shortcut, classifier_score_fn
-
-    clf = load_classifier(classifier_dir, device)
-    score = classifier_score_fn(clf, getattr(model, "categories", None) or clf.categories)
-    t0 = time.time()
-    print("calibrating the r-Shortcut from the classifier's recognizability scores ...")
-    _, curve, info = calibrate_shortcut(model, score, device=device, progress=True)
-    print(f"calibrated in {time.time() - t0:.0f}s (recognizer BCE {info['bce']:.3f}); saved into {run}")
-    from safetensors import safe_open
-
-    # The curve goes into the weights that `sample` loads (best, else latest), keeping their step.
-    name = "best.safetensors" if (run / "best.safetensors").is_file() else "model.safetensors"
-    with safe_open(str(run / name), framework="pt") as f:
-        meta = dict(f.metadata() or {})
-    ckpt.save_weights(run / name, model, {**meta, "shortcut": "calibrated"})
-
-
-def to_raw_units(sk: Sketches) -> Sketches:
-    """Normalised sketches -> raw data units (scale_factor 1), for files users and metrics read."""
-    return sk.in_units(1.0)
 
 
 def draw_grid(sketches: Sketches, path: Path, refs_raw: Sketches | None = None, limit: int = 64) -> bool:

@@ -16,12 +16,12 @@ from sketchlab.errors import SketchlabError
 
 # Modules that contribute subcommands, in the order `--help` lists them.
 CLI_MODULES: list[str] = [
-    "sketchlab.data.commands",
-    "sketchlab.render.commands",
-    "sketchlab.train.commands",
-    "sketchlab.eval.commands",
-    "sketchlab.latent.commands",
-    "sketchlab.demo",
+    "sketchlab.cli.data",
+    "sketchlab.cli.render",
+    "sketchlab.cli.train",
+    "sketchlab.cli.evaluate",
+    "sketchlab.cli.latent",
+    "sketchlab.cli.demo",
 ]
 
 

@@ -1,0 +1,149 @@
+"""Run directories: find one, rebuild its model, and read the sketches it was trained on.
+
+A run directory is what `sketchlab train` writes (`config.json`, weights in safetensors; see
+`sketchlab.train.checkpoint` for the files). This module is the one place that turns a path into a
+ready model: it reads the config, looks the model class up in the registry, loads the weights
+(`best` if present, else the latest) and gives the model its data scale factor and categories.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sketchlab.config import from_dict
+from sketchlab.data.sources import load_splits, load_sketch_file
+from sketchlab.data.sketches import Sketches
+from sketchlab.errors import CheckpointError, ConfigError, DataError
+from sketchlab.eval.classifier import load_classifier
+from sketchlab.eval.evaluate import RunHooks
+from sketchlab.models import get_model_class
+from sketchlab.models.sketchknitter import calibrate_shortcut as calibrate_shortcut_curve
+from sketchlab.models.sketchknitter import classifier_score_fn
+from sketchlab.train import checkpoint as ckpt
+
+SPLIT_NAMES = ("test", "valid", "train")
+
+
+@dataclass
+class Run:
+    """A trained run: where it lives, its config.json and its model (in eval mode)."""
+
+    path: Path
+    info: dict[str, Any]
+    model: Any
+
+    @property
+    def model_name(self) -> str:
+        return self.info["model"]
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.info.get("categories") or [])
+
+
+def open_run(run_dir: str | Path, device: str | torch.device = "cpu", which: str = "best",
+             expect_model: str | None = None) -> Run:
+    """Rebuild the model of a run directory and load its weights (`best` if present, else latest)."""
+    run_dir = Path(run_dir)
+    info = ckpt.read_run_config(run_dir, expect_model)
+    cls = get_model_class(info["model"])
+    config = from_dict(cls.Config, info["config"], where=str(run_dir / "config.json"))
+    model = cls(config)
+    model.scale_factor = float(info.get("scale_factor", 1.0))
+    model.categories = list(info.get("categories", []))
+    files = {"best": ["best.safetensors", "model.safetensors"], "latest": ["model.safetensors"]}
+    if which not in files:
+        raise CheckpointError(f"which={which!r}: choose 'best' or 'latest'")
+    for name in files[which]:
+        if (run_dir / name).is_file():
+            ckpt.load_weights(run_dir / name, model, info["model"])
+            break
+    else:
+        raise CheckpointError(f"{run_dir}: no weights yet (model.safetensors); has training started?")
+    return Run(run_dir, info, model.to(device).eval())
+
+
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu", which: str = "best",
+               expect_model: str | None = None):
+    """The model of a run directory, ready to sample (see `open_run`)."""
+    return open_run(run_dir, device, which, expect_model).model
+
+
+def run_split(run: Run, split: str) -> Sketches:
+    """One split (train, valid or test) of the data a run was trained on, in raw units."""
+    info = run.info
+    raw = load_splits(info.get("data_dir"), run.categories or None,
+                      limit_per_category=info.get("limit_per_category"),
+                      seed=run.model.config.seed)
+    return raw[split]
+
+
+def load_references(spec: str, run: Run, flag: str = "--condition-on") -> Sketches:
+    """Reference sketches in the model's normalised units: a split of the run's data (`test`,
+    `valid`, `train`) or a sketch file; sketches the model cannot take are left out."""
+    model = run.model
+    if spec in SPLIT_NAMES:
+        sk = run_split(run, spec)
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise DataError(f"{flag} {spec}: not a split name ({', '.join(SPLIT_NAMES)}) and no "
+                            f"such file")
+        sk = load_sketch_file(path)
+    sk = type(model).filter_sketches(model.config, sk)
+    if len(sk) == 0:
+        raise DataError(f"{flag} {spec}: no usable sketch (all longer than max_seq_len?)")
+    return sk.in_units(model.scale_factor)
+
+
+def model_run_hooks(run_dir: Path, device=None, temperature: float | None = None,
+                    batch_size: int = 100, seed: int = 0) -> RunHooks:
+    """RunHooks for a sketchlab model run: conditional generation and `Model.encode`.
+
+    `temperature` None samples each model at its own configured temperature (the original's).
+    References arrive in raw data units; the model works in units of its training scale factor.
+    """
+    model = load_model(run_dir, device=device or "cpu")
+    scale = float(model.scale_factor)
+
+    def encode(sketches: Sketches) -> np.ndarray:
+        return model.encode_sketches(sketches.in_units(scale), batch_size).cpu().numpy()
+
+    def sample(reference: Sketches) -> Sketches:
+        out = model.generate(references=reference.in_units(scale), temperature=temperature,
+                             seed=seed)
+        return out.in_units(1.0)
+
+    return RunHooks(Path(run_dir).name, sample, encode)
+
+
+def calibrate_shortcut(run: Run, classifier_dir: str | Path, log=print) -> None:
+    """SketchKnitter's r-Shortcut: train the recognizability predictor on a judge's scores along
+    sampling trajectories, and store the mean curve in the run's weights (atomically, into the
+    file `open_run` loads: best, else latest, keeping its step)."""
+    from safetensors import safe_open
+
+    model = run.model
+    if not hasattr(model, "set_shortcut_curve"):
+        raise ConfigError(f"--classifier calibrates SketchKnitter's r-Shortcut; a {model.name} "
+                          f"model has none")
+    clf = load_classifier(classifier_dir, model.device)
+    score = classifier_score_fn(clf, run.categories or clf.categories)
+    t0 = time.time()
+    log("calibrating the r-Shortcut from the classifier's recognizability scores ...")
+    _, _, info = calibrate_shortcut_curve(model, score, device=model.device, progress=True)
+    log(f"calibrated in {time.time() - t0:.0f}s (recognizer BCE {info['bce']:.3f}); saved into "
+        f"{run.path}")
+    name = "best.safetensors" if (run.path / "best.safetensors").is_file() else "model.safetensors"
+    with safe_open(str(run.path / name), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    ckpt.save_weights(run.path / name, model, {**meta, "shortcut": "calibrated"})
+
+
+__all__ = ["Run", "calibrate_shortcut", "model_run_hooks", "load_model", "load_references", "open_run", "run_split"]
