@@ -8,6 +8,7 @@ ready model: it reads the config, looks the model class up in the registry, load
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from sketchlab.models import get_model_class
 from sketchlab.models.sketchknitter import calibrate_shortcut as calibrate_shortcut_curve
 from sketchlab.models.sketchknitter import classifier_score_fn
 from sketchlab.train import checkpoint as ckpt
+from sketchlab import zoo
 
 SPLIT_NAMES = ("test", "valid", "train")
 
@@ -47,10 +49,29 @@ class Run:
         return list(self.info.get("categories") or [])
 
 
+def resolve(path_or_name: str | Path) -> Path:
+    """The run directory a user means: an existing local path wins; `zoo:NAME` or a bare NAME of
+    the pretrained zoo gives that entry (its weights checked against its card first)."""
+    text = str(path_or_name)
+    if text.startswith(zoo.PREFIX):
+        return zoo.verify(text)
+    path = Path(path_or_name)
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path}: a file, not a run directory (made by `sketchlab train`)")
+        return path
+    if "/" in text or os.sep in text or text.startswith("."):
+        raise CheckpointError(f"{path}: no such run directory")
+    if text in zoo.names():
+        return zoo.verify(text)
+    raise zoo.unknown_name_error(text)
+
+
 def open_run(run_dir: str | Path, device: str | torch.device = "cpu", which: str = "best",
              expect_model: str | None = None) -> Run:
-    """Rebuild the model of a run directory and load its weights (`best` if present, else latest)."""
-    run_dir = Path(run_dir)
+    """Rebuild the model of a run directory or pretrained name (see `resolve`) and load its
+    weights (`best` if present, else the latest)."""
+    run_dir = resolve(run_dir)
     info = ckpt.read_run_config(run_dir, expect_model)
     cls = get_model_class(info["model"])
     config = from_dict(cls.Config, info["config"], where=str(run_dir / "config.json"))
@@ -146,4 +167,4 @@ def calibrate_shortcut(run: Run, classifier_dir: str | Path, log=print) -> None:
     ckpt.save_weights(run.path / name, model, {**meta, "shortcut": "calibrated"})
 
 
-__all__ = ["Run", "calibrate_shortcut", "model_run_hooks", "load_model", "load_references", "open_run", "run_split"]
+__all__ = ["Run", "resolve", "calibrate_shortcut", "model_run_hooks", "load_model", "load_references", "open_run", "run_split"]

@@ -21,6 +21,7 @@ CLI_MODULES: list[str] = [
     "sketchlab.cli.train",
     "sketchlab.cli.evaluate",
     "sketchlab.cli.latent",
+    "sketchlab.cli.zoo",
     "sketchlab.cli.demo",
 ]
 

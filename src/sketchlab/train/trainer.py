@@ -34,6 +34,7 @@ from sketchlab.data.sketches import Sketches
 from sketchlab.errors import CheckpointError, ConfigError, DataError
 from sketchlab.nn.device import pick_device
 from sketchlab.train import checkpoint as ckpt
+from sketchlab import zoo
 
 # Consecutive non-finite steps after which the trainer rewinds to the last checkpoint.
 MAX_BAD_STEPS = 5
@@ -181,6 +182,10 @@ class Trainer:
         self.cfg = model.config
         self.data = data
         self.run_dir = Path(run_dir)
+        if zoo.is_inside_zoo(self.run_dir) or str(run_dir).startswith(zoo.PREFIX):
+            raise ConfigError(f"--out {run_dir}: the pretrained zoo is read-only; train into a "
+                              f"folder of your own (`sketchlab zoo train NAME --out DIR` "
+                              f"reproduces an entry)")
         self.max_steps = max_steps if max_steps is not None else (model.config.max_steps or None)
         self.max_epochs = max_epochs
         self.max_seconds = max_seconds

@@ -1,0 +1,105 @@
+"""The pretrained zoo: names resolve wherever a run is accepted, damaged entries are refused,
+the zoo is read-only, a recipe trains; every installed entry loads, verifies and samples."""
+
+import json
+
+import pytest
+
+from sketchlab import runs, zoo
+from sketchlab.cli import main
+from sketchlab.errors import CheckpointError, ConfigError
+
+TINY = "enc_rnn_size=8,dec_rnn_size=16,z_size=4,max_seq_len=40,batch_size=8,eval_every=0"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", "sketch-rnn", "--categories", "star,fish", "--limit-per-category", "24",
+                 "--out", str(out), "--max-steps", "3", "--hparams", TINY, "--no-progress",
+                 "--device", "cpu"]) == 0
+    return out
+
+
+@pytest.fixture
+def tiny_zoo(tiny_run, tmp_path, monkeypatch):
+    """A zoo folder holding one entry exported from a 3-step run, in place of the package's."""
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path / "zoo")
+    card = {"description": "a test entry", "data": {"name": "doodles"},
+            "recipe": {"model": "sketch-rnn", "categories": ["star", "fish"], "hparams": TINY,
+                       "max_steps": 2, "data_dir": "builtin"},
+            "metrics": {"valid_loss": 1.0}}
+    zoo.export_run(tiny_run, "tiny-doodles", card, zoo_dir=zoo.ZOO_DIR)
+    return zoo.ZOO_DIR
+
+
+def test_export_casts_to_float16_and_records_the_hash(tiny_zoo):
+    card = zoo.read_card("tiny-doodles")
+    assert card["model"] == "sketch-rnn" and card["categories"] == ["star", "fish"]
+    assert card["weights"]["dtype"] == "float16"
+    weights = tiny_zoo / "tiny-doodles" / "model.safetensors"
+    assert card["weights"]["sha256"] == zoo.sha256_file(weights)
+    assert json.loads((tiny_zoo / "tiny-doodles" / "config.json").read_text())["data_dir"] is None
+
+
+def test_names_resolve_and_a_local_path_wins(tiny_zoo, tmp_path, monkeypatch):
+    assert runs.resolve("tiny-doodles") == tiny_zoo / "tiny-doodles"
+    assert runs.resolve("zoo:tiny-doodles") == tiny_zoo / "tiny-doodles"
+    model = runs.load_model("tiny-doodles")
+    assert model.name == "sketch-rnn" and model.categories == ["star", "fish"]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny-doodles").mkdir()
+    assert runs.resolve("tiny-doodles").resolve() == tmp_path / "tiny-doodles"   # local wins
+    assert runs.resolve("zoo:tiny-doodles") == tiny_zoo / "tiny-doodles"    # unless forced
+
+
+def test_unknown_names_list_the_entries(tiny_zoo, capsys):
+    with pytest.raises(ConfigError, match="did you mean tiny-doodles"):
+        runs.resolve("tiny-doodle")
+    assert main(["sample", "no-such-model", "--out", "x.npz"]) == 2
+    err = capsys.readouterr().err
+    assert "pretrained models: tiny-doodles" in err and "Traceback" not in err
+    with pytest.raises(CheckpointError, match="no such run directory"):
+        runs.resolve("./runs/missing")
+
+
+def test_damaged_entries_are_refused_by_name(tiny_zoo):
+    weights = tiny_zoo / "tiny-doodles" / "model.safetensors"
+    blob = weights.read_bytes()
+    weights.write_bytes(blob[:-1] + bytes([blob[-1] ^ 1]))              # one flipped bit
+    with pytest.raises(CheckpointError, match="tiny-doodles.*damaged.*sha256"):
+        runs.load_model("tiny-doodles")
+    weights.write_bytes(blob[: len(blob) // 2])                          # truncated
+    with pytest.raises(CheckpointError, match="tiny-doodles.*damaged"):
+        runs.load_model("zoo:tiny-doodles")
+    (tiny_zoo / "tiny-doodles" / "card.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="card.*damaged"):
+        runs.load_model("tiny-doodles")
+
+
+def test_the_zoo_is_read_only(tiny_zoo, capsys):
+    for out in (str(tiny_zoo / "tiny-doodles"), "zoo:tiny-doodles"):
+        assert main(["train", "sketch-rnn", "--out", out, "--max-steps", "1", "--hparams", TINY,
+                     "--no-progress"]) == 2
+        assert "read-only" in capsys.readouterr().err
+
+
+def test_zoo_list_info_and_a_recipe_trains(tiny_zoo, tmp_path, capsys):
+    assert main(["zoo", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny-doodles" in out and "sketch-rnn" in out and "valid loss 1.000" in out
+    assert main(["zoo", "info", "tiny-doodles"]) == 0
+    assert json.loads(capsys.readouterr().out)["recipe"]["max_steps"] == 2
+    assert main(["zoo", "train", "tiny-doodles", "--out", str(tmp_path / "again"), "--quiet"]) == 0
+    state_step = runs.load_model(tmp_path / "again", which="latest")
+    assert state_step.name == "sketch-rnn"
+    assert (tmp_path / "again" / "log.csv").read_text().count("\n") >= 2
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_every_installed_entry_verifies_loads_and_samples(name):
+    zoo.verify(name)
+    run = runs.open_run(name)
+    assert run.model_name == zoo.read_card(name)["model"]
+    if getattr(run.model, "samples_from_prior", False):
+        assert len(run.model.generate(n=2, seed=0)) == 2
