@@ -1,0 +1,224 @@
+"""The public Python API: load any trained run or pretrained model, then sample, encode,
+reconstruct, heal, complete and interpolate, with sketches in raw data units in and out.
+
+    import sketchlab
+    model = sketchlab.load("sketch-rnn-spg5")            # a zoo name, or a run directory
+    samples = model.sample(8, temperature=0.3, seed=0)   # Sketches, raw units
+    codes = model.encode(samples)                        # (8, z_size) numpy array
+    sketchlab.save(samples, "samples.png")               # .png, .svg, .npz or .ndjson
+
+Sketches go in as `Sketches`, one stroke-3 array `(n, 3)` of raw offsets, or strokes in
+absolute coordinates (`[[xs, ys], ...]`, as QuickDraw's ndjson `drawing`). The handle converts
+them into the model's normalised units with the run's scale factor (a `Sketches` carries its own
+units in `scale_factor`, so normalised sketches are converted too, never misread) and converts
+every result back to raw units.
+
+A capability a model lacks raises a `ConfigError` that names the models that have it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sketchlab import runs
+from sketchlab.data.sketches import Sketches
+from sketchlab.errors import ConfigError, DataError
+from sketchlab.latent.interpolate import interpolate as interpolate_codes
+from sketchlab.models import MODELS, get_model_class
+from sketchlab.nn.device import pick_device
+from sketchlab.render import save_grid
+
+# What each capability is called in messages, and the model attribute that declares it.
+CAPABILITIES = {
+    "sample": "draw new sketches without references",
+    "encode": "turn sketches into latent codes (reconstruct, interpolate)",
+    "heal": "repair corrupted or partial sketches",
+    "complete": "continue a partial drawing",
+    "components": "sample from one component of a learned mixture prior",
+}
+
+
+def model_capabilities(cls) -> set[str]:
+    """The capabilities a model class declares (see `CAPABILITIES`)."""
+    caps = set()
+    if getattr(cls, "can_sample", getattr(cls, "samples_from_prior", False)):
+        caps.add("sample")
+    for cap in ("encode", "heal", "complete"):
+        if getattr(cls, f"can_{cap}", False):
+            caps.add(cap)
+    if getattr(cls, "has_components", False):
+        caps.add("components")
+    return caps
+
+
+def models_with(capability: str) -> list[str]:
+    return [name for name in MODELS if capability in model_capabilities(get_model_class(name))]
+
+
+def as_sketches(items: Any, what: str = "sketches") -> Sketches:
+    """`Sketches`, one stroke-3 array, a list of stroke-3 arrays, or one sketch's strokes in
+    absolute coordinates (`[[xs, ys], ...]`) -> `Sketches` (units kept; raw for plain arrays)."""
+    if isinstance(items, Sketches):
+        return items
+    if isinstance(items, np.ndarray) and items.ndim == 2:
+        return Sketches.from_list([items])
+    if isinstance(items, (list, tuple)) and items:
+        first = items[0]
+        if isinstance(first, np.ndarray) and first.ndim == 2:
+            return Sketches.from_list(list(items))
+        if isinstance(first, (list, tuple)) and len(first) == 2 and not np.isscalar(first[0]):
+            return Sketches.from_strokes(items)
+    raise DataError(f"{what}: give Sketches, a stroke-3 array (n, 3), or strokes [[xs, ys], ...]")
+
+
+class Model:
+    """A loaded model: what `sketchlab.load` returns. Every method takes and returns sketches in
+    raw data units; `seed` makes every random choice reproducible."""
+
+    def __init__(self, run: runs.Run, source: str):
+        self.run = run
+        self.source = source
+        self.module = run.model
+        self.capabilities = model_capabilities(type(run.model))
+
+    # ---- facts -------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The model kind (`sketch-rnn`, `rpcl-pix2seq`, ...)."""
+        return self.run.model_name
+
+    @property
+    def categories(self) -> list[str]:
+        return self.run.categories
+
+    @property
+    def scale_factor(self) -> float:
+        return float(self.module.scale_factor)
+
+    @property
+    def config(self):
+        return self.module.config
+
+    def __repr__(self) -> str:
+        cats = ", ".join(self.categories[:6]) + (", ..." if len(self.categories) > 6 else "")
+        return (f"<sketchlab {self.name} from {self.source!r}: {cats or 'no categories'}; "
+                f"can {', '.join(sorted(self.capabilities)) or 'nothing'}>")
+
+    def describe(self) -> dict[str, Any]:
+        """What produced a result: the model, where it came from, its categories."""
+        return {"model": self.name, "source": self.source, "categories": self.categories}
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def _need(self, capability: str) -> None:
+        if capability not in self.capabilities:
+            have = ", ".join(models_with(capability)) or "none"
+            raise ConfigError(f"a {self.name} model cannot {CAPABILITIES[capability]}; "
+                              f"models that can: {have}")
+
+    def _in(self, sketches, what: str = "sketches") -> Sketches:
+        sk = as_sketches(sketches, what)
+        if len(sk) == 0:
+            raise DataError(f"{what}: no sketch given")
+        sk = type(self.module).filter_sketches(self.module.config, sk.in_units(1.0))
+        if len(sk) == 0:
+            raise DataError(f"{what}: every sketch is empty or longer than this model takes")
+        return sk.in_units(self.scale_factor)
+
+    @staticmethod
+    def _out(sketches: Sketches) -> Sketches:
+        return sketches.in_units(1.0)
+
+    def _generate(self, **kwargs) -> Sketches:
+        return self._out(self.module.generate(**{k: v for k, v in kwargs.items() if v is not None}))
+
+    # ---- the verbs ---------------------------------------------------------------------------
+    def sample(self, n: int = 16, *, temperature: float | None = None, seed: int = 0,
+               component: int | None = None, **options) -> Sketches:
+        """`n` new sketches (from the prior, the unconditional decoder or the diffusion chain);
+        `component` picks one prior component (RPCL models)."""
+        self._need("sample")
+        if component is not None:
+            self._need("components")
+            options["component"] = component
+        return self._generate(n=int(n), temperature=temperature, seed=seed, **options)
+
+    def encode(self, sketches) -> np.ndarray:
+        """Latent codes `(N, z_size)` of the sketches (the posterior mean for the VAEs)."""
+        self._need("encode")
+        return self.module.encode_sketches(self._in(sketches)).cpu().numpy()
+
+    def decode(self, codes, *, temperature: float | None = None, seed: int = 0) -> Sketches:
+        """Sketches drawn from latent codes `(N, z_size)`."""
+        self._need("encode")
+        z = torch.as_tensor(np.asarray(codes, np.float32))
+        if z.ndim != 2:
+            raise DataError(f"codes: expected an (N, z_size) array, got shape {tuple(z.shape)}")
+        return self._out(self.module.decode_codes(z, temperature=temperature, seed=seed))
+
+    def reconstruct(self, sketches, *, temperature: float | None = None, seed: int = 0,
+                    **options) -> Sketches:
+        """Each sketch encoded and redrawn by the model (conditional generation)."""
+        self._need("encode")
+        return self._generate(references=self._in(sketches), temperature=temperature, seed=seed,
+                              **options)
+
+    def heal(self, sketches, strength: float | None = None, *, temperature: float | None = None,
+             seed: int = 0, **options) -> Sketches:
+        """Corrupt each sketch the way the model's paper does (`strength`: SP-gra2seq's patch
+        masking probability, SketchGloc's stroke displacement, SketchKnitter's noise level), then
+        redraw it. `strength=0` redraws the sketches as given (heal what is already broken)."""
+        self._need("heal")
+        return self._generate(references=self._in(sketches), strength=strength,
+                              temperature=temperature, seed=seed, **options)
+
+    def complete(self, partial, n: int = 4, *, temperature: float | None = None,
+                 seed: int = 0) -> Sketches:
+        """`n` continuations of each partial drawing (each result starts with its prefix)."""
+        self._need("complete")
+        prefix = self._in(partial, "partial drawing")
+        return self._out(self.module.complete(prefix, n_per_prefix=int(n), temperature=temperature,
+                                              seed=seed))
+
+    def interpolate(self, a, b, steps: int = 8, *, temperature: float | None = None,
+                    seed: int = 0, spherical: bool = True) -> Sketches:
+        """Sketches decoded along the path between the codes of sketches `a` and `b`."""
+        self._need("encode")
+        if steps < 2:
+            raise ConfigError(f"steps={steps}: need at least 2 (the two ends)")
+        ends = Sketches.concat([as_sketches(a, "a")[[0]], as_sketches(b, "b")[[0]]])
+        za, zb = self.encode(ends)
+        path = interpolate_codes(torch.from_numpy(za), torch.from_numpy(zb), steps,
+                                 spherical=spherical)
+        return self.decode(path.numpy(), temperature=temperature, seed=seed)
+
+
+def load(path_or_name: str | Path, device: str | torch.device | None = None,
+         which: str = "best") -> Model:
+    """Load a run directory (made by `sketchlab train`) or a pretrained model by name
+    (`sketchlab zoo list`); a local path wins over a zoo name, `zoo:NAME` forces the zoo."""
+    run = runs.open_run(path_or_name, device=pick_device(device), which=which)
+    return Model(run, str(path_or_name))
+
+
+def save(sketches, path: str | Path, **kw) -> Path:
+    """Write sketches by extension: `.npz` (pickle-free Sketches), `.ndjson` (QuickDraw
+    simplified), `.png` / `.svg` (a grid; keywords go to `sketchlab.render.save_grid`)."""
+    sk = as_sketches(sketches)
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext == ".npz":
+        sk.save(path)
+    elif ext == ".ndjson":
+        sk.to_ndjson(path)
+    elif ext in (".png", ".svg"):
+        save_grid(sk, path, **kw)
+    else:
+        raise ConfigError(f"{path}: unknown format {ext or '(none)'}; use .npz, .ndjson, .png or .svg")
+    return path
+
+
+__all__ = ["Model", "as_sketches", "load", "save"]
