@@ -8,6 +8,7 @@ command lines working unchanged: `--hparams "categories=[bee,bus],dec_model=hype
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,63 @@ class TrainingConfig:
     seed: int = 0
     max_steps: int = 0               # stop after this many steps; 0 = until early stopping
 
+    def __post_init__(self):
+        # Every model's Config inherits this: a config is checked whenever it is built (defaults,
+        # --hparams, config.json, dataclasses.replace), before anything runs.
+        check_values(self)
+
+
+# Range rules by field name, for every model's config (a name not listed: ints >= 0, floats
+# finite). A negative batch size used to loop forever and a zero one to divide by zero.
+_AT_LEAST_ONE = ("batch_size", "z_size", "png_width", "graph_number", "graph_picture_size",
+                 "model_channels", "lift_dim", "diffusion_steps", "image_phase_every",
+                 "rpcl_every", "num_points", "num_heads", "num_res_blocks", "num_mixture",
+                 "num_sub", "num_layer_i", "num_layer_j", "hyper_num_units",
+                 "hyper_embedding_size", "recognizer_hidden", "recognizer_layers")
+_DATA_SIZED = ("max_seq_len", "max_stroke_len", "max_stroke_num")     # -1: from the data
+_UNIT_INTERVAL = ("decay_rate", "kl_decay_rate", "ema_rate", "dropout", "adam_beta1",
+                  "adam_beta2", "centroid_decay", "png_scale_ratio", "mask_prob",
+                  "augment_prob", "augment_stroke_prob")
+_POSITIVE_FLOAT = ("learning_rate", "lr_decay_every", "temperature", "adam_eps")
+
+
+def _rule(name: str):
+    """(lower bound, upper bound, what) for field `name`."""
+    if name in _AT_LEAST_ONE or name.endswith("_rnn_size"):
+        return 1, None, "an integer >= 1"
+    if name in _DATA_SIZED:
+        return -1, None, "an integer >= 1, or -1 (taken from the data)"
+    if name in _UNIT_INTERVAL or name.endswith("_prob"):
+        return 0.0, 1.0, "a number in [0, 1]"
+    if name in _POSITIVE_FLOAT:
+        return None, None, "a number > 0"
+    return 0, None, "a number >= 0"
+
+
+def check_values(cfg) -> None:
+    """Refuse a config value out of its range (NaN, inf, negative sizes, zero batch, ...) with
+    a message naming the field; tuples of sizes are checked element by element."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                continue
+            lo, hi, what = _rule(f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{f.name}={v}: must be {what}, not NaN or infinite")
+            if f.name in _POSITIVE_FLOAT:
+                ok = v > 0
+            elif isinstance(value, (tuple, list)):
+                ok = v >= 1
+                what = "a list of integers >= 1"
+            else:
+                ok = (lo is None or v >= lo) and (hi is None or v <= hi)
+            if f.name in _DATA_SIZED and v == 0:
+                ok = False
+            if not ok:
+                raise ConfigError(f"{f.name}={value!r}: must be {what}")
+
 
 def config_fields(cfg_cls) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cfg_cls)}
@@ -66,7 +124,10 @@ def from_dict(cfg_cls, values: dict[str, Any], *, where: str = "config") -> Any:
         raise ConfigError(f"{where}: unknown hyperparameter(s) {unknown} for {cfg_cls.__qualname__}; "
                           f"known: {sorted(known)}")
     hints = typing.get_type_hints(cfg_cls)
-    return cfg_cls(**{k: _coerce(v, hints[k], k, where) for k, v in values.items()})
+    try:
+        return cfg_cls(**{k: _coerce(v, hints[k], k, where) for k, v in values.items()})
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def split_hparams(text: str) -> list[tuple[str, str]]:
@@ -94,7 +155,10 @@ def apply_hparams(cfg, text: str | None):
         if k not in known:
             raise ConfigError(f"--hparams: unknown hyperparameter {k!r}; known: {sorted(known)}")
         changes[k] = _coerce(v, hints[k], k, "--hparams")
-    return dataclasses.replace(cfg, **changes)
+    try:
+        return dataclasses.replace(cfg, **changes)
+    except ConfigError as e:
+        raise ConfigError(f"--hparams: {e}") from None
 
 
 def _strip_quotes(s: str) -> str:
@@ -178,4 +242,4 @@ def split_top(text: str, where: str = "value") -> list[str]:
     return out
 
 
-__all__ = ["TrainingConfig", "apply_hparams", "from_dict", "to_dict", "split_hparams"]
+__all__ = ["TrainingConfig", "apply_hparams", "check_values", "from_dict", "to_dict", "split_hparams"]
