@@ -295,3 +295,31 @@ def test_optimizer_state_loads_into_the_tensors_it_already_holds():
     assert torch.equal(now["exp_avg"], saved["state"][0]["exp_avg"])
     assert float(now["step"]) == 2.0
     assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.1)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_training_like_ctrl_c_with_a_checkpoint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-c", "import sys; from sketchlab.cli import main; sys.exit(main())",
+           "train", "sketch-rnn", "--categories", "star,fish", "--limit-per-category", "40",
+           "--out", str(out), "--max-steps", "100000", "--no-progress", "--device", "cpu",
+           "--hparams", "enc_rnn_size=8,dec_rnn_size=16,z_size=4,max_seq_len=40,batch_size=8,"
+                        "eval_every=0,checkpoint_every=100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "log.csv").is_file() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert "checkpoint written" in stdout
+    state = torch.load(out / "state.pt", weights_only=True)
+    assert state["step"] > 0
