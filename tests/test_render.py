@@ -220,3 +220,11 @@ def test_load_sketches_split_rules(sketch_file):
     with pytest.raises(ConfigError, match="drop --split"):
         load_sketch_file(sketch_file, "train")
     assert len(load_sketch_file(sketch_file)) == 4 * len(synthetic.CATEGORIES)
+
+
+def test_huge_pictures_are_refused_before_any_memory_is_taken(run_cli, sketch_file, tmp_path, capsys):
+    # --size 60000 used to grow to 24 GB and be killed by the kernel
+    assert run_cli("render", sketch_file, "--out", tmp_path / "x.png", "--size", "60000") == 2
+    err = capsys.readouterr().err
+    assert "over the limit of 64 megapixels" in err and "smaller --size" in err
+    assert not (tmp_path / "x.png").exists()

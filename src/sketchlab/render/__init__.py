@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from sketchlab.errors import ConfigError
+from sketchlab.render import png, svg
 
 FORMATS = (".png", ".svg")
 
@@ -17,13 +18,9 @@ def save_grid(sketches, path: str | os.PathLike, cols: int | None = None, cell: 
     """Draw `sketches` as a grid into `path`, a `.png` or `.svg` file (written atomically)."""
     ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext == ".png":
-        from sketchlab.render import png
-
         png.save_png(png.render_grid(sketches, cols=cols, cell=cell, titles=titles,
                                      colour_strokes=colour_strokes, line_width=line_width, **kwargs), path)
     elif ext == ".svg":
-        from sketchlab.render import svg
-
         svg.save_svg(svg.svg_grid(sketches, cols=cols, cell=cell, titles=titles,
                                   colour_strokes=colour_strokes, line_width=line_width, **kwargs), path)
     else:

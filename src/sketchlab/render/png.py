@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from sketchlab.fileio import atomic_write
-from sketchlab.errors import DataError
+from sketchlab.errors import ConfigError, DataError
 from sketchlab.render.layout import (INK, PALETTE, as_sketch_list, check_titles,
                                      fit_polylines, grid_shape, stroke_colours)
 
@@ -76,6 +76,17 @@ def _draw_cell(sketch: np.ndarray, size: int, colours: Sequence[str] | None, col
     return img.reduce(ss)
 
 
+# The largest picture drawn (RGB, ~200 MB in memory): a mistyped --size must not take the machine.
+MAX_PIXELS = 64_000_000
+
+
+def check_image_size(width: int, height: int, what: str) -> None:
+    if width * height > MAX_PIXELS:
+        raise ConfigError(f"{what} would be {width} x {height} pixels, over the limit of "
+                          f"{MAX_PIXELS // 1_000_000} megapixels; draw fewer sketches or use a "
+                          f"smaller --size")
+
+
 def render_grid(sketches, cols: int | None = None, cell: int = 128,
                 titles: Sequence[str] | None = None, colour_strokes: bool = False,
                 colour: str = INK, line_width: float = 1.5, margin: float | None = None,
@@ -99,6 +110,7 @@ def render_grid(sketches, cols: int | None = None, cell: int = 128,
     gap = 1 if cell_borders else 0
     width = cols * cell + (cols + 1) * gap
     height = rows * (cell + band) + (rows + 1) * gap
+    check_image_size(width, height, f"{len(items)} sketch{'es' if len(items) != 1 else ''} at {cell} px per cell")
     canvas = Image.new("RGB", (width, height), GRID_LINE if cell_borders else background)
     draw = ImageDraw.Draw(canvas)
     for i, sketch in enumerate(items):
