@@ -576,3 +576,29 @@ def test_train_and_sample_through_the_cli(tmp_path, capsys):
     assert len(Sketches.load(out)) == 3
     assert main(["sample", str(run), "--out", str(out), "--sampler", "rshortcut", "--n", "2"]) == 2
     assert "calibrat" in capsys.readouterr().err.lower()
+
+
+def test_class_conditional_unet_adds_a_label_embedding_to_the_timestep_embedding():
+    from sketchlab.nn.unet1d import UNet1D
+
+    torch.manual_seed(0)
+    kw = dict(num_points=32, model_channels=32, lift_dim=32, channel_mult=(1, 2),
+              num_res_blocks=1, num_heads=2)
+    plain, cond = UNet1D(**kw), UNet1D(**kw, num_classes=3)
+    assert plain.label_emb is None and tuple(cond.label_emb.weight.shape) == (3, 128)
+    with torch.no_grad():   # as if trained: the zero-initialised output layers would hide emb
+        for p in plain.parameters():
+            p.normal_(0.0, 0.2)
+    cond.load_state_dict({**plain.state_dict(), "label_emb.weight": torch.zeros(3, 128)})
+    x, t = torch.randn(2, 32, 2), torch.tensor([10.0, 500.0])
+    y = torch.tensor([0, 2])
+    # a zero label embedding is the unconditional network; another label changes the output
+    assert torch.equal(cond(x, t, y=y)[1], plain(x, t)[1])
+    with torch.no_grad():
+        cond.label_emb.weight[2] = 1.0
+    assert torch.equal(cond(x[:1], t[:1], y=y[:1])[1], plain(x[:1], t[:1])[1])
+    assert not torch.allclose(cond(x[1:], t[1:], y=y[1:])[1], plain(x[1:], t[1:])[1])
+    with pytest.raises(ValueError, match="needs labels"):
+        cond(x, t)
+    with pytest.raises(ValueError, match="needs labels"):
+        plain(x, t, y=y)

@@ -157,7 +157,8 @@ class UNet1D(nn.Module):
     def __init__(self, num_points: int = 96, in_features: int = 2, model_channels: int = 96,
                  lift_dim: int = 128, channel_mult: tuple[int, ...] = (1, 2, 3, 4),
                  num_res_blocks: int = 2, num_heads: int = 4, dropout: float = 0.0,
-                 use_scale_shift_norm: bool = True, layout: str = "points", pen_classes: int = 2):
+                 use_scale_shift_norm: bool = True, layout: str = "points", pen_classes: int = 2,
+                 num_classes: int = 0):
         super().__init__()
         if layout not in ("points", "sequence"):
             raise ConfigError(f"unet layout must be 'points' or 'sequence', got {layout!r}")
@@ -181,6 +182,10 @@ class UNet1D(nn.Module):
 
         self.time_embed = nn.Sequential(nn.Linear(model_channels, emb_dim), nn.SiLU(),
                                         nn.Linear(emb_dim, emb_dim))
+        # Class-conditional (improved-diffusion's `class_cond`, which SketchKnitter's code keeps):
+        # a learned embedding of the label is added to the timestep embedding.
+        self.num_classes = num_classes
+        self.label_emb = nn.Embedding(num_classes, emb_dim) if num_classes > 0 else None
 
         def res(ch_in, ch_out):
             return ResBlock(ch_in, emb_dim, ch_out, dropout, use_scale_shift_norm)
@@ -225,12 +230,18 @@ class UNet1D(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.input_blocks[0][0].weight.dtype
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, return_features: bool = False):
+    def forward(self, x: torch.Tensor, t: torch.Tensor, return_features: bool = False,
+                y: torch.Tensor | None = None):
         if x.shape[1] != self.num_points or x.shape[2] != self.in_features:
             raise ValueError(f"UNet1D expects (B, {self.num_points}, {self.in_features}), "
                              f"got {tuple(x.shape)}")
+        if (y is not None) != (self.label_emb is not None):
+            raise ValueError("a class-conditional UNet1D needs labels y, an unconditional one "
+                             "takes none")
         emb_in = timestep_embedding(t, self.model_channels).to(self.time_embed[0].weight.dtype)
         emb = self.time_embed(emb_in)
+        if y is not None:
+            emb = emb + self.label_emb(y).to(emb.dtype)
         h = x.to(self.dtype)
         if self.layout == "sequence":
             h = h.transpose(1, 2)
