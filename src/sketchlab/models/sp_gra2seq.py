@@ -81,7 +81,7 @@ from sketchlab.models.base import SketchModel, clip_and_limit
 from sketchlab.models.code_decoder import CodeDecoder
 from sketchlab.nn.graph import PatchCNN, proximity_adjacency
 from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms
-from sketchlab.nn.rnn import make_cell
+from sketchlab.nn.cells import make_cell
 
 SCALE_MODES = ("faithful", "train_dxdy")
 NODE_MASKS = ("faithful", "clean")
@@ -103,6 +103,7 @@ class Config(TrainingConfig):
     scale_mode: str = "faithful"         # "faithful" | "train_dxdy" (bug 3)
     node_mask: str = "faithful"          # "faithful" | "clean" (bugs 1, 2)
     temperature: float = 0.24            # sample.py's tau
+    fuse_pointwise: bool = True          # torch.compile the cells' per-step pointwise math on CUDA
     # training (train.py): Adam, lr decay per step, per-variable clip_by_norm 1.0, per-epoch
     # validation, early stopping after 5 bad epochs rolling back to the best checkpoint.
     batch_size: int = 128
@@ -192,7 +193,7 @@ class SPGra2Seq(CodeDecoder, SketchModel):
         self.bn2 = nn.BatchNorm1d(D, eps=1e-5, momentum=0.1)         # over the batch
         self.fc_mu = _normal_linear(D, c.z_size, 1.0 / D)
         self.fc_sigma = _normal_linear(D, c.z_size, 1.0 / D)
-        self.decoder = make_cell("lstm", 5 + c.z_size, c.dec_rnn_size)
+        self.decoder = make_cell("lstm", 5 + c.z_size, c.dec_rnn_size, fusion=c.fuse_pointwise)
         self.fc_init = _normal_linear(c.z_size, self.decoder.state_size, 5.0 / (3.0 * c.z_size))
         self.head = MixtureHead(c.dec_rnn_size, 20, bias=False, init_std=math.sqrt(1.0 / c.dec_rnn_size))
         # Clustering centroids: never touched by the optimiser (1.9). U[0, 5) until the first
