@@ -43,9 +43,9 @@ from sketchlab.errors import ConfigError
 from sketchlab.nn.priors import kl_weight
 from sketchlab.models.base import SketchModel
 from sketchlab.models.code_decoder import CodeDecoder
+from sketchlab.nn.cells import make_cell
 from sketchlab.nn.conv import ImageDecoder, ImageEncoder, seed_linear
 from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms
-from sketchlab.nn.cells import make_cell
 
 
 @dataclass

@@ -29,8 +29,9 @@ from sketchlab.data import strokes as S
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError
 from sketchlab.models.base import SketchModel
-from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms
 from sketchlab.nn.cells import make_cell
+from sketchlab.nn.init import normal_linear
+from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms
 from sketchlab.nn.sampler import sample_sequences
 
 
@@ -70,13 +71,6 @@ class Config(TrainingConfig):
     valid_metric: str = "loss"
 
 
-def _gaussian_linear(n_in: int, n_out: int, std: float) -> nn.Linear:
-    lin = nn.Linear(n_in, n_out)
-    nn.init.normal_(lin.weight, 0.0, std)
-    nn.init.zeros_(lin.bias)
-    return lin
-
-
 def last_valid(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """`h[b, lengths[b] - 1]` for a `(B, T, H)` tensor."""
     idx = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, h.shape[-1])
@@ -103,12 +97,12 @@ class SketchRNN(SketchModel):
         if c.conditional:
             self.enc_fw = make_cell(c.enc_model, 5, c.enc_rnn_size, recurrent_dropout_keep=keep, fusion=c.fuse_pointwise)
             self.enc_bw = make_cell(c.enc_model, 5, c.enc_rnn_size, recurrent_dropout_keep=keep, fusion=c.fuse_pointwise)
-            self.fc_mu = _gaussian_linear(2 * c.enc_rnn_size, c.z_size, 0.001)
-            self.fc_presig = _gaussian_linear(2 * c.enc_rnn_size, c.z_size, 0.001)
+            self.fc_mu = normal_linear(2 * c.enc_rnn_size, c.z_size, 0.001)
+            self.fc_presig = normal_linear(2 * c.enc_rnn_size, c.z_size, 0.001)
         dec_in = 5 + (c.z_size if c.conditional else 0)
         self.decoder = make_cell(c.dec_model, dec_in, c.dec_rnn_size, recurrent_dropout_keep=keep, fusion=c.fuse_pointwise)
         if c.conditional:
-            self.fc_init = _gaussian_linear(c.z_size, self.decoder.state_size, 0.001)
+            self.fc_init = normal_linear(c.z_size, self.decoder.state_size, 0.001)
         self.input_dropout = nn.Dropout(1 - c.input_dropout_prob) if c.use_input_dropout else nn.Identity()
         self.output_dropout = nn.Dropout(1 - c.output_dropout_prob) if c.use_output_dropout else nn.Identity()
         self.head = MixtureHead(c.dec_rnn_size, c.num_mixture)

@@ -62,10 +62,10 @@ from sketchlab.errors import ConfigError, DataError
 from sketchlab.models.base import SketchModel
 from sketchlab.models.code_decoder import CodeDecoder
 from sketchlab.models.sketch_rnn import last_valid, reverse_padded
+from sketchlab.nn.cells import make_cell
 from sketchlab.nn.conv import seed_linear
 from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms
 from sketchlab.nn.relation_gcn import RelationGCN
-from sketchlab.nn.cells import make_cell
 
 RET_GALLERIES = ("z_ori", "z", "clean")
 
