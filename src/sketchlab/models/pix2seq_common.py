@@ -40,12 +40,12 @@ from sketchlab.data.image_aug import png_scale_sizes, shrink_top_left_batched
 from sketchlab.data.raster import rasterize_torch
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError
-from sketchlab.nn.priors import kl_weight
 from sketchlab.models.base import SketchModel
 from sketchlab.models.code_decoder import CodeDecoder
 from sketchlab.nn.cells import make_cell
 from sketchlab.nn.conv import ImageDecoder, ImageEncoder, seed_linear
 from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms
+from sketchlab.nn.rpcl import kl_weight
 
 
 @dataclass
