@@ -475,6 +475,21 @@ def test_pointwise_functions_trace_as_one_graph():
     assert torch._dynamo.config.recompile_limit == limit
 
 
+@pytest.mark.slow
+def test_a_failing_compile_turns_fusion_off_for_that_cell_only():
+    fusion = Fusion(backend="no_such_backend", devices=("cpu",))
+    cell = small_cell("layer_norm", fusion=fusion).eval()
+    other = small_cell("layer_norm").eval()  # default policy: eager on CPU, untouched
+    x, s0 = inputs(cell)
+    with pytest.warns(UserWarning, match="fusion disabled"):
+        hs, st = cell.sequence(x.detach(), s0.detach(), fast="bptt")
+    assert not fusion.enabled and "no_such_backend" in fusion.error
+    ref_h, ref_st = cell.sequence(x.detach(), s0.detach(), fast=False)
+    torch.testing.assert_close(hs, ref_h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(st, ref_st, rtol=1e-5, atol=1e-6)
+    assert other.fusion.enabled and other.fusion.error is None
+
+
 # --------------------------------------------------------------------------------------------
 # CUDA (skipped without a GPU): compiled pointwise functions, whole-step graphs, graphed sampling
 # --------------------------------------------------------------------------------------------
