@@ -1,6 +1,6 @@
 """RPCL-pix2seq's latent prior: a K-component diagonal GMM held as buffers, updated by EM and
-rival-penalised (RPCL) steps (spec section 4). The pieces it shares with the hierarchical prior
-of RPCL-pix2seqH live in `sketchlab.nn.rpcl`, which also describes how a model uses a prior."""
+rival-penalised (RPCL) steps. The pieces it shares with the hierarchical prior of RPCL-pix2seqH
+live in `sketchlab.nn.rpcl`, which also describes how a model uses a prior."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """RPCL-pix2seqH's latent prior: a two-level hierarchy (level-l units over shared level-k
-Gaussians) held as buffers, updated by EM and rival-penalised (RPCL) steps (spec section 5). The
-pieces it shares with the GMM prior of RPCL-pix2seq live in `sketchlab.nn.rpcl`, which also
-describes how a model uses a prior."""
+Gaussians) held as buffers, updated by EM and rival-penalised (RPCL) steps. The pieces it shares
+with the GMM prior of RPCL-pix2seq live in `sketchlab.nn.rpcl`, which also describes how a model
+uses a prior."""
 
 from __future__ import annotations
 
