@@ -2,8 +2,8 @@
 
 The public surface most users need:
 
-    from sketchlab.data.strokes import Sketches
-    from sketchlab.data.quickdraw import load_npz
+    from sketchlab.data.sketches import Sketches
+    from sketchlab.data.npz import load_npz
 """
 
 __version__ = "0.1.0"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import zipfile
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -184,7 +184,7 @@ class Sketches:
                 if "points" not in f or "offsets" not in f:
                     raise DataError(f"{path}: not a sketchlab Sketches file (no 'points'/'offsets' "
                                     f"arrays; keys are {sorted(f.files)}). For sketch-rnn npz files "
-                                    f"use sketchlab.data.quickdraw.load_npz.")
+                                    f"use sketchlab.data.npz.load_npz.")
                 kw = dict(points=f["points"], offsets=f["offsets"])
                 for key in ("category", "z", "component"):
                     if key in f:
