@@ -19,6 +19,44 @@ def test_absolute_roundtrip_and_polylines():
     assert np.allclose(S.from_polylines(lines), SQUARE)
 
 
+def test_stroke_ids_end_a_stroke_at_each_pen_lift():
+    assert S.stroke_ids(SQUARE[:, 2]).tolist() == [0, 0, 0, 0, 0, 1, 1]
+    assert S.stroke_ids(np.array([1.0, 1.0, 0.0])).tolist() == [0, 1, 2]
+    assert S.stroke_ids(np.zeros(0)).tolist() == []
+
+
+def test_parse_drawing_reads_quickdraw_strokes():
+    lines = S.parse_drawing([[[10, 20, 20], [0, 0, 30]], [[], []], [[50], [40]]])
+    assert [l.tolist() for l in lines] == [[[10, 0], [20, 0], [20, 30]], [[50, 40]]]
+    assert lines[0].dtype == np.float64
+    # arrays and tuples are strokes too; raw ndjson's third list only with extra_lists
+    assert S.parse_drawing([np.array([[1, 2], [3, 4]])])[0].tolist() == [[1, 3], [2, 4]]
+    raw = [([1, 2], [3, 4], [0, 16])]
+    assert S.parse_drawing(raw, extra_lists=True)[0].tolist() == [[1, 3], [2, 4]]
+    with pytest.raises(S.BadDrawing, match=r"malformed stroke \(stroke 0: expected \[xs, ys\], "
+                                           r"got 3 lists\)") as err:
+        S.parse_drawing(raw)
+    assert err.value.reason == "malformed stroke" and isinstance(err.value, DataError)
+
+
+@pytest.mark.parametrize("drawing, message", [
+    ([], r"empty drawing \(no strokes\)"),
+    ({"a": 1}, r"empty drawing \(a dict, not a list of strokes\)"),
+    ([[[], []]], r"empty drawing \(every stroke is empty\)"),
+    ([[[1], [1]], 5], r"malformed stroke \(stroke 1: expected \[xs, ys\], got int\)"),
+    ([[[1], [1]], [[1, 2], 3]], r"malformed stroke \(stroke 1: xs and ys must be lists"),
+    ([[[1], [1]], [[1, 2], [3]]], r"xs/ys lengths differ \(stroke 1: 2 xs, 1 ys\)"),
+    ([[[1, "a"], [1, 2]]], r"non-numeric coordinates \(stroke 0\)"),
+    ([[[None], [1]]], r"NaN or inf coordinates \(stroke 0\)"),   # numpy reads None as NaN
+    ([[[[1, 2]], [[3, 4]]]], r"non-numeric coordinates \(stroke 0: nested lists\)"),
+    ([[[], []], [[1, 2], [1, 2]], [[1, float("nan")], [1, 2]]], r"NaN or inf coordinates \(stroke 2\)"),
+    ([[[float("inf")], [1]]], r"NaN or inf"),
+])
+def test_parse_drawing_names_the_problem_and_the_stroke(drawing, message):
+    with pytest.raises(S.BadDrawing, match=message):
+        S.parse_drawing(drawing)
+
+
 def test_stroke5_padding_matches_seed_layout():
     batch = S.pad_batch([SQUARE], max_len=9)
     assert batch.shape == (1, 10, 5)

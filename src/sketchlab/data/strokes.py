@@ -197,6 +197,14 @@ def stroke5_to_stroke3(seq: np.ndarray) -> np.ndarray:
     return out
 
 
+def stroke_ids(pen: np.ndarray) -> np.ndarray:
+    """Stroke index of every row: a stroke ends at a pen-up row."""
+    ids = np.zeros(len(pen), np.int64)
+    if len(pen) > 1:
+        ids[1:] = np.cumsum(pen[:-1] > 0.5)
+    return ids
+
+
 def bounds(sketch: np.ndarray) -> tuple[float, float, float, float]:
     """`(min_x, max_x, min_y, max_y)` of the absolute positions, origin included (seeds' get_bounds)."""
     a = to_absolute(sketch)
