@@ -234,8 +234,8 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     if max_points < 2:
         raise ConfigError(f"max_points must be >= 2, got {max_points}")
     files = _ndjson_files(sources)
-    wanted = ({_category_key(c): c for c in parse_categories(categories, "categories")} if categories
-              else None)
+    wanted = ({_category_key(c): c for c in parse_categories(categories, "categories")}
+              if categories else None)
 
     split_tables: dict[Path, tuple[str, dict] | None] = {}
 
