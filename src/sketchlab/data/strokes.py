@@ -21,7 +21,8 @@ import numpy as np
 
 from sketchlab.errors import DataError
 
-# The seeds clip raw offsets to this magnitude before anything else (spec 2.3).
+# The seeds clip raw offsets to this magnitude before anything else (sketch-rnn's
+# `DataLoader(limit=1000)`, applied in `DataLoader.preprocess`).
 RAW_OFFSET_LIMIT = 1000.0
 
 
@@ -380,7 +381,8 @@ def random_scale(sketch: np.ndarray, factor: float, rng: np.random.Generator) ->
 
 
 def augment_strokes(sketch: np.ndarray, prob: float, rng: np.random.Generator) -> np.ndarray:
-    """sketch-rnn's point dropping (spec 2.4 step 2), vectorised.
+    """sketch-rnn's point dropping (`utils.augment_strokes`, run on every training batch),
+    vectorised.
 
     A pen-down point whose predecessor (last kept point) is pen-down, deep inside a stroke
     (`count > 2` consecutive pen-down candidates), is dropped with probability `prob`; its offset is
