@@ -8,7 +8,7 @@ import pytest
 from npz_samples import SK_A, SK_B, SK_C, run_cli
 from sketchlab.data.catalog import describe_npz
 from sketchlab.data.npz import save_sketchrnn_npz
-from sketchlab.data.sources import load_categories
+from sketchlab.data.sources import load_categories, parse_categories
 from sketchlab.errors import ConfigError, DataError
 
 
@@ -60,3 +60,43 @@ def test_cli_info_table_and_json(data_dir, monkeypatch, capsys):
     assert json.loads(out)["splits"]["test"]["count"] == 2
     code, _, err = run_cli(monkeypatch, capsys, "data", "info", str(data_dir / "nope.npz"))
     assert code == 2 and "no such file" in err
+
+
+# ============================================================================================
+# The category parser (every --categories, --hparams categories=..., load_categories)
+# ============================================================================================
+
+
+@pytest.mark.parametrize("value, names", [
+    ("cat,bus", ["cat", "bus"]),
+    ("[bee, bus]", ["bee", "bus"]),                      # the originals' hparams spelling
+    ("{'bee','bus'}", ["bee", "bus"]),
+    (" ' alarm clock ' , \"The Mona Lisa\" ", ["alarm clock", "The Mona Lisa"]),
+    ("a,,b,", ["a", "b"]),
+    (["cat", " 'dog' ", ""], ["cat", "dog"]),
+    (("cat",), ["cat"]),
+    (None, []),                                          # not given: the caller decides
+])
+def test_parse_categories_spellings(value, names):
+    assert parse_categories(value) == names
+
+
+@pytest.mark.parametrize("value, message", [
+    ("", r"--categories '' names no category"),
+    ("[]", r"--categories '\[\]' names no category"),
+    ([" ", ""], r"--categories \[' ', ''\] names no category"),
+    ("cat,dog,cat", r"--categories: category listed twice: cat"),
+    (["cat", 3], r"--categories: category names must be strings, got 3"),
+])
+def test_parse_categories_refusals_name_the_flag(value, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_categories(value)
+    with pytest.raises(ConfigError, match=message.replace("--categories", "--hparams categories")):
+        parse_categories(value, flag="--hparams categories")
+
+
+def test_load_categories_reads_the_originals_spelling(data_dir):
+    data = load_categories(data_dir, "[dog, 'cat']", splits=("test",))
+    assert data["test"].category_names == ("dog", "cat") and len(data["test"]) == 3
+    with pytest.raises(ConfigError, match="no categories given"):
+        load_categories(data_dir, None)
