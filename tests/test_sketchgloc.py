@@ -525,7 +525,7 @@ def test_demo_config_is_small():
 
 @pytest.mark.realdata
 def test_real_data_sizes_and_a_batch(shared_data):
-    from sketchlab.data.quickdraw import load_npz
+    from sketchlab.data.npz import load_npz
 
     path = shared_data / "sketchrnn" / "aaron_sheep.npz"
     if not path.is_file():
