@@ -1,6 +1,7 @@
 """RPCL-pix2seq and RPCL-pix2seqH models: data, losses and schedules against hand computations,
 the prior's update discipline, resume, sampling, the latent tools and the command line."""
 
+import dataclasses
 import json
 import math
 
@@ -373,9 +374,11 @@ def test_pix2seqh_sample_a_unit(doodles):
     assert set(out.component.tolist()) == {1, 3}
     with pytest.raises(ConfigError):
         m.generate(2, unit=1, component=1)
-    import inspect
-
-    assert "unit" not in inspect.signature(RPCLPix2Seq.generate).parameters  # the CLI refuses --unit
+    # RPCL-pix2seq has no units: its Options lack the field (the CLI refuses --unit), and the
+    # refusal names the model that takes it
+    assert "unit" not in {f.name for f in dataclasses.fields(RPCLPix2Seq.Options)}
+    with pytest.raises(ConfigError, match="rpcl-pix2seqh"):
+        build(RPCLPix2Seq, PConfig, TINY_P, doodles).generate(2, unit=1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ from sketchlab.data.corrupt import deform, drop_strokes, mask_patches, mask_poin
 from sketchlab.data.strokes import to_absolute
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
+from sketchlab.models.knitter_shortcut import calibrate_shortcut
 from sketchlab.models.sketchknitter import (
-    Config, SketchKnitter, calibrate_shortcut, config_from_original, decode_pen,
-    faithful_scale_factor,
+    Config, Options, SketchKnitter, config_from_original, decode_pen, faithful_scale_factor,
 )
 from sketchlab.nn.unet1d import AttentionBlock, UNet1D, timestep_embedding
 
@@ -349,7 +349,7 @@ def test_refine_is_sdedit_hand_value():
     m.set_data_stats(2.0)
     rng = np.random.default_rng(0)
     cond = circles(3, rng)
-    out = m.refine(Sketches.from_list(cond, scale_factor=2.0), strength=0.3, sampler="ddim",
+    out = m.heal(Sketches.from_list(cond, scale_factor=2.0), strength=0.3, sampler="ddim",
                    steps=4, generator=torch.Generator().manual_seed(7))
     smp = m.make_sampler("ddim", 4, max_timestep=14)  # t0 = 0.3 * 50 - 1
     t_s = smp.timesteps[0]
@@ -361,17 +361,17 @@ def test_refine_is_sdedit_hand_value():
         np.testing.assert_allclose(out[i][:, :2], expected, rtol=1e-4, atol=1e-4)
     assert out.lengths.tolist() == [len(c) for c in cond]
     # strength 0 returns the input; raw-unit input is converted to the model's units
-    same = m.refine(Sketches.from_list(cond, scale_factor=1.0), strength=0.0)
+    same = m.heal(Sketches.from_list(cond, scale_factor=1.0), strength=0.0)
     np.testing.assert_allclose(same[0][:, :2], cond[0][:, :2] / 2.0)
     np.testing.assert_array_equal(same[0][:, 2], cond[0][:, 2])
-    more = m.refine(cond, strength=0.5, sampler="ddim", steps=3, extra_points=4)
+    more = m.heal(cond, strength=0.5, sampler="ddim", steps=3, extra_points=4)
     assert more.lengths.tolist() == [len(c) + 4 for c in cond]
     with pytest.raises(DataError, match="at most 32"):
-        m.refine([np.zeros((40, 3), np.float32)], strength=0.5)
+        m.heal([np.zeros((40, 3), np.float32)], strength=0.5)
     with pytest.raises(DataError):
-        m.refine([np.array([[np.nan, 0, 0]], np.float32)], strength=0.5)
+        m.heal([np.array([[np.nan, 0, 0]], np.float32)], strength=0.5)
     with pytest.raises(ConfigError):
-        m.refine(cond, strength=1.5)
+        m.heal(cond, strength=1.5)
 
 
 def test_fast_path_matches_plain_path():
