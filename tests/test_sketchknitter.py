@@ -173,6 +173,15 @@ def test_clip_auto_is_the_training_data_bound():
     out = m.generate(3, sampler="ddim", steps=5, lengths=[8, 12, 20],
                      generator=torch.Generator().manual_seed(0))
     assert np.abs(out.points[:, :2]).max() <= 0.2 + 1e-6
+    # the clip_x0 option overrides the config's for one call (<= 0: no clamp)
+    free = SketchKnitter(Config(**{**TINY, "clip_x0": None}))
+    free.load_state_dict(m.state_dict())
+    same = free.generate(3, sampler="ddim", steps=5, lengths=[8, 12, 20], clip_x0=0.2,
+                         generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(same.points, out.points)
+    off = m.generate(3, sampler="ddim", steps=5, lengths=[8, 12, 20], clip_x0=0,
+                     generator=torch.Generator().manual_seed(0))
+    assert np.abs(off.points[:, :2]).max() > 0.2
 
 
 def test_config_from_the_original_flags():
@@ -342,7 +351,7 @@ def test_generate_is_reproducible_and_batches_agree():
     assert a.lengths.tolist() == [5, 9, 12, 12, 5]
 
 
-def test_refine_is_sdedit_hand_value():
+def test_heal_is_sdedit_hand_value():
     """An untrained model predicts eps = 0, so deterministic DDIM from t_s returns
     x_ts / sqrt(abar_ts) = c + sqrt(1 / abar_ts - 1) * noise exactly."""
     m = tiny()
@@ -372,6 +381,15 @@ def test_refine_is_sdedit_hand_value():
         m.heal([np.array([[np.nan, 0, 0]], np.float32)], strength=0.5)
     with pytest.raises(ConfigError):
         m.heal(cond, strength=1.5)
+    # heal's strength is SketchKnitter's noise_level (t0 / T); the old keyword points there
+    by_name = m.generate(references=Sketches.from_list(cond, scale_factor=2.0), noise_level=0.3,
+                         sampler="ddim", steps=4, generator=torch.Generator().manual_seed(7))
+    np.testing.assert_array_equal(by_name.points, out.points)
+    assert (m.heal_option, m.can_heal, m.can_sample, m.can_encode) == ("noise_level", True, True, False)
+    with pytest.raises(ConfigError, match="noise_level here"):
+        m.generate(references=cond, strength=0.3)
+    with pytest.raises(ConfigError, match="not both"):
+        m.heal(cond, strength=0.3, noise_level=0.3)
 
 
 def test_fast_path_matches_plain_path():
@@ -401,6 +419,9 @@ def test_fast_path_matches_plain_path():
     plain2 = m.generate(3, fast=False, generator=torch.Generator().manual_seed(2), **kw)
     fast2 = m.generate(3, fast=True, fast_dtype=torch.bfloat16,
                        generator=torch.Generator().manual_seed(2), **kw)
+    by_name = m.generate(3, fast=True, fast_dtype="bfloat16",       # the command line's spelling
+                         generator=torch.Generator().manual_seed(2), **kw)
+    np.testing.assert_array_equal(by_name.points, fast2.points)
     assert not np.allclose(fast2.points, fast.points)
     np.testing.assert_allclose(fast2.points[:, :2], plain2.points[:, :2], rtol=0.01, atol=0.5)
 
@@ -576,3 +597,9 @@ def test_train_and_sample_through_the_cli(tmp_path, capsys):
     assert len(Sketches.load(out)) == 3
     assert main(["sample", str(run), "--out", str(out), "--sampler", "rshortcut", "--n", "2"]) == 2
     assert "calibrat" in capsys.readouterr().err.lower()
+    # options of other models are refused, naming the models that take them
+    assert main(["sample", str(run), "--out", str(out), "--n", "2", "--greedy"]) == 2
+    err = capsys.readouterr().err
+    assert "--greedy does not apply to a sketchknitter model" in err and "sketch-rnn" in err
+    assert main(["sample", str(run), "--out", str(out), "--n", "2", "--strength", "0.3"]) == 2
+    assert "--condition-on" in capsys.readouterr().err

@@ -297,6 +297,9 @@ class SketchModel(nn.Module):
             if key not in known:
                 owners = [m for m in models_with_option(key) if m != self.name]
                 hint = f"; it is an option of {', '.join(owners)}" if owners else ""
+                if key == "strength" and self.can_heal:
+                    hint = (f"; healing strength is {self.heal_option} here: heal(references, "
+                            f"strength=...) sets it")
                 raise ConfigError(f"a {self.name} model takes no sampling option {key!r} (its "
                                   f"options: {', '.join(sorted(known))}){hint}")
         options = dataclasses.replace(options, **overrides)
