@@ -8,7 +8,12 @@ fields of `sketchlab.config.TrainingConfig`) and these methods:
   (CPU tensors; the trainer moves them), applying the training augmentations when `train`;
 * `loss(batch, step) -> dict[str, Tensor]` with `"loss"` the scalar to minimise;
 * `on_step_end(step)`: called after the optimiser step (write non-gradient buffers here);
-* `encode(batch) -> Tensor` and `generate(...) -> Sketches`.
+* `encode(batch) -> Tensor` (codes; SketchKnitter: denoiser features for retrieval, which do
+  not decode) and `decode_codes(z, *, temperature, seed, greedy) -> Sketches`;
+* `generate(n=None, *, references=None, seed=0, options=None, **option_overrides) -> Sketches`:
+  `n` new sketches, or one per reference; `heal(references, *, strength, ...)` and
+  `complete(prefix, n_per_prefix=1, *, seed=0, options=None, ...)` where declared. Sketches go
+  in and come out in the model's normalised units.
 
 Data preparation hooks are classmethods because they run before the model exists: the trainer
 filters the raw splits, computes the scale factor on the training split, normalises every split,
