@@ -62,6 +62,10 @@ def _walk_trajectories(model: SketchKnitter, visit, *, n: int, batch_size: int, 
     the pure-noise first step) or its x0_hat, and that step's pen probabilities."""
     if target_on not in ("x_t", "x0_hat"):
         raise ConfigError(f"target_on must be 'x_t' or 'x0_hat', got {target_on!r}")
+    if generator is None:
+        # One stream for every batch (generate would seed each call alike), drawn from torch's
+        # global generator so that torch.manual_seed still makes the walk reproducible.
+        generator = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 62, ())))
     smp = model.make_sampler(sampler, steps)
     first = 1 if target_on == "x_t" else 0
     count = len(smp.timesteps)
