@@ -455,9 +455,12 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
             results = map(_run_chunk, jobs)
             pool = None
         else:
-            # spawn: workers import numpy and this module only (no fork of a process that may
-            # hold torch's thread pools); map() hands the results back in task order.
-            pool = ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn"))
+            # fork where there is one: a spawned worker would import the caller's __main__ (for
+            # the `sketchlab` command: the CLI and torch, seconds per worker). The workers run
+            # json and numpy only, never torch, so its thread pools in the parent do not matter.
+            # map() hands the results back in task order.
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            pool = ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context(method))
             results = pool.map(_run_chunk, jobs)
         try:
             for (k, a, b), chunk in zip(tasks, results):
