@@ -174,16 +174,6 @@ _POINTWISE: dict[str, Callable] = {
     "hyper_main_bwd": _hyper_main_bwd,
 }
 
-
-_POINTWISE: dict[str, Callable] = {
-    "lstm_fwd": _lstm_fwd,
-    "lstm_bwd": _lstm_bwd,
-    "ln_lstm_fwd": _ln_lstm_fwd,
-    "ln_lstm_bwd": _ln_lstm_bwd,
-    "hyper_main_fwd": _hyper_main_fwd,
-    "hyper_main_bwd": _hyper_main_bwd,
-}
-
 # Each function is compiled once per input signature (shapes, dtypes, mask or not, ...), e.g. the
 # LayerNorm-LSTM step serves both the LayerNorm cell and the hyper cell at several sizes; dynamo's
 # default limit of 8 compilations per function would silently send the rest to eager.
@@ -201,6 +191,12 @@ class Fusion:
     `error` and warns; the cell goes on eagerly (inside a CUDA-graph capture it raises instead:
     a failing capture is the caller's to report). Nothing here changes process-wide settings: the
     higher recompile limit is a thread-local `torch._dynamo.config.patch` around compilations.
+
+    On a CPU, `Fusion(devices=("cuda", "cpu"))` compiles too (inductor writes vectorised C++):
+    `benchmarks/cpu.py --compile` measures it against the eager functions. It is not the default
+    there: the first step of a process pays the compilation (15-75 s on 2 cores, less once
+    inductor's on-disk cache holds the kernels), while the eager step on one thread already costs
+    about what torch's native LSTM kernel does (README, CPU column).
     """
 
     enabled: bool = True
