@@ -603,6 +603,31 @@ class SketchKnitter(SketchModel):
         out = self.to_sketches(torch.cat(outs), decode_pen(torch.cat(pens), pen_break), lengths_arr)
         return self.label_samples(out, _labelled(references))
 
+    @torch.no_grad()
+    def corrupt(self, references: Sketches, *, strength: float, seed: int = 0, options=None,
+                **overrides) -> Sketches:
+        """The references noised to t0 = strength * T, as `heal(strength=noise_level, seed=...)`
+        noises them before denoising (the same draws for the first `batch_size` references;
+        later batches' noise comes after the first batch's sampling steps), with their own pen
+        bits, as sketches."""
+        self.require("can_heal", "heal sketches")
+        opts = self.make_options(options, **overrides)
+        x_c, pen_c, lengths, t0 = self._prepare_condition(references, float(strength),
+                                                          opts.extra_points)
+        if t0 >= 0:
+            smp = self.make_sampler(opts.sampler, opts.steps, opts.spacing, opts.eta,
+                                    max_timestep=t0, clip_x0=opts.clip_x0)
+            generator = torch.Generator().manual_seed(int(seed))
+            temperature = 1.0 if opts.temperature is None else float(opts.temperature)
+            noise = _randn(tuple(x_c.shape), generator, torch.device("cpu"))
+            t = torch.full((len(x_c),), smp.timesteps[0], dtype=torch.long)
+            mask = length_mask(lengths, self.config.num_points)
+            diffusion = self.diffusion
+            x_c = diffusion.q_sample(x_c.to(self.data_scale.device), t.to(self.data_scale.device),
+                                     (noise * temperature).to(self.data_scale.device)).cpu()
+            x_c = x_c * mask[..., None]
+        return self.label_samples(self.to_sketches(x_c, pen_c, lengths), _labelled(references))
+
     def _prepare_condition(self, condition, noise_level: float, extra_points: int):
         c = self.config
         if not 0.0 <= noise_level <= 1.0:
