@@ -441,104 +441,150 @@ class Trainer:
         return self.stopped_early
 
     def train(self) -> dict:
-        """Run until max_steps / max_epochs / early stopping. Returns a summary dict."""
+        """Run until max_steps / max_epochs / the time limit / early stopping. Returns a summary."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.maybe_resume()
         if self.max_seconds is not None:
             self._deadline = time.time() + self.max_seconds
         self.model.train()
-        cfg = self.cfg
-        runlog = RunLog(self.run_dir, self.is_main)
-        total = self.max_steps if self.max_steps is not None else None
-        bar = None
-        if self.progress and self.is_main:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total, initial=min(self.step, total or self.step), unit="step",
-                       dynamic_ncols=True, desc=self.model_name)
-        pool = ThreadPoolExecutor(max_workers=1)   # prepares the next batch while this one runs
-        bad_steps = 0
-        # Per-term sums and counts: a model may report a term only on some steps (RPCL-pix2seqH
-        # computes L_R only on its sequence steps), so each term is averaged over its own steps.
-        term_sums: dict[str, float] = {}
-        term_counts: dict[str, int] = {}
-        t_last = time.time()
-        forward = self.ddp if self.ddp is not None else self.model
+        self._open_session()
         try:
             while not self._should_stop():
-                order = self._epoch_order(self.epoch)
-                pending = None
-                while self.batch_in_epoch < self.batches_per_epoch and not self._should_stop():
-                    b, step = self.batch_in_epoch, self.step
-                    batch = (pending.result() if pending is not None
-                             else self._train_batch(order, b, step))
-                    pending = (pool.submit(self._train_batch, order, b + 1, step + 1)
-                               if b + 1 < self.batches_per_epoch else None)
-                    lr = learning_rate(cfg, step)
-                    batch["step"] = torch.tensor(float(step), dtype=torch.float64)  # schedules in the loss
-                    batch = to_device(batch, self.device)
-                    with torch.no_grad():
-                        batch = self.model.prepare_step(batch)
-                    terms = self._train_step(batch, step, lr, forward)
-                    if terms is None:
-                        # Skipped: the parameters stay at the last good state.
-                        bad_steps += 1
-                        self.say(f"step {step}: non-finite loss or gradient; update skipped "
-                                 f"({bad_steps} in a row)")
-                        if bad_steps >= MAX_BAD_STEPS:
-                            pending = None
-                            self._recover_from_nan()
-                            bad_steps = 0
-                            break
-                        self.batch_in_epoch += 1
-                        continue
-                    bad_steps = 0
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    for k, v in terms.items():
-                        term_sums[k] = term_sums.get(k, 0.0) + v
-                        term_counts[k] = term_counts.get(k, 0) + 1
-                    now = time.time()
-                    self.elapsed += now - t_last
-                    t_last = now
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{terms['loss']:.3f}", epoch=self.epoch)
-                    log_every = max(1, min(20, self.batches_per_epoch))
-                    if self.step % log_every == 0:
-                        row = {"step": self.step, "epoch": self.epoch, "lr": lr,
-                               "elapsed": round(self.elapsed, 2)}
-                        row.update({k: v / term_counts[k] for k, v in term_sums.items()})
-                        runlog.write(row)
-                        term_sums, term_counts = {}, {}
-                    if cfg.eval_every and self.step % cfg.eval_every == 0:
-                        self._validate(runlog)
-                    elif self.step % max(1, cfg.checkpoint_every) == 0:
-                        self.save()
-                else:
-                    if self.batch_in_epoch >= self.batches_per_epoch:
-                        self.epoch += 1
-                        self.batch_in_epoch = 0
-                        if not cfg.eval_every:
-                            self._validate(runlog)
-            if self._deadline is not None and time.time() >= self._deadline:
-                self.say(f"time limit of {self.max_seconds:.0f}s reached at step {self.step}")
-            if self.last_eval_step != self.step and not self.stopped_early:
-                self._validate(runlog)   # a run cut by max_steps still gets its best checkpoint
-            else:
-                self.save()
+                self._train_epoch()
+            self._finish()
         except KeyboardInterrupt:
             self.save()
             self.say(f"interrupted: checkpoint written at step {self.step}; run the same command "
                      f"to resume")
             raise
         finally:
-            pool.shutdown(wait=True)
-            if bar is not None:
-                bar.close()
-            runlog.close()
+            self._close_session()
         return {"step": self.step, "epoch": self.epoch, "best_valid": self.best_valid,
                 "stopped_early": self.stopped_early, "elapsed": self.elapsed}
+
+    def _open_session(self) -> None:
+        """What one `train()` call holds: the log, the progress bar, the prefetch thread, and the
+        running sums of the loss terms between two log rows."""
+        self._runlog = RunLog(self.run_dir, self.is_main)
+        self._bar = None
+        if self.progress and self.is_main:
+            from tqdm.auto import tqdm
+
+            total = self.max_steps
+            self._bar = tqdm(total=total, initial=min(self.step, total or self.step), unit="step",
+                             dynamic_ncols=True, desc=self.model_name)
+        self._pool = ThreadPoolExecutor(max_workers=1)   # prepares the next batch during a step
+        self._bad_steps = 0
+        # Per-term sums and counts: a model may report a term only on some steps (RPCL-pix2seqH
+        # computes L_R only on its sequence steps), so each term is averaged over its own steps.
+        self._term_sums: dict[str, float] = {}
+        self._term_counts: dict[str, int] = {}
+        self._t_last = time.time()
+
+    def _close_session(self) -> None:
+        self._pool.shutdown(wait=True)
+        if self._bar is not None:
+            self._bar.close()
+        self._runlog.close()
+
+    def _train_epoch(self) -> None:
+        """Train on the rest of the current epoch (from `batch_in_epoch`), then close the epoch.
+
+        Returns early when a stop condition holds, or after repeated non-finite steps restored the
+        last checkpoint (the caller's loop then carries on from the restored position)."""
+        order = self._epoch_order(self.epoch)
+        pending = None
+        while self.batch_in_epoch < self.batches_per_epoch and not self._should_stop():
+            step = self.step
+            batch, pending = self._next_batch(order, pending)
+            lr = learning_rate(self.cfg, step)
+            terms = self._train_step(self._step_input(batch, step), step, lr, self._forward)
+            if terms is None:
+                if self._skip_step(step):
+                    return
+                continue
+            self._bad_steps = 0
+            self.step += 1
+            self.batch_in_epoch += 1
+            self._log_step(terms, lr)
+            self._validate_or_checkpoint()
+        if self.batch_in_epoch >= self.batches_per_epoch:
+            self._end_epoch()
+
+    @property
+    def _forward(self):
+        """What computes the loss: the DDP wrapper (it all-reduces the gradients) or the model."""
+        return self.ddp if self.ddp is not None else self.model
+
+    def _next_batch(self, order: np.ndarray, pending):
+        """This position's batch (prefetched by the previous call when there was one) and the
+        future of the next batch of the epoch, started on the prefetch thread."""
+        b, step = self.batch_in_epoch, self.step
+        batch = pending.result() if pending is not None else self._train_batch(order, b, step)
+        pending = (self._pool.submit(self._train_batch, order, b + 1, step + 1)
+                   if b + 1 < self.batches_per_epoch else None)
+        return batch, pending
+
+    def _step_input(self, batch, step: int):
+        """The batch on the device, with the step for schedules computed in the loss, after the
+        model's eager preparation (e.g. rasterising)."""
+        batch["step"] = torch.tensor(float(step), dtype=torch.float64)
+        batch = to_device(batch, self.device)
+        with torch.no_grad():
+            return self.model.prepare_step(batch)
+
+    def _skip_step(self, step: int) -> bool:
+        """A non-finite step left the parameters as they were. After MAX_BAD_STEPS in a row, go
+        back to the last checkpoint and return True; otherwise move on to the next batch."""
+        self._bad_steps += 1
+        self.say(f"step {step}: non-finite loss or gradient; update skipped "
+                 f"({self._bad_steps} in a row)")
+        if self._bad_steps >= MAX_BAD_STEPS:
+            self._recover_from_nan()
+            self._bad_steps = 0
+            return True
+        self.batch_in_epoch += 1
+        return False
+
+    def _log_step(self, terms: dict[str, float], lr: float) -> None:
+        """Count the step's time and terms; a log.csv row of the averages every few steps."""
+        for k, v in terms.items():
+            self._term_sums[k] = self._term_sums.get(k, 0.0) + v
+            self._term_counts[k] = self._term_counts.get(k, 0) + 1
+        now = time.time()
+        self.elapsed += now - self._t_last
+        self._t_last = now
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(loss=f"{terms['loss']:.3f}", epoch=self.epoch)
+        log_every = max(1, min(20, self.batches_per_epoch))
+        if self.step % log_every == 0:
+            row = {"step": self.step, "epoch": self.epoch, "lr": lr,
+                   "elapsed": round(self.elapsed, 2)}
+            row.update({k: v / self._term_counts[k] for k, v in self._term_sums.items()})
+            self._runlog.write(row)
+            self._term_sums, self._term_counts = {}, {}
+
+    def _validate_or_checkpoint(self) -> None:
+        if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+            self._validate()
+        elif self.step % max(1, self.cfg.checkpoint_every) == 0:
+            self.save()
+
+    def _end_epoch(self) -> None:
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        if not self.cfg.eval_every:
+            self._validate()
+
+    def _finish(self) -> None:
+        """A run cut by max_steps or the time limit still validates and gets its best checkpoint."""
+        if self._deadline is not None and time.time() >= self._deadline:
+            self.say(f"time limit of {self.max_seconds:.0f}s reached at step {self.step}")
+        if self.last_eval_step != self.step and not self.stopped_early:
+            self._validate()
+        else:
+            self.save()
 
     def _train_step(self, batch, step: int, lr: float, forward) -> dict[str, float] | None:
         """One optimisation step; the loss terms as floats, or None if it was not finite."""
@@ -587,7 +633,7 @@ class Trainer:
         terms["_finite"] = finite
         return terms
 
-    def _validate(self, runlog: RunLog) -> None:
+    def _validate(self) -> None:
         self.last_eval_step = self.step
         metrics = self.evaluate("valid")
         key = self.cfg.valid_metric
@@ -598,7 +644,7 @@ class Trainer:
         row = {"step": self.step, "epoch": self.epoch, "lr": learning_rate(self.cfg, self.step),
                "elapsed": round(self.elapsed, 2)}
         row.update({f"valid_{k}": v for k, v in metrics.items()})
-        runlog.write(row)
+        self._runlog.write(row)
         improved = value < self.best_valid
         self.say(f"step {self.step} epoch {self.epoch}: valid {key} {value:.4f}"
                  + (" (best)" if improved else f" (best {self.best_valid:.4f})"))
