@@ -295,3 +295,20 @@ def test_optimizer_state_loads_into_the_tensors_it_already_holds():
     assert torch.equal(now["exp_avg"], saved["state"][0]["exp_avg"])
     assert float(now["step"]) == 2.0
     assert opt.param_groups[0]["lr"] is lr and float(lr) == pytest.approx(0.1)
+
+
+def test_constructing_a_trainer_starts_no_process_group(tmp_path, monkeypatch):
+    """The process group is the entry point's (`init_distributed`); the trainer only reads it."""
+    import torch.distributed as dist
+
+    from sketchlab.errors import ConfigError
+    from sketchlab.train.trainer import init_distributed
+
+    model, data = build(tmp_path)
+    tr = Trainer(model, data, tmp_path / "run", progress=False, log=lambda m: None)
+    assert not tr.distributed and tr.world == 1 and not dist.is_initialized()
+    assert not init_distributed()             # no torchrun environment: nothing to join
+    monkeypatch.setenv("WORLD_SIZE", "2")     # torchrun's environment, but no group joined
+    with pytest.raises(ConfigError, match="init_distributed"):
+        Trainer(model, data, tmp_path / "run", progress=False, log=lambda m: None)
+    assert not dist.is_initialized()

@@ -4,7 +4,8 @@ It owns what the seeds scattered over their scripts: the data splits and the sca
 shuffled epochs, Adam and the learning-rate decay, both gradient-clipping modes, validation with
 early stopping (optionally rewinding to the best checkpoint, as the RPCL seeds do), atomic
 checkpoints that a killed run resumes from, NaN protection, AMP, CSV/TensorBoard logs, a progress
-bar, and multi-GPU data parallelism under `torchrun`.
+bar, and multi-GPU data parallelism under `torchrun` (the entry point first calls
+`init_distributed`, which starts the process group; the trainer only reads whether one exists).
 
 Reproducibility: the order of epoch `e` is `default_rng([seed, e]).permutation(N)` and the
 augmentation RNG of step `s` is `default_rng([seed, 1, s])`, so a resumed run sees exactly the
@@ -70,6 +71,39 @@ def to_device(batch, device: torch.device):
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-process data parallelism
+# ---------------------------------------------------------------------------------------------
+
+
+def init_distributed(device: torch.device | None = None) -> bool:
+    """Join the process group that `torchrun` describes in the environment (WORLD_SIZE > 1);
+    nothing otherwise. Returns whether this process is now one of several.
+
+    A process-wide side effect, so the entry point (`sketchlab train`, a user's script) calls it
+    once, before building the `Trainer`. The backend is NCCL when the processes train on CUDA
+    (`device`, default the best available) and gloo otherwise; on CUDA each process also makes
+    its own GPU (LOCAL_RANK) the current one, as NCCL needs.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        cuda = (device if device is not None else pick_device()).type == "cuda"
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return _group_size() > 1
+
+
+def _group_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _local_device(device: torch.device, distributed: bool) -> torch.device:
+    """Under a process group, a CUDA device without an index means this process's GPU."""
+    if distributed and device.type == "cuda" and device.index is None:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,17 +224,17 @@ class Trainer:
         self.model_name = model_name or model.name
         self.run_info = dict(run_info or {})   # extra config.json fields (e.g. the data source)
 
-        # Multi-GPU under torchrun: one process per device, gradients all-reduced by DDP.
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.distributed = self.world > 1
-        if self.distributed and not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() and device is None else "gloo"
-            dist.init_process_group(backend)
-        if device is None:
-            device = pick_device()
-            if self.distributed and device.type == "cuda":
-                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        # Multi-GPU under torchrun: one process per device, gradients all-reduced by DDP. The
+        # process group is the entry point's to start (`init_distributed`); the trainer only
+        # reads whether there is one.
+        self.distributed = _group_size() > 1
+        self.world = _group_size() if self.distributed else 1
+        self.rank = dist.get_rank() if self.distributed else 0
+        if not self.distributed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} (torchrun?) but this process "
+                              f"joined no process group: call "
+                              f"sketchlab.train.trainer.init_distributed() before the Trainer")
+        device = _local_device(device if device is not None else pick_device(), self.distributed)
         self.device = device
         self.is_main = self.rank == 0
 
