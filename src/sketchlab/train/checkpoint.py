@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from sketchlab import __version__
-from sketchlab.config import from_dict, to_dict
+from sketchlab.config import to_dict
 from sketchlab.errors import CheckpointError
 from sketchlab.fileio import atomic_write, atomic_write_text
 
@@ -51,7 +51,8 @@ def write_run_config(run_dir, model_name: str, config, scale_factor: float,
     atomic_write_text(Path(run_dir) / "config.json", json.dumps(payload, indent=2, default=str) + "\n")
 
 
-def read_run_config(run_dir, expect_model: str | None = None) -> dict[str, Any]:
+def read_config_json(run_dir) -> dict[str, Any]:
+    """The JSON object in `run_dir/config.json`, as written (no check of its fields)."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{path}: no config.json here; is {run_dir} a sketchlab run directory "
@@ -60,13 +61,21 @@ def read_run_config(run_dir, expect_model: str | None = None) -> dict[str, Any]:
         cfg = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable ({e})") from e
-    if not isinstance(cfg, dict) or "model" not in cfg or "config" not in cfg:
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: not a sketchlab model run (expected a JSON object)")
+    return cfg
+
+
+def read_run_config(run_dir, expect_model: str | None = None) -> dict[str, Any]:
+    path = Path(run_dir) / "config.json"
+    cfg = read_config_json(run_dir)
+    if expect_model is not None and "model" in cfg and cfg["model"] != expect_model:
+        raise CheckpointError(f"{path}: this run holds a {cfg['model']!r} model, not {expect_model!r}")
+    if "model" not in cfg or "config" not in cfg:
         raise CheckpointError(f"{path}: not a sketchlab model run (missing 'model'/'config')")
     if cfg.get("format", 0) > RUN_FORMAT:
         raise CheckpointError(f"{path}: run format {cfg['format']} is newer than this sketchlab "
                               f"({__version__}) understands; upgrade sketchlab")
-    if expect_model is not None and cfg["model"] != expect_model:
-        raise CheckpointError(f"{path}: this run holds a {cfg['model']!r} model, not {expect_model!r}")
     return cfg
 
 

@@ -7,6 +7,10 @@ checkpoints that a killed run resumes from, NaN protection, AMP, CSV/TensorBoard
 bar, and multi-GPU data parallelism under `torchrun` (the entry point first calls
 `init_distributed`, which starts the process group; the trainer only reads whether one exists).
 
+Batches are the model's `make_batch` of the sketches; when the data carries categories, each batch
+also holds `category`, the sketches' int64 indices into the run's categories (a classifier's
+targets; the other models ignore it).
+
 Reproducibility: the order of epoch `e` is `default_rng([seed, e]).permutation(N)` and the
 augmentation RNG of step `s` is `default_rng([seed, 1, s])`, so a resumed run sees exactly the
 batches an uninterrupted one would. After the r-th rewind to the best checkpoint both seeds gain
@@ -136,6 +140,24 @@ def prepare_data(model_cls, config, raw: dict[str, Sketches]) -> PreparedData:
     return PreparedData(splits, factor, tuple(filtered["train"].category_names), config)
 
 
+def category_labels(sketches: Sketches, categories: tuple[str, ...]) -> np.ndarray | None:
+    """Each sketch's category as an index into `categories` (the run's, from the training split),
+    matched by name; None when the sketches carry no categories."""
+    if sketches.category is None:
+        return None
+    names = tuple(sketches.category_names)
+    if not names or names == tuple(categories):
+        return np.asarray(sketches.category, np.int64)
+    index = {c: i for i, c in enumerate(categories)}
+    used = [names[int(c)] for c in np.unique(sketches.category)]
+    unknown = [c for c in used if c not in index]
+    if unknown:
+        raise DataError(f"categories {unknown} are not among the training split's "
+                        f"({', '.join(categories)})")
+    lookup = np.array([index.get(n, -1) for n in names], np.int64)
+    return lookup[sketches.category]
+
+
 # ---------------------------------------------------------------------------------------------
 # Logging
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +280,8 @@ class Trainer:
                 self.model, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=getattr(self.cfg, "ddp_find_unused", False))
 
+        self._labels = {split: category_labels(sk, data.categories)
+                        for split, sk in data.splits.items()}
         n_train = len(data.splits["train"])
         per_rank = n_train // self.world
         self.batches_per_epoch = per_rank // self.cfg.batch_size
@@ -430,12 +454,21 @@ class Trainer:
             len(self.data.splits["train"]))
         return perm[self.rank::self.world]
 
+    def _make_batch(self, split: str, idx, train: bool, rng: np.random.Generator):
+        """The model's batch of the sketches at `idx`, with their categories when the data has
+        them (`category`: int64 indices into the run's categories; a classifier's targets)."""
+        sk = self.data.splits[split]
+        batch = self.model.make_batch([sk[int(i)] for i in idx], train, rng)
+        labels = self._labels.get(split)
+        if labels is not None:
+            batch["category"] = torch.from_numpy(labels[np.asarray(idx, dtype=np.int64)])
+        return batch
+
     def _train_batch(self, order: np.ndarray, b: int, step: int):
         bs = self.cfg.batch_size
-        train = self.data.splits["train"]
         idx = order[b * bs:(b + 1) * bs]
         rng = np.random.default_rng([self.cfg.seed, 1, step, self.rank, *self._retry()])
-        return self.model.make_batch([train[int(i)] for i in idx], True, rng)
+        return self._make_batch("train", idx, True, rng)
 
     def valid_batches(self, split: str = "valid"):
         sk = self.data.splits[split]
@@ -445,8 +478,7 @@ class Trainer:
             n = min(n, self.cfg.max_valid_batches)
         rng = np.random.default_rng([self.cfg.seed, 2])
         for b in range(n):
-            items = [sk[i] for i in range(b * bs, min((b + 1) * bs, len(sk)))]
-            yield self.model.make_batch(items, False, rng)
+            yield self._make_batch(split, range(b * bs, min((b + 1) * bs, len(sk))), False, rng)
 
     # ---- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -477,6 +509,8 @@ class Trainer:
     def train(self) -> dict:
         """Run until max_steps / max_epochs / the time limit / early stopping. Returns a summary."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if (self.run_dir / "config.json").is_file():   # never write into another model's run
+            ckpt.read_run_config(self.run_dir, expect_model=self.model_name)
         self.maybe_resume()
         if self.max_seconds is not None:
             self._deadline = time.time() + self.max_seconds
