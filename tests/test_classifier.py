@@ -103,6 +103,8 @@ def test_registered_as_a_normal_model():
     assert get_model_class("sketch-a-net") is SketchANet
     with pytest.raises(ConfigError, match="num_classes"):
         SketchANet(Config())                                            # no data, no classes
+    with pytest.raises(ConfigError, match="draws nothing"):
+        net(2).generate(n=4)
 
 
 # --------------------------------------------------------------------------------- input pipeline

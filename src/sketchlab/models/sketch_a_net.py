@@ -205,6 +205,10 @@ class SketchANet(SketchModel):
         """The L7 features: Sketch-a-Net's code for a sketch."""
         return self.embed(self.images(batch))
 
+    def generate(self, *args, **kwargs) -> Sketches:
+        raise ConfigError(f"{self.name} is a classifier (the evaluation's judge) and draws "
+                          f"nothing; pass its run to `sketchlab evaluate --classifier`")
+
 
 def crop(images: torch.Tensor, size: int, offsets: torch.Tensor | None = None,
          flips: torch.Tensor | None = None) -> torch.Tensor:
