@@ -29,6 +29,7 @@ from sketchlab.nn.device import pick_device
 from sketchlab.train import checkpoint as ckpt
 
 SPLIT_NAMES = ("test", "valid", "train")
+JUDGE_MODEL = "sketch-a-net"     # the evaluation's judge (sketchlab.models.sketch_a_net)
 
 
 @dataclass
@@ -139,14 +140,17 @@ def model_run_hooks(run_dir: Path, device=None, temperature: float | None = None
 # Judges
 # ------------------------------------------------------------------------------------------------
 
-JUDGE_MODEL = "sketch-a-net"
-
 
 def load_judge(run_dir: str | Path, device: str | torch.device | None = None,
                batch_size: int = 256, which: str = "best") -> SketchANetFeatures:
     """A Sketch-a-Net run (`sketchlab classifier train`, or `sketchlab train sketch-a-net`) as the
     judge of `sketchlab.eval`: Rec/IS logits and FID/P-R/GS features of raw or normalised sketches
-    (rendering fits every sketch to its box). `device` None picks the best available one."""
+    (rendering fits every sketch to its box). `device` None picks the best available one.
+
+        judge = load_judge("runs/clf")
+        features, logits = judge.extract(sketches)      # (N, 512), (N, categories)
+        judge.accuracy(test_sketches)                    # needs their categories
+    """
     run_dir = Path(run_dir)
     try:
         run = open_run(run_dir, pick_device(device), which, expect_model=JUDGE_MODEL)

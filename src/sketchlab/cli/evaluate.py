@@ -11,6 +11,7 @@ import torch
 
 from sketchlab.config import from_dict
 from sketchlab.data.sketches import Sketches
+from sketchlab.data.sources import parse_categories
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.eval.evaluate import (EvalConfig, compare_runs, evaluate_sets, load_split,
                                      markdown_table, per_category_counts)
@@ -33,9 +34,7 @@ def _wrap(text: str) -> str:
 def _categories(text: str | None) -> list[str] | None:
     if text is None:
         return None
-    # Also accepts the originals' spelling: [bee,bus] or {'bee','bus'}.
-    cats = [c.strip().strip("'\"").strip() for c in text.strip().strip("[]{}").split(",")]
-    cats = [c for c in cats if c]
+    cats = parse_categories(text)        # also the originals' spelling: [bee,bus], {'bee','bus'}
     if not cats:
         raise ConfigError(f"--categories {text!r} names no category")
     return cats

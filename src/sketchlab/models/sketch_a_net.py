@@ -3,7 +3,12 @@ feature extractor for FID, IS, precision/recall and the Geometry Score.
 
 A normal sketchlab model: trained by the model-agnostic `Trainer` (`sketchlab classifier train`
 or `sketchlab train sketch-a-net`), stored as a normal run directory, loaded as a judge by
-`sketchlab.runs.load_judge`. Reads top to bottom: config, network, input pipeline, loss.
+`sketchlab.runs.load_judge`. Reads top to bottom: config, network, input pipeline, loss. From
+Python:
+
+    data = prepare_data(SketchANet, Config(width=0.5), load_splits("data/spg20", ["cat", "bus"]))
+    Trainer(SketchANet(data.config), data, "runs/clf", max_epochs=30).train()
+    judge = sketchlab.runs.load_judge("runs/clf")       # -> eval.judge.SketchANetFeatures
 
 The network is the single-channel, single-scale Sketch-a-Net: five convolutions and three
 convolutional "FC" layers, ReLU after all but the last, dropout 0.5 after L6 and L7, no batch norm,
