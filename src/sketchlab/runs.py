@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from sketchlab.config import from_dict
 from sketchlab.data.sources import load_splits, load_sketch_file
@@ -188,8 +189,6 @@ def calibrate_shortcut(run: Run, classifier_dir: str | Path, log=print) -> None:
     """SketchKnitter's r-Shortcut: train the recognizability predictor on a judge's scores along
     sampling trajectories, and store the mean curve in the run's weights (atomically, into the
     file `open_run` loads: best, else latest, keeping its step)."""
-    from safetensors import safe_open
-
     model = run.model
     if not hasattr(model, "set_shortcut_curve"):
         raise ConfigError(f"--classifier calibrates SketchKnitter's r-Shortcut; a {model.name} "

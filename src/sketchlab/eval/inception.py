@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from sketchlab.data.raster import pad_strokes, rasterize_batch
 from sketchlab.errors import CheckpointError
@@ -200,8 +201,6 @@ def load_inception_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor
             f"evaluate with the Sketch-a-Net classifier's features (the default)")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)

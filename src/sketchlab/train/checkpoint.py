@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 
 from sketchlab import __version__
 from sketchlab.config import to_dict
@@ -85,8 +87,6 @@ def read_run_config(run_dir, expect_model: str | None = None) -> dict[str, Any]:
 
 
 def save_weights(path, model: torch.nn.Module, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save
-
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     blob = save(state, metadata={k: str(v) for k, v in metadata.items()})
     atomic_write(path, lambda fh: fh.write(blob))
@@ -94,9 +94,6 @@ def save_weights(path, model: torch.nn.Module, metadata: dict[str, str]) -> None
 
 def load_weights(path, model: torch.nn.Module, model_name: str) -> dict[str, str]:
     """Load weights and buffers into `model`; refuse files of another model or shape."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: missing weights file")

@@ -33,12 +33,15 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
 from sketchlab.data import strokes as S
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import CheckpointError, ConfigError, DataError
 from sketchlab.nn.device import pick_device
 from sketchlab.train import checkpoint as ckpt
+from sketchlab.train.graphed import GraphedTrainer, load_optimizer_state_in_place
 
 # Consecutive non-finite steps after which the trainer rewinds to the last checkpoint.
 MAX_BAD_STEPS = 5
@@ -269,13 +272,9 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.graphed = None
         if self.graph_mode:
-            from sketchlab.train.graphed import GraphedTrainer
-
             self.graphed = GraphedTrainer(self.model, self.optimizer, self.params, self._graph_step_fn)
         self.ddp = None
         if self.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
             self.ddp = DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=getattr(self.cfg, "ddp_find_unused", False))
@@ -325,8 +324,6 @@ class Trainer:
 
     def _load_optimizer(self, state_dict: dict) -> None:
         if self.graphed is not None and self.graphed.graphs:   # keep the captured tensors
-            from sketchlab.train.graphed import load_optimizer_state_in_place
-
             load_optimizer_state_in_place(self.optimizer, state_dict, self._fix_loaded_optimizer)
         else:
             self.optimizer.load_state_dict(state_dict)
@@ -536,8 +533,6 @@ class Trainer:
         self._runlog = RunLog(self.run_dir, self.is_main)
         self._bar = None
         if self.progress and self.is_main:
-            from tqdm.auto import tqdm
-
             total = self.max_steps
             self._bar = tqdm(total=total, initial=min(self.step, total or self.step), unit="step",
                              dynamic_ncols=True, desc=self.model_name)
