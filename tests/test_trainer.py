@@ -318,7 +318,7 @@ def test_batches_carry_categories_as_indices_into_the_runs_categories(tmp_path):
     """A classifier's targets: `category` of each batch, matched by name to the training split's
     categories even when another split lists them in another order."""
     from sketchlab.errors import DataError
-    from sketchlab.train.trainer import category_labels
+    from sketchlab.train.data import category_labels
 
     raw = toy_splits()
     del raw["test"]

@@ -20,13 +20,11 @@ a word r, so retried epochs see a new order, as the seeds' do.
 from __future__ import annotations
 
 import copy
-import csv
 import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -36,12 +34,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from sketchlab.data import strokes as S
-from sketchlab.data.sketches import Sketches
 from sketchlab.errors import CheckpointError, ConfigError, DataError
 from sketchlab.nn.device import pick_device
 from sketchlab.train import checkpoint as ckpt
+from sketchlab.train.data import PreparedData, category_labels, prepare_data
 from sketchlab.train.graphed import GraphedTrainer, load_optimizer_state_in_place
+from sketchlab.train.runlog import RunLog
 
 # Consecutive non-finite steps after which the trainer rewinds to the last checkpoint.
 MAX_BAD_STEPS = 5
@@ -114,111 +112,6 @@ def _local_device(device: torch.device, distributed: bool) -> torch.device:
 
 
 # ---------------------------------------------------------------------------------------------
-# Data preparation
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PreparedData:
-    splits: dict[str, Sketches]       # normalised by scale_factor
-    scale_factor: float
-    categories: tuple[str, ...]
-    config: object                    # the model config with data-dependent fields filled in
-
-
-def prepare_data(model_cls, config, raw: dict[str, Sketches]) -> PreparedData:
-    """Filter, compute the scale factor on train, normalise every split, adapt the config."""
-    for split in ("train", "valid"):
-        if split not in raw or len(raw[split]) == 0:
-            raise DataError(f"the {split!r} split is missing or empty")
-    filtered = {k: model_cls.filter_sketches(config, v) for k, v in raw.items()}
-    for split, sk in filtered.items():
-        if len(sk) == 0:
-            raise DataError(f"no {split} sketch is left after filtering (max_seq_len="
-                            f"{getattr(config, 'max_seq_len', None)}); raise max_seq_len")
-        S.check_finite(sk.points, f"{split} split")
-    factor = float(model_cls.compute_scale_factor(config, filtered["train"]))
-    splits = {k: sk.in_units(factor) for k, sk in filtered.items()}
-    config = model_cls.adapt_config(config, splits)
-    return PreparedData(splits, factor, tuple(filtered["train"].category_names), config)
-
-
-def category_labels(sketches: Sketches, categories: tuple[str, ...]) -> np.ndarray | None:
-    """Each sketch's category as an index into `categories` (the run's, from the training split),
-    matched by name; None when the sketches carry no categories."""
-    if sketches.category is None:
-        return None
-    names = tuple(sketches.category_names)
-    if not names or names == tuple(categories):
-        return np.asarray(sketches.category, np.int64)
-    index = {c: i for i, c in enumerate(categories)}
-    used = [names[int(c)] for c in np.unique(sketches.category)]
-    unknown = [c for c in used if c not in index]
-    if unknown:
-        raise DataError(f"categories {unknown} are not among the training split's "
-                        f"({', '.join(categories)})")
-    lookup = np.array([index.get(n, -1) for n in names], np.int64)
-    return lookup[sketches.category]
-
-
-# ---------------------------------------------------------------------------------------------
-# Logging
-# ---------------------------------------------------------------------------------------------
-
-
-class RunLog:
-    """log.csv (wide: step, epoch, lr, elapsed, train terms, valid_ terms) + optional TensorBoard."""
-
-    def __init__(self, run_dir: Path, enabled: bool):
-        self.path = run_dir / "log.csv"
-        self.enabled = enabled
-        self.columns: list[str] | None = None
-        self.tb = None
-        if not enabled:
-            return
-        if self.path.is_file():
-            with open(self.path, newline="") as fh:
-                header = next(csv.reader(fh), None)
-            self.columns = header or None
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-
-            self.tb = SummaryWriter(str(run_dir / "tb"))
-        except Exception:
-            self.tb = None
-
-    def write(self, row: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        if self.columns is None:
-            base = ["step", "epoch", "lr", "elapsed"]
-            # Train and valid rows report the same terms; whichever comes first names them.
-            terms = list(dict.fromkeys(k.removeprefix("valid_") for k in row if k not in base))
-            self.columns = base + terms + ["valid_" + t for t in terms]
-            with open(self.path, "w", newline="") as fh:
-                csv.writer(fh).writerow(self.columns)
-        with open(self.path, "a", newline="") as fh:
-            csv.writer(fh).writerow([_fmt(row.get(c)) for c in self.columns])
-        if self.tb is not None:
-            for k, v in row.items():
-                if k not in ("step", "epoch") and v is not None:
-                    self.tb.add_scalar(k.replace("valid_", "valid/") if k.startswith("valid_")
-                                       else f"train/{k}", v, int(row["step"]))
-
-    def close(self):
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _fmt(v):
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return v
-
-
-# ---------------------------------------------------------------------------------------------
 # The trainer
 # ---------------------------------------------------------------------------------------------
 
@@ -252,8 +145,8 @@ class Trainer:
         # Multi-GPU under torchrun: one process per device, gradients all-reduced by DDP. The
         # process group is the entry point's to start (`init_distributed`); the trainer only
         # reads whether there is one.
-        self.distributed = _group_size() > 1
-        self.world = _group_size() if self.distributed else 1
+        self.world = _group_size()
+        self.distributed = self.world > 1
         self.rank = dist.get_rank() if self.distributed else 0
         if not self.distributed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} (torchrun?) but this process "
@@ -740,3 +633,8 @@ class Trainer:
             raise DataError("the loss is non-finite from the first steps and there is no "
                             "checkpoint to go back to: check the data (NaN, huge offsets) or lower "
                             "learning_rate")
+
+
+# prepare_data and PreparedData are re-exported: callers build the trainer's input with them.
+__all__ = ["MAX_BAD_STEPS", "PreparedData", "Trainer", "clip_gradients", "init_distributed",
+           "learning_rate", "prepare_data", "to_device"]
