@@ -230,10 +230,10 @@ def register_cli(subparsers) -> None:
     t.add_argument("--epochs", type=int, default=30, help="epochs to train (default 30)")
     t.add_argument("--batch-size", type=int, default=JudgeConfig.batch_size)
     t.add_argument("--lr", type=float, default=JudgeConfig.learning_rate,
-                   help="Adam's learning rate (decays by decay_rate a step)")
+                   help=f"Adam's initial learning rate (x{JudgeConfig.decay_rate} a step)")
     t.add_argument("--width", type=float, default=JudgeConfig.width,
                    help="channel multiplier: 1.0 is the paper's network (8.4M weights); 0.5 keeps "
-                        "a quarter (4.2 MB as fp16), several times faster on a CPU")
+                        "a quarter (4.2 MB as fp16), 3-4x faster on a CPU")
     t.add_argument("--limit", type=int, help="training sketches per category (default all)")
     t.add_argument("--valid-limit", type=int, help="validation sketches per category")
     t.add_argument("--train-split", default="train")

@@ -179,7 +179,8 @@ class Trainer:
         self.batches_per_epoch = per_rank // self.cfg.batch_size
         if self.batches_per_epoch == 0:
             raise DataError(f"the training split has {n_train} sketches, fewer than one batch of "
-                            f"{self.cfg.batch_size} per process; lower batch_size with --hparams")
+                            f"{self.cfg.batch_size} per process; lower batch_size (--hparams "
+                            f"batch_size=N, or `sketchlab classifier train --batch-size N`)")
 
         # Counters (restored on resume).
         self.step = 0
