@@ -121,10 +121,27 @@ class Model:
         pen = sk.points[:, 2]
         if np.any((pen != 0) & (pen != 1)):
             raise DataError(f"{what}: the pen column must hold 0 or 1")
-        sk = type(self.module).filter_sketches(self.module.config, sk.in_units(1.0))
-        if len(sk) == 0:
-            raise DataError(f"{what}: every sketch is empty or longer than this model takes")
-        return sk.in_units(self.scale_factor)
+        raw = sk.in_units(1.0)
+        kept = type(self.module).filter_sketches(self.module.config, raw)
+        if len(kept) < len(raw):
+            # Results line up with the inputs one to one: refuse rather than drop silently.
+            bad = [i for i in range(len(raw)) if len(type(self.module).filter_sketches(
+                self.module.config, raw.select([i]))) == 0]
+            shown = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
+            raise DataError(f"{what}: sketch{'es' if len(bad) > 1 else ''} {shown} of {len(raw)} "
+                            f"{'are' if len(bad) > 1 else 'is'} empty or longer than a {self.name} "
+                            f"model takes ({self.max_points()} points); leave "
+                            f"{'them' if len(bad) > 1 else 'it'} out or simplify them")
+        return kept.in_units(self.scale_factor)
+
+    def max_points(self) -> int | str:
+        """The longest sketch this model takes (points), or "any"."""
+        c = self.module.config
+        for field in ("num_points", "max_seq_len"):
+            value = getattr(c, field, 0)
+            if isinstance(value, int) and value > 0:
+                return value
+        return "any"
 
     @staticmethod
     def _out(sketches: Sketches) -> Sketches:
