@@ -243,8 +243,8 @@ def cmd_demo(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     if not zoo.names():
-        print("no pretrained models are installed: run `sketchlab demo --train` to train one")
-        return 1
+        print("no pretrained models are installed: training a small one instead (--train)")
+        return run_training_demo(args)
     t0 = time.time()
     demo = Demo(out, args.seed)
     inputs = demo.inputs()
