@@ -17,7 +17,7 @@ machine whose load drifts slows them alike; quote the medians and the pairwise r
   dropout masks, fp32).
 * diffusion: SketchKnitter's default network (20.3M parameters, 96 points) sampling `--batch`
   sketches: the plain fp32 eager loop (`fast=False`) against the fast path (`fast=True`: fp32
-  static buffers on a CPU; `--compile` adds torch.compile). A reverse step costs the same at
+  static buffers on a CPU; `--compile-diffusion` adds torch.compile). A reverse step costs the same at
   every t, so each is timed over `--steps` steps and the sketches/s of DDPM-1000 and DDIM-30 are
   extrapolated from the time per step (both samplers are timed).
 * import: `sketchlab data import` of the SPG ndjson files with 1 process and with one per core
@@ -180,7 +180,7 @@ def bench_diffusion(args) -> dict:
     res["parameters_m"] = round(sum(p.numel() for p in model.unet.parameters()) / 1e6, 2)
     B, K = args.diffusion_batch, args.steps
     variants = {"plain": dict(fast=False), "fast": dict(fast=True)}
-    if args.compile:
+    if args.compile_diffusion:
         variants["fast+compile"] = dict(fast=True, compile=True)
     out = {}
     for sampler in ("ddpm", "ddim"):
@@ -266,7 +266,10 @@ def main(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="rnn,diffusion,import", help="sections to run (comma-separated)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
-    ap.add_argument("--compile", action="store_true", help="also time torch.compile variants (minutes of compiling)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the cells with torch.compile'd pointwise functions (a minute or more of compiling)")
+    ap.add_argument("--compile-diffusion", action="store_true",
+                    help="also time the sampler with a torch.compile'd UNet (several minutes of compiling on 2 cores)")
     ap.add_argument("--cells", default="lstm,layer_norm,hyper")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--batch", type=int, default=100)
