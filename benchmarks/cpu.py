@@ -20,6 +20,9 @@ machine whose load drifts slows them alike; quote the medians and the pairwise r
   static buffers on a CPU; `--compile-diffusion` adds torch.compile). A reverse step costs the same at
   every t, so each is timed over `--steps` steps and the sketches/s of DDPM-1000 and DDIM-30 are
   extrapolated from the time per step (both samplers are timed).
+* batches: building training batches on the CPU: SP-gra2seq's patch planning of 128 sheep
+  (`plan_batch` against the per-sketch `plan_sketch` loop) and SketchGloc's chunking of 100
+  (`chunk_batch` against the per-sketch loop `make_batch` ran before), CPU ms per batch.
 * import: `sketchlab data import` of the SPG ndjson files with 1 process and with one per core
   (the npz files are compared byte for byte).
 
@@ -219,6 +222,62 @@ def bench_diffusion(args) -> dict:
 
 
 # --------------------------------------------------------------------------------------------
+# Batch building (what the trainer's prefetch thread does between GPU steps)
+# --------------------------------------------------------------------------------------------
+
+
+def bench_batches(args) -> dict:
+    from sketchlab.data import strokegrid as G
+    from sketchlab.data import strokes as S
+    from sketchlab.data.npz import load_npz_split
+    from sketchlab.data.patches import PatchGeometry, plan_batch, plan_sketch
+
+    path = Path(args.import_data).parent / "sketchrnn" / "aaron_sheep.npz"
+    sk = load_npz_split(path, "train")
+    res = {"data": os.fspath(path), "load_before": load()}
+    geom = PatchGeometry(256)
+    sheep = [sk[i] for i in range(128)]
+
+    def loop_plans():
+        rng = np.random.default_rng(0)
+        return [plan_sketch(s, geom, 0.1, rng) for s in sheep]
+
+    t = take_turns({"batched": lambda: plan_batch(sheep, geom, 0.1, np.random.default_rng(0)),
+                    "per_sketch": loop_plans}, args.batch_reps)
+    res["sp_gra2seq_plan_B128"] = {k: {"cpu_ms": summary(v["cpu"], 1e3, 2)} for k, v in t.items()}
+    res["sp_gra2seq_plan_B128"]["speedup_cpu"] = ratios(t["per_sketch"]["cpu"], t["batched"]["cpu"])
+
+    # SketchGloc's chunking of a batch of 100 sheep (L = 5, S = 62 as `adapt_config` sizes them
+    # on aaron_sheep): chunk_batch against the per-sketch loop make_batch ran before.
+    clean = [S.to_absolute(G.faithful_roundtrip(S.normalize(sk[i], 20.0))) for i in range(100)]
+    rng = np.random.default_rng(0)
+    noisy = [G.reorganise(c, c[:, 2], 0.1, rng) for c in clean]
+    L, Sn = 5, 62
+
+    def loop_chunks():
+        B = len(clean)
+        chunks, chunk_len = np.zeros((B, Sn, L, 2), np.float32), np.zeros((B, Sn), np.int64)
+        boxes, boxes_clean = np.zeros((B, Sn, 4), np.float32), np.zeros((B, Sn, 4), np.float32)
+        for b in range(B):
+            starts, lens = G.chunk_bounds(clean[b][:, 2], L)
+            k = min(Sn, len(starts))
+            starts, lens = starts[:k], lens[:k]
+            for i in range(k):
+                m = min(L, int(lens[i]))
+                chunks[b, i, :m] = noisy[b][starts[i]:starts[i] + m, :2]
+            chunk_len[b, :k] = np.minimum(lens, L)
+            boxes[b, :k] = G.chunk_boxes(noisy[b], starts, lens)
+            boxes_clean[b, :k] = G.chunk_boxes(clean[b], starts, lens)
+
+    t = take_turns({"batched": lambda: G.chunk_batch(clean, noisy, L, Sn, True), "per_sketch": loop_chunks},
+                   args.batch_reps)
+    res["sketchgloc_chunks_B100"] = {k: {"cpu_ms": summary(v["cpu"], 1e3, 2)} for k, v in t.items()}
+    res["sketchgloc_chunks_B100"]["speedup_cpu"] = ratios(t["per_sketch"]["cpu"], t["batched"]["cpu"])
+    res["load_after"] = load()
+    return res
+
+
+# --------------------------------------------------------------------------------------------
 # ndjson import
 # --------------------------------------------------------------------------------------------
 
@@ -264,7 +323,7 @@ def bench_import(args) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__.split("\n\n", 1)[1],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="rnn,diffusion,import", help="sections to run (comma-separated)")
+    ap.add_argument("--only", default="rnn,diffusion,batches,import", help="sections to run (comma-separated)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     ap.add_argument("--compile", action="store_true",
                     help="also time the cells with torch.compile'd pointwise functions (a minute or more of compiling)")
@@ -286,6 +345,7 @@ def main(argv=None):
     ap.add_argument("--import-data", default=os.fspath(shared / "spg20"))
     ap.add_argument("--import-files", type=int, default=0, help="first N files only (0: all)")
     ap.add_argument("--import-reps", type=int, default=2)
+    ap.add_argument("--batch-reps", type=int, default=20)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -317,6 +377,14 @@ def main(argv=None):
             data["diffusion"] = bench_diffusion(args)
         except Exception as e:
             data["diffusion"] = {"errors": {"all": error_text(e)}}
+            log(traceback.format_exc())
+        report.save(data, "cpu")
+    if "batches" in sections:
+        log("batches ...")
+        try:
+            data["batches"] = bench_batches(args)
+        except Exception as e:
+            data["batches"] = {"errors": {"all": error_text(e)}}
             log(traceback.format_exc())
         report.save(data, "cpu")
     if "import" in sections:

@@ -5,7 +5,9 @@ stroke, already aligned, scaled to 0..255 and RDP-simplified), its *raw* ndjson 
 and SPG's (`[xs, ys, part_ids]`, dense integer points). `drawing_to_stroke3` turns one drawing
 into sketch-rnn's int16 stroke-3; `import_ndjson` converts whole files into one npz per category,
 with splits from a splits file or a seeded split. One bad drawing among a million must not stop a
-conversion: import drops and counts bad lines instead of raising.
+conversion: import drops and counts bad lines instead of raising. The conversion runs on every
+core: chunks of lines go to worker processes and come back merged in file and line order, so
+the npz files are the same bit for bit with any number of processes.
 """
 
 from __future__ import annotations
