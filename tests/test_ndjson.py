@@ -319,7 +319,7 @@ def test_cli_data_without_subcommand_prints_help(monkeypatch, capsys):
 
 def _import_outputs(out):
     report = json.loads((out / "import_report.json").read_text())
-    for key in ("out", "seconds", "processes"):
+    for key in ("out", "seconds", "processes", "convert_cpu_seconds"):
         report.pop(key)
     return report, {p.name: p.read_bytes() for p in sorted(out.glob("*.npz"))}
 

@@ -267,6 +267,7 @@ def _convert_chunk(path: str, start: int, end: int | None, fmt: str, wanted: fro
     line (line number within the chunk, outcome, ...), the drawings' int16 stroke-3 back to back
     with their lengths, the chunk's line count and bytes. Pure: no state across chunks, so the
     workers of a parallel import and a one-process import compute the same records."""
+    cpu0 = time.process_time()
     records: list[tuple] = []
     parsed: list[tuple[int, str, list[np.ndarray]]] = []  # (record index, format, lines)
     sketches: list[np.ndarray] = []
@@ -330,7 +331,8 @@ def _convert_chunk(path: str, start: int, end: int | None, fmt: str, wanted: fro
     lengths = np.array([len(s) for s in sketches], dtype=np.int64)
     points = np.concatenate(sketches) if sketches else np.zeros((0, 3), np.int16)
     return {"records": records, "outcome": outcome, "points": points, "lengths": lengths,
-            "lines": n_lines, "bytes": n_bytes}
+            "lines": n_lines, "bytes": n_bytes, "pid": os.getpid(),
+            "cpu_s": time.process_time() - cpu0}
 
 
 def _run_chunk(args: tuple) -> dict:
@@ -410,6 +412,7 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     jobs = [(os.fspath(files[k]), a, b, fmt, wanted_keys, _file_category(files[k]), max_points,
              epsilon) for k, a, b in tasks]
     line_base = [0] * len(files)  # lines of each file in the chunks merged so far
+    worker_cpu: Counter = Counter()  # CPU seconds spent converting, per process
 
     def merge(k: int, chunk: dict):
         nonlocal lines_read
@@ -467,6 +470,7 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         try:
             for (k, a, b), chunk in zip(tasks, results):
                 merge(k, chunk)
+                worker_cpu[chunk["pid"]] += chunk["cpu_s"]
                 bar.update(files[k].stat().st_size if b is None else b - a)
         finally:
             if pool is not None:
@@ -497,6 +501,9 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         "max_points": max_points,
         "categories": report_cats,
         "processes": n_proc,
+        # Per process: how evenly the conversion was shared (its wall time, not the CPU
+        # time, is what the machine's other jobs change).
+        "convert_cpu_seconds": sorted((round(v, 2) for v in worker_cpu.values()), reverse=True),
         "seconds": round(time.perf_counter() - t0, 2),
     }
     with atomic_open(out_dir / "import_report.json", "w") as fh:
