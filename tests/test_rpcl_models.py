@@ -31,6 +31,8 @@ from sketchlab.train.trainer import Trainer, prepare_data
 TINY = dict(dec_model="lstm", dec_rnn_size=16, z_size=8, batch_size=8, max_valid_batches=1)
 TINY_P = dict(TINY, num_mixture=2, num_sub=2)
 TINY_H = dict(TINY, num_layer_j=4, num_layer_i=4)
+# RPCL-pix2seqH's KL terms in the training-mode case of `test_pix2seqh_training_path_uses_the_sampled_z`
+KL_IJ_PINNED, KL_G_PINNED = 0.74633, 4.99967
 MODELS = [(RPCLPix2Seq, PConfig, TINY_P), (RPCLPix2SeqH, HConfig, TINY_H)]
 IDS = ["pix2seq", "pix2seqh"]
 
@@ -195,6 +197,39 @@ def test_pix2seqh_kl_terms_follow_the_updated_prior(doodles):
     assert out["kl_ij"].item() == pytest.approx(structural_kl(post.p_j, post.p_ji, new.q_i, new.q_j_given_i).item(), rel=1e-5)
     assert out["kl_gauss"].item() == pytest.approx(gaussian_kl(post.p_j, mu, var, new.mean, new.var).item(), rel=1e-5)
     assert out["n_alive"].item() == 4 and out["n_alive_units"].item() == 4
+
+
+def test_pix2seqh_training_path_uses_the_sampled_z(doodles):
+    """In training the E-steps of the hierarchy's update run on z = mu + sqrt(var) eps, the
+    M-steps on mu and var (spec 5.3): the KL terms and the staged prior follow that z, drawn
+    right after the encoder from torch's RNG; computed with z = mu they differ."""
+    m = build(RPCLPix2SeqH, HConfig, TINY_H, doodles, use_recurrent_dropout=False)
+    m.train()
+    batch = m.prepare_step(m.make_batch(list(doodles), True, np.random.default_rng(0)))
+    step = 1000                       # a sequence step after the image phase, an EM step
+    state = m.prior.state()
+    torch.manual_seed(7)
+    out = m.loss(batch, step)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        _, mu, var = m.encode_dist(batch)
+        z = mu + var.sqrt() * torch.randn_like(mu)
+        new, post = hierarchy_update(z, mu, var, state, rpcl=False)
+        kl_ij = structural_kl(post.p_j, post.p_ji, new.q_i, new.q_j_given_i)
+        kl_g = gaussian_kl(post.p_j, mu, var, new.mean, new.var)
+        _, post_mu = hierarchy_update(mu, mu, var, state, rpcl=False)
+    assert out["kl_ij"].item() == pytest.approx(kl_ij.item(), rel=1e-5)
+    assert out["kl_gauss"].item() == pytest.approx(kl_g.item(), rel=1e-5)
+    w = 0.1 * (1 - 0.999 * 0.9999 ** step)
+    assert out["loss"].item() == pytest.approx(w * (kl_ij + kl_g).item() + out["recon"].item(), rel=1e-5)
+    assert not torch.allclose(post.p_j, post_mu.p_j, atol=1e-4)      # the noise matters here
+    # pinned values of this case (tiny model, seed 0 weights, 4+4 doodles, torch seed 7)
+    assert out["kl_ij"].item() == pytest.approx(KL_IJ_PINNED, rel=1e-4)
+    assert out["kl_gauss"].item() == pytest.approx(KL_G_PINNED, rel=1e-4)
+    # the staged update is the one computed from that z, written only after the step
+    m.on_step_end(step)
+    for name, value in zip(("mean", "var", "q_i", "q_j_given_i"), new):
+        torch.testing.assert_close(getattr(m.prior, name), value, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("cls,cfg,tiny", MODELS, ids=IDS)
@@ -375,6 +410,11 @@ def test_standard_prior_and_completion(doodles, cls, cfg, tiny):
     std = m.generate(5, seed=3, prior="standard")
     z = torch.randn(5, 8, generator=torch.Generator().manual_seed(3))
     np.testing.assert_allclose(std.z, z.numpy(), atol=1e-6)
+    # pinned: torch's CPU generator seeded 3 gives these N(0, 1) draws (the first two codes' head)
+    np.testing.assert_allclose(std.z[:2, :4], [[-0.0766, 0.3599, -0.7820, 0.0715],
+                                               [-0.0517, -0.3060, 0.2485, -0.2226]], atol=1e-4)
+    # the sketches are those codes decoded (the decoder's own generator, seeded alike)
+    np.testing.assert_array_equal(std.points, m.decode_codes(z, seed=3).points)
     label = "component" if cls is RPCLPix2Seq else "level_k"
     assert np.array_equal(std.component, m.latent_labels(z)[label])
     with pytest.raises(ConfigError, match="N\\(0, I\\)"):

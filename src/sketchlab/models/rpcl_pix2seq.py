@@ -127,10 +127,11 @@ def paper_config(**overrides) -> Config:
 
 
 def cpu_config(**overrides) -> Config:
-    """A configuration that trains in under an hour on 2 CPU cores (see `demo_config`, here on
-    real data: T from the data, up to 150 points; RPCL from step 500 as the seed, 2,500 steps)."""
-    return demo_config(**{"max_seq_len": 150, "rpcl_start": 500, "max_steps": 2500,
-                          "eval_every": 250, **overrides})
+    """A configuration that trains in under an hour on 2 CPU cores (`demo_config`'s sizes on real
+    data: sketches up to 150 points, RPCL from step 500 as the seed, 5,000 steps at 0.34 s of one
+    core each, validation on 20 batches every 250 steps)."""
+    return demo_config(**{"max_seq_len": 150, "rpcl_start": 500, "max_steps": 5000,
+                          "eval_every": 250, "max_valid_batches": 20, **overrides})
 
 
 def demo_config(**overrides) -> Config:

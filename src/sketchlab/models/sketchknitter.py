@@ -766,9 +766,10 @@ def paper_config(**overrides) -> Config:
 def cpu_config(**overrides) -> Config:
     """A configuration that trains in under an hour on 2 CPU cores (corrected mode): the
     points-as-channels UNet at 96 points with one resolution halving and one block per level
-    (channel_mult (1, 2), lift 64), batch 32, lr 2e-4, 3,000 steps, EMA 0.999 with warm-up,
-    validation every 500; samples with DDIM over 50 steps."""
+    (channel_mult (1, 2), lift 64), batch 32, lr 2e-4, 6,000 steps at 0.36 s of one core each,
+    EMA 0.999 with warm-up, validation on 20 batches every 500 steps; samples with DDIM over 50
+    steps."""
     base = Config(channel_mult=(1, 2), num_res_blocks=1, lift_dim=64, batch_size=32,
-                  learning_rate=2e-4, max_steps=3000, ema_rate=0.999, eval_every=500,
-                  sampler="ddim", sample_steps=50)
+                  learning_rate=2e-4, max_steps=6000, ema_rate=0.999, eval_every=500,
+                  max_valid_batches=20, sampler="ddim", sample_steps=50)
     return dataclasses.replace(base, **overrides)

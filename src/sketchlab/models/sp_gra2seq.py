@@ -409,9 +409,11 @@ def paper_config(**overrides) -> Config:
 
 
 def cpu_config(**overrides) -> Config:
-    """A configuration that trains in under an hour on 2 CPU cores (`demo_config`'s sizes, here on
-    real data: sketches up to 150 points, 1,500 steps, validation every 250)."""
-    return demo_config(**{"max_seq_len": 150, "max_steps": 1500, "eval_every": 250, **overrides})
+    """A configuration that trains in under an hour on 2 CPU cores (`demo_config`'s sizes on real
+    data: sketches up to 150 points, 3,000 steps at 0.63 s of one core each, patches rendered
+    included, validation on 20 batches every 250 steps)."""
+    return demo_config(**{"max_seq_len": 150, "max_steps": 3000, "eval_every": 250,
+                          "max_valid_batches": 20, **overrides})
 
 
 def demo_config(**overrides) -> Config:
