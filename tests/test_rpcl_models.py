@@ -540,3 +540,23 @@ def test_cli_train_sample_and_latent_tools(tmp_path, model):
                  "--out", str(tmp_path / "a.svg"), "--device", "cpu"]) == 0
     for f in ("map.png", "i.png", "a.svg", "c.png"):
         assert (tmp_path / f).is_file(), f
+
+
+@pytest.mark.parametrize("cls,cfg,tiny", MODELS, ids=IDS)
+def test_paper_preset_samples_the_standard_prior_by_default(doodles, cls, cfg, tiny):
+    """sample.py's unconditional codes are N(0, I): the paper preset's default (`sample_prior`);
+    a chosen component or `prior="learned"` still samples the learned mixture."""
+    from sketchlab.models import preset
+
+    name = "rpcl-pix2seq" if cls is RPCLPix2Seq else "rpcl-pix2seqh"
+    assert preset(name, "paper").sample_prior == "standard" and cfg().sample_prior == "learned"
+    m = build(cls, cfg, tiny, doodles, sample_prior="standard")
+    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(4))
+    np.testing.assert_allclose(m.generate(3, seed=4).z, z.numpy(), atol=1e-6)
+    learned = m.generate(3, seed=4, prior="learned")
+    assert not np.allclose(learned.z, z.numpy())
+    assert m.generate(3, seed=4, component=1).component.tolist() == [1, 1, 1]
+    refs = m.generate(references=doodles[np.arange(2)], seed=4)          # conditional: unaffected
+    np.testing.assert_allclose(refs.z, m.encode_sketches(doodles[np.arange(2)]).numpy(), atol=1e-6)
+    with pytest.raises(ConfigError, match="sample_prior"):
+        build(cls, cfg, tiny, doodles, sample_prior="uniform")

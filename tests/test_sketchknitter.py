@@ -194,6 +194,9 @@ def test_config_from_the_original_flags():
     assert cfg.faithful and cfg.num_points == cfg.model_channels == 96 and cfg.num_res_blocks == 3
     assert cfg.diffusion_steps == 100 and cfg.sampler == "ddim" and cfg.sample_steps == "ddim30"
     assert cfg.pen_break == 0.1 and cfg.clip == 1.0 and cfg.ema_rate == 0.9999
+    # the original as its sample.sh runs it: bin_pen's rule, no EMA warm-up, float32
+    assert cfg.pen_rule == "original" and not cfg.ema_warms_up and cfg.amp is False
+    assert config_from_original({"use_fp16": "True"}).amp is True
     m = SketchKnitter(Config(**{**TINY, "sample_steps": "ddim5", "sampler": "ddim"}))
     assert len(m.make_sampler().timesteps) == 5
     with pytest.raises(ConfigError, match="learn_sigma"):
@@ -690,6 +693,27 @@ def test_cuda_graph_path_matches_plain_path_on_gpu():
     # DDIM ran as one whole-loop graph per runner
     loops = [entry[1]._loops for entry in m._fast_cache.values()]
     assert loops and all(8 in lp and lp[8][0] is not None for lp in loops)
+
+
+@pytest.mark.gpu
+def test_amp_off_samples_in_float32_on_gpu(monkeypatch):
+    """amp=False (the original, the paper preset): the CUDA fast path runs float32 weights, so it
+    replays the plain float32 loop; with amp on (the default) it runs bf16 shadow weights."""
+    dev = torch.device("cuda")
+    seen = []
+    for amp in (False, True):
+        m = tiny(amp=amp).to(dev)
+        randomize(m.ema.module)
+        m.set_data_stats(1.0, lengths=[10, 20])
+        real = m._runner
+        monkeypatch.setattr(m, "_runner", lambda net, b, d, c, dtype, clip, real=real: (
+            seen.append(dtype), real(net, b, d, c, dtype, clip))[1])
+        kw = dict(sampler="ddim", steps=6, lengths=[10, 20], device=dev)
+        fast = m.generate(2, generator=torch.Generator(dev).manual_seed(1), **kw)
+        plain = m.generate(2, fast=False, generator=torch.Generator(dev).manual_seed(1), **kw)
+        if not amp:
+            np.testing.assert_allclose(fast.points, plain.points, rtol=1e-4, atol=1e-4)
+    assert seen == [torch.float32, torch.bfloat16]
 
 
 def test_train_and_sample_through_the_cli(tmp_path, capsys):

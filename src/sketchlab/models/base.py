@@ -27,6 +27,11 @@ options are the fields of the model's `Options` dataclass (`sketchlab sample` bu
 from them). Asking a model for something it cannot do raises a `ConfigError` that names the
 models that can.
 
+Presets are named starting configurations (`presets(name)` -> {"paper": Config, "cpu": Config}):
+"paper" is the original code as released, every departure switched back and float32 throughout;
+"cpu" trains in under an hour on 2 CPU cores. Each model module defines `paper_config` and
+`cpu_config`; `sketchlab train --preset` applies `--hparams` on top.
+
     model             sample encode heal complete components  heal_option
     sketch-rnn          x      x(1)        x                     -
     rpcl-pix2seq(h)     x      x           x        x            -

@@ -27,7 +27,8 @@ What differs from the seed, and the switch (`paper_config` sets every one to the
 * the posterior's arithmetic above (`faithful_posterior=True`);
 * bf16 autocast of the sequence decoder on CUDA (`amp=False`: float32 as the seed);
 * unconditional samples come from the learned prior by default; the seed's `sample.py` draws
-  z ~ N(0, I) (the sampling option `prior="standard"`, `sketchlab sample --prior standard`).
+  z ~ N(0, I) (`sample_prior="standard"`, or per call the sampling option `prior="standard"`,
+  `sketchlab sample --prior standard`).
 """
 
 from __future__ import annotations
@@ -121,9 +122,11 @@ def paper_config(**overrides) -> Config:
     """The seed's `train.py` as released: its code defaults (batch 200, HyperLSTM 2048, z 128,
     K = 5 x 2, Adam beta1 0.5, lr 1e-3 decaying 0.9999^(s/3), early stopping rewinding to the
     best checkpoint, T = the longest sketch of the data), the seed's posterior arithmetic
-    (`faithful_posterior=True`) and float32 everywhere (`amp=False`). Sample with
-    `prior="standard"` for the seed's N(0, I) codes."""
-    return dataclasses.replace(Config(faithful_posterior=True, amp=False), **overrides)
+    (`faithful_posterior=True`), unconditional samples from N(0, I) as its `sample.py`
+    (`sample_prior="standard"`; `--prior learned` samples the learned mixture) and float32
+    everywhere (`amp=False`)."""
+    base = Config(faithful_posterior=True, sample_prior="standard", amp=False)
+    return dataclasses.replace(base, **overrides)
 
 
 def cpu_config(**overrides) -> Config:

@@ -27,7 +27,8 @@ What differs from the seed, and the switch (`paper_config` sets every one to the
 * latent labels come from the stored prior (the seed's `sample.py` reads them off a
   batch-updated posterior, spec 7.4);
 * unconditional samples come from the learned prior by default; the seed's `sample.py` draws
-  z ~ N(0, I) (`prior="standard"`, `sketchlab sample --prior standard`).
+  z ~ N(0, I) (`sample_prior="standard"`, or per call `prior="standard"`, `sketchlab sample
+  --prior standard`).
 """
 
 from __future__ import annotations
@@ -159,9 +160,11 @@ PAPER_CATEGORIES = ("bee", "bus", "car", "cat", "flower", "giraffe", "horse", "p
 def paper_config(**overrides) -> Config:
     """The seed's `train.py` as released: its code defaults (batch 200, HyperLSTM 2048, z 128,
     J = I = 16, Adam beta1 0.5, the image phase for s < 1000, early stopping rewinding to the
-    best checkpoint, T = the longest sketch of the data) and float32 everywhere (`amp=False`).
-    Sample with `prior="standard"` for the seed's N(0, I) codes."""
-    return dataclasses.replace(Config(amp=False), **overrides)
+    best checkpoint, T = the longest sketch of the data), unconditional samples from N(0, I) as
+    its `sample.py` (`sample_prior="standard"`), every validation counted against patience as
+    the seed's (`patience_start=0`) and float32 everywhere (`amp=False`)."""
+    base = Config(sample_prior="standard", patience_start=0, amp=False)
+    return dataclasses.replace(base, **overrides)
 
 
 def cpu_config(**overrides) -> Config:

@@ -280,9 +280,8 @@ PAPER_CATEGORIES = ("aaron_sheep",)
 
 
 def paper_config(**overrides) -> Config:
-    """The paper's model in magenta's code: HyperLSTM-2048 decoder and layer-norm LSTM-512
-    encoder (the sizes of the paper's experiments, as magenta's README trains its large model),
-    z 128, magenta's `get_default_hparams` for everything else (recurrent dropout keep 0.9,
+    """The paper's model in magenta's code: the paper's HyperLSTM-2048 decoder with the encoder of
+    magenta README's large-model command (layer-norm LSTM-512), z 128, magenta's `get_default_hparams` for everything else (recurrent dropout keep 0.9,
     random scale 0.15, KL weight 0.5 annealed from 0.01 at 0.99995 per step, tolerance 0.2, Adam
     1e-3 decaying 0.9999 per step to 1e-5, clip by value 1.0, batch 100), without point dropping
     (magenta's README: "not used in the sketch-rnn paper"), T = the longest sketch of the data,

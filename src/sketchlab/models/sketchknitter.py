@@ -215,10 +215,10 @@ class Options(SampleOptions):
 
 
 # The original's flags (script_util / train.py / sample.py) that sketchlab ignores: they have no
-# effect there (attention_resolutions, B9), are replaced (use_fp16 -> bf16 autocast) or are
-# bookkeeping of its scripts.
+# effect there (attention_resolutions, B9) or are bookkeeping of its scripts. (use_fp16 maps to
+# `amp`: its broken fp16 path (B7) becomes bf16 autocast; without it the original is float32.)
 _ORIGINAL_IGNORED = {
-    "attention_resolutions", "use_checkpoint", "use_fp16", "num_heads_upsample", "microbatch",
+    "attention_resolutions", "use_checkpoint", "num_heads_upsample", "microbatch",
     "rescale_timesteps", "rescale_learned_sigmas", "log_interval", "save_interval",
     "resume_checkpoint", "fp16_scale_growth", "lr_anneal_steps", "model_path", "num_samples",
     "data_dir", "schedule_sampler", "in_channels",
@@ -227,7 +227,8 @@ _ORIGINAL_IGNORED = {
 
 def config_from_original(flags: dict, **overrides) -> Config:
     """A Config from the original's command-line flags (`--image_size 96 --num_res_blocks 3
-    --diffusion_steps 1000 --use_ddim True --timestep_respacing ddim30 ...`), faithful by default.
+    --diffusion_steps 1000 --use_ddim True --timestep_respacing ddim30 ...`), faithful by default
+    and float32 unless `--use_fp16 True` (then bf16 autocast).
 
     Unsupported settings of the original (learn_sigma, class_cond, use_kl, predict_xstart,
     use_scale_shift_norm=False) raise a ConfigError naming the flag.
@@ -235,9 +236,9 @@ def config_from_original(flags: dict, **overrides) -> Config:
     def as_bool(v):
         return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes")
 
-    out: dict = {"faithful": True}
+    out: dict = {"faithful": True, "amp": as_bool(flags.get("use_fp16", False))}
     for key, value in flags.items():
-        if key in _ORIGINAL_IGNORED:
+        if key in _ORIGINAL_IGNORED or key == "use_fp16":
             continue
         if key in ("image_size", "num_channels"):
             n = int(value)
