@@ -2,6 +2,7 @@
 the prior's update discipline, resume, sampling, the latent tools and the command line."""
 
 import dataclasses
+import importlib.util
 import json
 import math
 
@@ -27,6 +28,10 @@ from sketchlab.nn.mixture import mixture_loss_terms
 from sketchlab.runs import load_model
 from sketchlab.train import checkpoint as ckpt
 from sketchlab.train.trainer import Trainer, prepare_data
+
+HAVE_SKLEARN = importlib.util.find_spec("sklearn") is not None
+needs_sklearn = pytest.mark.skipif(not HAVE_SKLEARN, reason="the t-SNE latent map needs scikit-learn "
+                                   "(pip install scikit-learn, or sketchlab[latent])")
 
 TINY = dict(dec_model="lstm", dec_rnn_size=16, z_size=8, batch_size=8, max_valid_batches=1)
 TINY_P = dict(TINY, num_mixture=2, num_sub=2)
@@ -472,17 +477,26 @@ def test_label_agreement_by_hand():
     assert label_agreement([0, 1, 2], [4, 5, 6])["nmi"] == pytest.approx(1.0)
 
 
-def test_latent_tools_for_rpcl_and_sketch_rnn(tmp_path, doodles):
+@needs_sklearn
+def test_tsne_latent_map_of_rpcl(tmp_path, doodles):
     from PIL import Image
 
-    from sketchlab.latent.maps import analogy_strip, interpolation_strip, latent_map
-    from sketchlab.models.sketch_rnn import Config as SConfig
-    from sketchlab.models.sketch_rnn import SketchRNN
+    from sketchlab.latent.maps import latent_map
 
     rpcl = build(RPCLPix2SeqH, HConfig, TINY_H, doodles)
     info = latent_map(rpcl, doodles, tmp_path / "map.png", thumbnails=4)
     assert info["labels"].keys() == {"category", "level_k", "level_l"} and info["centres"] == 4
     assert Image.open(tmp_path / "map.png").size[0] > 1000
+
+
+def test_latent_tools_for_rpcl_and_sketch_rnn(tmp_path, doodles):
+    from sketchlab.latent.maps import analogy_strip, interpolation_strip, latent_map
+    from sketchlab.models.sketch_rnn import Config as SConfig
+    from sketchlab.models.sketch_rnn import SketchRNN
+
+    rpcl = build(RPCLPix2SeqH, HConfig, TINY_H, doodles)
+    info = latent_map(rpcl, doodles, tmp_path / "map.png", thumbnails=4, method="pca")
+    assert info["labels"].keys() == {"category", "level_k", "level_l"} and info["centres"] == 4
     torch.manual_seed(0)
     srnn = SketchRNN(SConfig(enc_rnn_size=8, dec_rnn_size=8, z_size=8, max_seq_len=int(doodles.lengths.max())))
     assert latent_map(srnn, doodles, tmp_path / "map2.png", thumbnails=2, method="pca")["method"] == "pca"
@@ -532,8 +546,9 @@ def test_cli_train_sample_and_latent_tools(tmp_path, model):
     else:
         assert main(["sample", str(run), "--out", str(tmp_path / "i.npz"), "--n", "3", "--unit", "2",
                      "--device", "cpu"]) == 2          # no units in RPCL-pix2seq: a clear error
+    method = "tsne" if HAVE_SKLEARN else "pca"          # t-SNE needs scikit-learn (`latent` extra)
     assert main(["latent", "map", str(run), "--out", str(tmp_path / "map.png"), "--n", "30",
-                 "--thumbnails", "5", "--device", "cpu"]) == 0
+                 "--thumbnails", "5", "--method", method, "--device", "cpu"]) == 0
     assert main(["latent", "interpolate", str(run), "--out", str(tmp_path / "i.png"), "--a", "0",
                  "--b", "3", "--steps", "3", "--device", "cpu"]) == 0
     assert main(["latent", "analogy", str(run), "--a", "0", "--b", "1", "--c", "2", "--samples", "1",
