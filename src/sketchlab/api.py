@@ -176,6 +176,14 @@ class Model:
         return self._out(self.module.heal(self._in(sketches), strength=float(strength), seed=seed,
                                           **self._given(dict(options, temperature=temperature))))
 
+    def corrupt(self, sketches, strength: float, *, seed: int = 0) -> Sketches:
+        """The sketches as `heal(sketches, strength, seed=seed)` corrupts them before redrawing
+        (SP-gra2seq: the points under masked patches removed; SketchGloc: strokes moved;
+        SketchKnitter: noised to t0), for pictures of healing: corrupted, then healed."""
+        self._need("can_heal")
+        return self._out(self.module.corrupt(self._in(sketches), strength=float(strength),
+                                             seed=seed))
+
     def complete(self, partial, n: int = 4, *, temperature: float | None = None,
                  seed: int = 0) -> Sketches:
         """`n` continuations of each partial drawing (each result starts with its prefix)."""
