@@ -501,6 +501,10 @@ def test_browser_draw_then_complete(browser, live_studio, studio_models, tmp_pat
     assert len(drawn) == 2 and all(len(xs) >= 2 for xs, _ in drawn)
     assert 50 < drawn[0][0][0] < 70 and 140 < drawn[0][1][0] < 160     # pad units = raw units
     page.select_option("#complete-n", "4")
+    # the slider moved to 1.0 (a 3-step model ends its drawings early when it is cold)
+    page.eval_on_selector("#temperature", "el => { el.value = '1'; "
+                                          "el.dispatchEvent(new Event('input')); }")
+    assert page.inner_text("#temperature-value") == "1.00"
     page.click("#do-complete")
     page.wait_for_selector("#results[data-state=done]", timeout=60000)
     result = page.evaluate("window.sketchlabStudio.result")
@@ -508,6 +512,8 @@ def test_browser_draw_then_complete(browser, live_studio, studio_models, tmp_pat
     assert result["prefix_strokes"] == 2 and len(result["sketches"]) == 4
     for sk in result["sketches"]:       # every candidate continues from the strokes drawn
         assert same_strokes(sk["strokes"][:2], drawn), sk["strokes"][:2]
+    assert any(len(sk["strokes"]) > 2 for sk in result["sketches"])    # and adds strokes
+    assert result["settings"]["temperature"] == 1
     assert page.locator("#results .tile").count() == 4
     assert "complete" in page.inner_text("#caption") and completer in page.inner_text("#caption")
     shot = _screenshot_dir(tmp_path) / "studio-complete.png"
