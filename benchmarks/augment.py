@@ -24,7 +24,7 @@ from sketchlab.data.strokes import augment_strokes, augment_strokes_reference  #
 def sketches(n: int) -> tuple[list[np.ndarray], str]:
     spg = os.environ.get("SPG20", ".gpu/spg20")
     if Path(spg, "airplane.npz").is_file():
-        from sketchlab.data.quickdraw import load_categories
+        from sketchlab.data.sources import load_categories
 
         sk = load_categories(spg, ["airplane", "apple", "butterfly", "cactus", "pig"],
                              splits=("train",))["train"]

@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from report import emit  # noqa: E402  (benchmarks/report.py)
-from sketchlab.data import quickdraw as qd  # noqa: E402
+from sketchlab.data.ndjson import import_ndjson  # noqa: E402
+from sketchlab.data.npz import SPLITS, load_npz  # noqa: E402
 from sketchlab.data import strokes as S  # noqa: E402
 from sketchlab.data.strokes import rdp  # noqa: E402
 
@@ -66,10 +67,10 @@ def bench_load() -> dict:
 
     def unsafe():  # reference only: a trusted file; never do this with a user's file
         with np.load(path, allow_pickle=True, encoding="latin1") as f:
-            return {s: list(f[s]) for s in qd.SPLITS}
+            return {s: list(f[s]) for s in SPLITS}
 
     t_plain, ref = _timed(unsafe)
-    t_safe, got = _timed(lambda: qd.load_npz(path))
+    t_safe, got = _timed(lambda: load_npz(path))
     n = sum(len(v) for v in ref.values())
     return {"file": path.name, "sketches": n, "np_load_pickle_s": round(t_plain, 4),
             "safe_load_s": round(t_safe, 4), "ratio_safe_over_plain": round(t_safe / t_plain, 2),
@@ -79,7 +80,7 @@ def bench_load() -> dict:
 def bench_import() -> dict:
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        report = qd.import_ndjson([DATA / "spg20"], out, progress=False)
+        report = import_ndjson([DATA / "spg20"], out, progress=False)
         seconds = time.perf_counter() - t0
     return {"sketches": report["imported"], "seconds": round(seconds, 2),
             "sketches_per_s": round(report["imported"] / seconds, 1)}

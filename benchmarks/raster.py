@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO / "src"))
 
 from report import emit  # noqa: E402  (benchmarks/report.py)
 from sketchlab.data.raster import rasterize, rasterize_torch  # noqa: E402
+from sketchlab.data.npz import load_npz  # noqa: E402
 from sketchlab.data.sketches import Sketches  # noqa: E402
-from sketchlab.data.sketches import Sketches
 
 # Like tests/conftest.py: SKETCHLAB_SHARED_DATA, else shared/data beside (or inside) the repo.
 SHARED_CANDIDATES = [Path(p) for p in (os.environ.get("SKETCHLAB_SHARED_DATA"),) if p] + [
@@ -47,16 +47,8 @@ def load_sheep(n: int) -> tuple[list[np.ndarray], int]:
         where = ", ".join(str(p) for p in SHARED_CANDIDATES)
         sys.exit(f"benchmarks/raster.py: {SHEEP} not found under {where}; "
                  "set SKETCHLAB_SHARED_DATA to the shared data folder")
-    try:
-        from sketchlab.data.quickdraw import load_npz  # the safe loader, once merged
-
-        splits = load_npz(path, ("train", "valid", "test"))
-        sketches = [s for split in ("train", "valid", "test") for s in splits[split]]
-    except ImportError:
-        # Until the safe loader lands: this trusted shared file only, in this benchmark only.
-        # Never use allow_pickle=True on a user's file.
-        with np.load(path, allow_pickle=True, encoding="latin1") as f:
-            sketches = [s for split in ("train", "valid", "test") for s in f[split]]
+    splits = load_npz(path, ("train", "valid", "test"))
+    sketches = [s for split in ("train", "valid", "test") for s in splits[split]]
     sketches = [np.asarray(s, dtype=np.float32) for s in sketches]
     unique = len(sketches)
     return [sketches[i % unique] for i in range(n)], unique

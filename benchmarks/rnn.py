@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark of the sketch-rnn sequence engine (sketchlab.nn.rnn + sketchlab.nn.mixture).
+"""Benchmark of the sketch-rnn sequence engine (sketchlab.nn.cells + sketchlab.nn.mixture).
 
 Training step: a sketch-rnn-style decoder (state0 = tanh(Linear(z)), input [S_{t-1}, z],
 cell, 20-component mixture head, mixture NLL, backward, Adam) at batch 100, length 250, z 128,
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -49,10 +50,10 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from report import save  # noqa: E402  (benchmarks/report.py)
-from sketchlab.nn import rnn as rnn_mod  # noqa: E402
+from sketchlab.nn.cells import make_cell  # noqa: E402
 from sketchlab.nn.cudagraph import GraphedStep  # noqa: E402
 from sketchlab.nn.mixture import MixtureHead, mixture_nll, sample_step, split_params  # noqa: E402
-from sketchlab.nn.rnn import BatchedSampler, make_cell  # noqa: E402
+from sketchlab.nn.sampler import BatchedSampler  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------
@@ -63,9 +64,9 @@ from sketchlab.nn.rnn import BatchedSampler, make_cell  # noqa: E402
 class Decoder(nn.Module):
     """The sketch-rnn / RPCL decoder wiring around a cell (no encoder: z is an input)."""
 
-    def __init__(self, kind, hidden, z_size, keep, hyper_units, hyper_emb):
+    def __init__(self, kind, hidden, z_size, keep, hyper_units, hyper_emb, fusion=True):
         super().__init__()
-        self.cell = make_cell(kind, 5 + z_size, hidden, recurrent_dropout_keep=keep, hyper_num_units=hyper_units, hyper_embedding_size=hyper_emb)
+        self.cell = make_cell(kind, 5 + z_size, hidden, recurrent_dropout_keep=keep, hyper_num_units=hyper_units, hyper_embedding_size=hyper_emb, fusion=fusion)
         self.init_state = nn.Linear(z_size, self.cell.state_size)
         self.head = MixtureHead(hidden)
 
@@ -242,7 +243,7 @@ def bench_train(kind, hidden, args, device):
     res.update(ms={}, parity={}, errors={}, peak_mem_gb={})
     strokes, z = random_batch(args.batch, args.length, args.z, device)
     torch.manual_seed(0)
-    model = Decoder(kind, hidden, args.z, args.keep, args.hyper_units, args.hyper_emb).to(device).train()
+    model = Decoder(kind, hidden, args.z, args.keep, args.hyper_units, args.hyper_emb, fusion=not args.no_compile).to(device).train()
     init = [p.detach().clone() for p in model.parameters()]
     cuda = device.type == "cuda"
 
@@ -332,6 +333,7 @@ def bench_train(kind, hidden, args, device):
         res["speedup_vs_reference"] = {k: round(ref_ms / v, 2) for k, v in res["ms"].items() if k != "reference"}
     if "bptt+graph" in res["ms"] and "bptt+graph+bf16" in res["ms"]:
         res["bf16_speedup_graph"] = round(res["ms"]["bptt+graph"] / res["ms"]["bptt+graph+bf16"], 2)
+    res["fusion"] = dataclasses.asdict(model.cell.fusion)  # with the error that turned it off, if any
     return res
 
 
@@ -510,8 +512,6 @@ def main(argv=None):
     if args.no_graph:
         args.variants = [v for v in args.variants if "+graph" not in v]
     args.sample_batches = [int(b) for b in args.sample_batches.split(",")]
-    if args.no_compile:
-        rnn_mod.set_fusion(False)
 
     meta = {
         "benchmark": "rnn",
@@ -534,13 +534,11 @@ def main(argv=None):
                 except Exception as e:  # e.g. OOM building the model
                     r = {"cell": kind, "hidden": size, "errors": {"all": error_text(e)}}
                     log(traceback.format_exc())
-                r["fusion"] = rnn_mod.fusion_status()
                 report.data["train"].append(r)
                 report.save()
                 free(device)
     if not args.only_train:
         report.data["sample"] = bench_sample(args, device)
-    report.data["fusion"] = rnn_mod.fusion_status()
     report.data["total_s"] = round(time.perf_counter() - t_start, 1)
     report.save()
     print(json.dumps(report.data, indent=1))

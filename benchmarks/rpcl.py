@@ -32,6 +32,7 @@ JSON to stdout and to $OUT/rpcl.json (rewritten after every result).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -53,7 +54,6 @@ from report import save as save_json  # noqa: E402  (benchmarks/report.py)
 from sketchlab.data.sketches import Sketches  # noqa: E402
 from sketchlab.data.sketches import Sketches
 from sketchlab.models import get_model_class  # noqa: E402
-from sketchlab.nn import rnn as rnn_mod  # noqa: E402
 from sketchlab.nn.cudagraph import GraphedStep  # noqa: E402
 from sketchlab.train.trainer import PreparedData, Trainer, clip_gradients  # noqa: E402
 
@@ -79,7 +79,7 @@ def build(name, args, device):
     cfg = cls.Config(max_seq_len=args.length, batch_size=args.batch, z_size=args.z,
                      dec_model=args.dec_model, dec_rnn_size=args.hidden,
                      hyper_num_units=args.hyper_units, hyper_embedding_size=args.hyper_emb,
-                     cnn_channels=tuple(args.cnn_channels))
+                     cnn_channels=tuple(args.cnn_channels), fuse_pointwise=not args.no_compile)
     torch.manual_seed(0)
     model = cls(cfg).to(device).train()
     model.scale_factor = 1.0
@@ -263,6 +263,7 @@ def bench_model(name, args, device):
     if ref_ms:
         res["speedup_vs_reference"] = {k: round(ref_ms / v, 2) for k, v in res["ms"].items()
                                        if k != "reference" and "without" not in k}
+    res["fusion"] = dataclasses.asdict(model.decoder.fusion)  # with the error that turned it off, if any
     return res
 
 
@@ -280,7 +281,7 @@ def bench_trainer(name, args, device) -> float:
     cfg = cls.Config(max_seq_len=args.length, batch_size=args.batch, z_size=args.z,
                      dec_model=args.dec_model, dec_rnn_size=args.hidden, hyper_num_units=args.hyper_units,
                      hyper_embedding_size=args.hyper_emb, cnn_channels=tuple(args.cnn_channels),
-                     max_valid_batches=1, checkpoint_every=10**9, patience=0, reload_best=False,
+                     fuse_pointwise=not args.no_compile, max_valid_batches=1, checkpoint_every=10**9, patience=0, reload_best=False,
                      eval_every=10**9)
     if hasattr(cfg, "image_phase_steps"):   # H: time the steady state (sequence steps), not s < 1000
         cfg.image_phase_steps = 0
@@ -337,8 +338,6 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     args.cnn_channels = [int(c) for c in str(args.cnn_channels).split(",")]
     args.variants = [v for v in args.variants.split(",") if v]
-    if args.no_compile:
-        rnn_mod.set_fusion(False)
     report = {"benchmark": "rpcl", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "smoke": args.smoke, "threads": torch.get_num_threads(),
               "args": vars(args), "results": [],
@@ -355,7 +354,6 @@ def main(argv=None):
         except Exception as e:
             r = {"model": name, "errors": {"all": error_text(e)}}
             log(traceback.format_exc())
-        r["fusion"] = rnn_mod.fusion_status()
         report["results"].append(r)
         save()
         free(device)

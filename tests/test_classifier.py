@@ -240,3 +240,16 @@ def test_cuda_input_pipeline_and_training_step_match_cpu(tmp_path, rng):
     a = C.SketchANetFeatures(net, cfg, "cpu").extract(sk)[0]
     b = C.SketchANetFeatures(net, cfg, "cuda").extract(sk)[0]
     assert np.allclose(a, b, rtol=0.05, atol=0.05)
+
+
+def test_cudnn_autotune_is_scoped_to_the_training_run():
+    before = torch.backends.cudnn.benchmark
+    seen = C._cudnn_autotuned(lambda: torch.backends.cudnn.benchmark)()
+    assert seen is True and torch.backends.cudnn.benchmark == before
+
+    def fails():
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError):
+        C._cudnn_autotuned(fails)()
+    assert torch.backends.cudnn.benchmark == before

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import raster_standin
-from sketchlab.data.quickdraw import save_sketchrnn_npz
+from sketchlab.data.npz import save_sketchrnn_npz
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import CheckpointError, DataError
 from sketchlab.eval import classifier as C
@@ -214,8 +214,7 @@ def test_cli_classifier_train(tmp_path, data_dir):
 
 
 def test_real_quickdraw_loader_through_load_split(tmp_path):
-    """Runs once sketchlab.data.quickdraw exists: the adapter against the real loader."""
-    pytest.importorskip("sketchlab.data.quickdraw")
+    """The adapter against the real loader (sketchlab.data.sources.load_categories)."""
     rng = np.random.default_rng(0)
     for cat in CATS:
         arrays = {}

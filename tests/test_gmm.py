@@ -11,25 +11,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sketchlab.errors import ConfigError
-from sketchlab.nn.priors import (
-    GMMPrior,
-    GMMState,
+from sketchlab.nn.gmm_prior import GMMPrior, GMMState, alpha_kl, gmm_log_likelihood, gmm_posterior, gmm_update
+from sketchlab.nn.hierarchy_prior import (
     HierarchicalPrior,
     HierarchyState,
-    alpha_kl,
     diag_heavy_q,
-    gaussian_kl,
-    gmm_log_likelihood,
-    gmm_posterior,
-    gmm_update,
     hierarchy_log_prob,
     hierarchy_update,
-    kl_weight,
     merge_target,
-    rpcl_signs,
     structural_kl,
-    winner_and_rival,
 )
+from sketchlab.nn.rpcl import gaussian_kl, kl_weight, rpcl_signs, winner_and_rival
 
 E2 = math.exp(-2.0)
 

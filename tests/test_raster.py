@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from sketchlab.data.npz import load_npz
 from sketchlab.data.raster import rasterize, rasterize_torch
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
@@ -258,14 +259,7 @@ def test_cuda_matches_cpu(rng):
 
 
 def sheep(shared_data, n):
-    try:
-        from sketchlab.data.quickdraw import load_npz
-
-        return list(load_npz(shared_data / "sketchrnn" / "aaron_sheep.npz", ("train",))["train"])[:n]
-    except ImportError:  # until the safe loader is merged: this trusted shared file only
-        with np.load(shared_data / "sketchrnn" / "aaron_sheep.npz", allow_pickle=True,
-                     encoding="latin1") as f:
-            return [np.asarray(s, np.float32) for s in f["train"][:n]]
+    return list(load_npz(shared_data / "sketchrnn" / "aaron_sheep.npz", ("train",))["train"])[:n]
 
 
 def seq2png_svg(data, width=48, margin=1.5):

@@ -10,14 +10,16 @@ import torch
 
 from sketchlab.errors import ConfigError
 from sketchlab.nn.mixture import MixtureHead, sample_step
-from sketchlab.nn.rnn import BatchedSampler, HyperLSTMCell, LayerNormLSTMCell, LSTMCell, make_cell, sample_sequences
+from sketchlab.nn.cells import HyperLSTMCell, LayerNormLSTMCell, LSTMCell, make_cell
+from sketchlab.nn.rnn_pointwise import Fusion
+from sketchlab.nn.sampler import BatchedSampler, sample_sequences
 
 KINDS = ["lstm", "layer_norm", "hyper"]
 
 
-def small_cell(kind, I=5, H=12, keep=0.9, dtype=torch.float32, seed=0, perturb=0.1):
+def small_cell(kind, I=5, H=12, keep=0.9, dtype=torch.float32, seed=0, perturb=0.1, fusion=True):
     torch.manual_seed(seed)
-    cell = make_cell(kind, I, H, recurrent_dropout_keep=keep, hyper_num_units=8, hyper_embedding_size=4).to(dtype)
+    cell = make_cell(kind, I, H, recurrent_dropout_keep=keep, hyper_num_units=8, hyper_embedding_size=4, fusion=fusion).to(dtype)
     # Move every parameter off its special init value (zeros, ones, constants) so that each one
     # matters in the comparisons below.
     with torch.no_grad():
@@ -381,25 +383,111 @@ def test_batched_sampling_is_reproducible_and_well_formed():
     assert sampler.graph is None  # CPU: eager loop
 
 
+def test_sample_sequences_reuses_one_sampler_per_decoder_and_shape():
+    import copy
+
+    cell, head = _decoder()
+    state0, z = torch.zeros(6, cell.state_size), torch.randn(6, 3)
+
+    def sample(n=10, B=6, **kw):
+        return sample_sequences(cell, head, state0[:B], n, z=z[:B], temperature=0.5, generator=torch.Generator().manual_seed(1), **kw)
+
+    a = sample()
+    cache = cell._sampler_cache
+    (sampler,) = cache.values()
+    assert torch.equal(sample(), a) and list(cache.values()) == [sampler]  # reused
+    assert torch.equal(a, BatchedSampler(cell, head, 10)(state0, z, 0.5, torch.Generator().manual_seed(1)))
+    sample(B=4), sample(n=12), sample(greedy=True)  # another batch, length, mode: another sampler each
+    assert len(cache) == 4 and list(cache.values())[0] is sampler
+    # In-place weight updates (an optimizer step, load_state_dict) reach the cached sampler.
+    with torch.no_grad():
+        for p in head.parameters():
+            p.mul_(1.5)
+    b = sample()
+    assert cache[next(reversed(cache))] is sampler and not torch.equal(a, b)
+    assert torch.equal(b, BatchedSampler(cell, head, 10)(state0, z, 0.5, torch.Generator().manual_seed(1)))
+    # Parameters replaced by new tensors (a cast) give a new sampler; the cache stays bounded.
+    cell.double(), head.double()
+    sample_sequences(cell, head, state0.double(), 10, z=z.double())
+    assert len(cache) == 4 and list(cache.values())[-1] is not sampler  # oldest entry evicted
+    assert len(copy.deepcopy(cell)._sampler_cache) == 0  # copies never share captured graphs
+
+
+def test_continuing_a_prefix_equals_the_reference_step_loop():
+    # Prime the state with a prefix through the fast teacher-forced path, continue with
+    # first_input = the prefix's last row; the reference runs `step` over everything.
+    from sketchlab.nn.mixture import draw_noise
+
+    B, K, n = 3, 6, 12
+    for kind in KINDS:
+        cell, head = _decoder(kind)
+        cell.eval()
+        g = torch.Generator().manual_seed(0)
+        z = torch.randn(B, 3, generator=g)
+        state0 = torch.tanh(torch.randn(B, cell.state_size, generator=g))
+        prefix = torch.zeros(B, K, 5)
+        prefix[..., :2] = torch.randn(B, K, 2, generator=g)
+        prefix[..., 2] = 1.0
+        prefix[:, 2, 2:] = torch.tensor([0.0, 1.0, 0.0])  # a pen lift inside the prefix
+        s0 = torch.tensor([[0.0, 0.0, 1.0, 0.0, 0.0]]).expand(B, 5)
+        for greedy in (True, False):
+            noise = draw_noise((n, B), "cpu", torch.Generator().manual_seed(7), torch.float32)
+            with torch.no_grad():
+                state, prev, rows = state0, s0, []
+                for k in range(K):
+                    _, state = cell.step(torch.cat([prev, z], 1), state)
+                    prev = prefix[:, k]
+                for t in range(n):
+                    h, state = cell.step(torch.cat([prev, z], 1), state)
+                    prev = sample_step(head(h), 0.5, greedy=greedy, noise=noise[t])
+                    rows.append(prev)
+                ref = torch.stack(rows, 1)
+                x = torch.cat([torch.cat([s0[:, None], prefix[:, :-1]], 1), z[:, None].expand(B, K, 3)], -1)
+                _, primed = cell.sequence(x, state0)
+            out = sample_sequences(cell, head, primed, n, z=z, temperature=0.5, greedy=greedy,
+                                   generator=torch.Generator().manual_seed(7), first_input=prefix[:, -1])
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        # Without first_input the rollout starts from S_0 again (a different continuation).
+        assert not torch.allclose(sample_sequences(cell, head, primed, n, z=z, greedy=True), ref)
+    with pytest.raises(ValueError, match="first_input"):
+        sample_sequences(cell, head, primed, n, z=z, first_input=prefix[:2, -1])
+
+
 @pytest.mark.slow
 def test_pointwise_functions_trace_as_one_graph():
     # On CUDA the per-step pointwise functions are compiled with torch.compile(fullgraph=True).
     # Trace them on CPU with the aot_eager backend (no compiler needed): any graph break or
-    # tracing error would show up in fusion_status() and the results must still match.
-    from sketchlab.nn import rnn
+    # tracing error would show up in the cell's fusion.error and the results must still match.
+    import torch._dynamo
 
-    prev = rnn.fusion_status()
-    try:
-        rnn.set_fusion(True, backend="aot_eager", devices=("cpu",))
-        for kind in KINDS:
-            cell = small_cell(kind, H=8).train()
-            x, s0 = inputs(cell, B=2, T=3)
-            ref = run_and_grads(cell, x, s0, "reference")
-            fast = run_and_grads(cell, x, s0, "bptt")
-            assert rnn.fusion_status()["error"] is None
-            assert max_rel_err(ref, fast) < 2e-5
-    finally:
-        rnn.set_fusion(prev["enabled"], backend=prev["backend"], devices=prev["devices"])
+    limit = torch._dynamo.config.recompile_limit
+    for kind in KINDS:
+        fusion = Fusion(backend="aot_eager", devices=("cpu",))
+        cell = small_cell(kind, H=8, fusion=fusion).train()
+        assert cell.fusion is fusion and (kind != "hyper" or cell.hyper_cell.fusion is fusion)
+        x, s0 = inputs(cell, B=2, T=3)
+        ref = run_and_grads(cell, x, s0, "reference")
+        fast = run_and_grads(cell, x, s0, "bptt")
+        assert fusion.error is None and fusion.enabled
+        assert fusion._compiled_for  # the compiled functions really ran
+        assert max_rel_err(ref, fast) < 2e-5
+    # The higher recompile limit was scoped to the compilations, not left set for the process.
+    assert torch._dynamo.config.recompile_limit == limit
+
+
+@pytest.mark.slow
+def test_a_failing_compile_turns_fusion_off_for_that_cell_only():
+    fusion = Fusion(backend="no_such_backend", devices=("cpu",))
+    cell = small_cell("layer_norm", fusion=fusion).eval()
+    other = small_cell("layer_norm").eval()  # default policy: eager on CPU, untouched
+    x, s0 = inputs(cell)
+    with pytest.warns(UserWarning, match="fusion disabled"):
+        hs, st = cell.sequence(x.detach(), s0.detach(), fast="bptt")
+    assert not fusion.enabled and "no_such_backend" in fusion.error
+    ref_h, ref_st = cell.sequence(x.detach(), s0.detach(), fast=False)
+    torch.testing.assert_close(hs, ref_h, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(st, ref_st, rtol=1e-5, atol=1e-6)
+    assert other.fusion.enabled and other.fusion.error is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,8 +498,6 @@ def test_pointwise_functions_trace_as_one_graph():
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", KINDS)
 def test_cuda_fast_path_matches_reference(kind):
-    from sketchlab.nn import rnn
-
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -420,7 +506,7 @@ def test_cuda_fast_path_matches_reference(kind):
         x, s0 = x.detach().cuda().requires_grad_(), s0.detach().cuda().requires_grad_()
         ref = run_and_grads(cell, x, s0, "reference")
         fast = run_and_grads(cell, x, s0, "bptt")
-        assert rnn.fusion_status()["error"] is None
+        assert cell.fusion.error is None and cell.fusion._compiled_for
         assert max_rel_err(ref, fast) < 1e-4
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32

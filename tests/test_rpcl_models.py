@@ -15,7 +15,9 @@ from sketchlab.data.sketches import Sketches
 from sketchlab.data.synthetic import make_doodle_splits, make_doodles
 from sketchlab.errors import CheckpointError, ConfigError, DataError
 from sketchlab.latent.codes import label_agreement
-from sketchlab.nn.priors import alpha_kl, gaussian_kl, gmm_update, hierarchy_update, structural_kl
+from sketchlab.nn.gmm_prior import alpha_kl, gmm_update
+from sketchlab.nn.hierarchy_prior import hierarchy_update, structural_kl
+from sketchlab.nn.rpcl import gaussian_kl
 from sketchlab.models.rpcl_pix2seq import Config as PConfig
 from sketchlab.models.rpcl_pix2seq import RPCLPix2Seq
 from sketchlab.models.rpcl_pix2seqh import Config as HConfig

@@ -455,7 +455,7 @@ def test_generate_heals_references_and_returns_offsets():
     m.eval()
     batch = m.make_batch(list(refs), False, np.random.default_rng(0))
     z = m.encode(batch)
-    from sketchlab.nn.rnn import sample_sequences
+    from sketchlab.nn.sampler import sample_sequences
     seq = sample_sequences(m.decoder, m.head, m.initial_state(z), m.config.max_seq_len, z=z, greedy=True)
     absolute = S.stroke5_to_stroke3(seq[0].numpy())
     np.testing.assert_allclose(S.to_absolute(g[0])[:, :2], absolute[:, :2], atol=1e-4)
@@ -525,7 +525,7 @@ def test_demo_config_is_small():
 
 @pytest.mark.realdata
 def test_real_data_sizes_and_a_batch(shared_data):
-    from sketchlab.data.quickdraw import load_npz
+    from sketchlab.data.npz import load_npz
 
     path = shared_data / "sketchrnn" / "aaron_sheep.npz"
     if not path.is_file():

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from sketchlab.data import strokes as S
-from sketchlab.data.sketches import Sketches
 from sketchlab.errors import DataError
 
 SQUARE = np.array([[0, 0, 0], [10, 0, 0], [0, 10, 0], [-10, 0, 0], [0, -10, 1],
@@ -17,6 +16,45 @@ def test_absolute_roundtrip_and_polylines():
     assert [len(l) for l in lines] == [5, 2]
     assert lines[1].tolist() == [[20, 5], [23, 5]]
     assert np.allclose(S.from_polylines(lines), SQUARE)
+
+
+def test_stroke_ids_end_a_stroke_at_each_pen_lift():
+    assert S.stroke_ids(SQUARE[:, 2]).tolist() == [0, 0, 0, 0, 0, 1, 1]
+    assert S.stroke_ids(np.array([1.0, 1.0, 0.0])).tolist() == [0, 1, 2]
+    assert S.stroke_ids(np.zeros(0)).tolist() == []
+
+
+def test_parse_drawing_reads_quickdraw_strokes():
+    lines = S.parse_drawing([[[10, 20, 20], [0, 0, 30]], [[], []], [[50], [40]]])
+    assert [l.tolist() for l in lines] == [[[10, 0], [20, 0], [20, 30]], [[50, 40]]]
+    assert lines[0].dtype == np.float64
+    # arrays and tuples are strokes too; raw ndjson's third list only with extra_lists
+    assert S.parse_drawing([np.array([[1, 2], [3, 4]])])[0].tolist() == [[1, 3], [2, 4]]
+    raw = [([1, 2], [3, 4], [0, 16])]
+    assert S.parse_drawing(raw, extra_lists=True)[0].tolist() == [[1, 3], [2, 4]]
+    with pytest.raises(S.BadDrawing, match=r"malformed stroke \(stroke 0: expected \[xs, ys\], "
+                                           r"got 3 lists\)") as err:
+        S.parse_drawing(raw)
+    assert err.value.reason == "malformed stroke" and isinstance(err.value, DataError)
+
+
+@pytest.mark.parametrize("drawing, message", [
+    ([], r"empty drawing \(no strokes\)"),
+    ({"a": 1}, r"empty drawing \(a dict, not a list of strokes\)"),
+    ([[[], []]], r"empty drawing \(every stroke is empty\)"),
+    ([[[1], [1]], 5], r"malformed stroke \(stroke 1: expected \[xs, ys\], got int\)"),
+    ([[[1], [1]], [[1, 2], 3]], r"malformed stroke \(stroke 1: xs and ys must be lists"),
+    ([[[1], [1]], [[1, 2], [3]]], r"xs/ys lengths differ \(stroke 1: 2 xs, 1 ys\)"),
+    ([[[1, "a"], [1, 2]]], r"non-numeric coordinates \(stroke 0\)"),
+    ([[[None], [1]]], r"NaN or inf coordinates \(stroke 0\)"),   # numpy reads None as NaN
+    ([[[[1, 2]], [[3, 4]]]], r"non-numeric coordinates \(stroke 0: nested lists\)"),
+    ([[[], []], [[1, 2], [1, 2]], [[1, float("nan")], [1, 2]]],
+     r"NaN or inf coordinates \(stroke 2\)"),
+    ([[[float("inf")], [1]]], r"NaN or inf"),
+])
+def test_parse_drawing_names_the_problem_and_the_stroke(drawing, message):
+    with pytest.raises(S.BadDrawing, match=message):
+        S.parse_drawing(drawing)
 
 
 def test_stroke5_padding_matches_seed_layout():
@@ -102,33 +140,6 @@ def test_random_scale_range(rng):
     assert np.all(out[:, 0] == out[0, 0]) and np.all(out[:, 1] == out[0, 1])
 
 
-def test_sketches_roundtrip(tmp_path):
-    sk = Sketches.from_list([SQUARE, SQUARE[:3]], category=np.array([1, 0]),
-                              category_names=("cat", "dog"), scale_factor=2.5)
-    sk.z = np.ones((2, 4), np.float32)
-    assert len(sk) == 2 and sk.lengths.tolist() == [7, 3]
-    assert np.allclose(sk[1], SQUARE[:3])
-    sub = sk[[1]]
-    assert len(sub) == 1 and sub.category.tolist() == [0] and sub.z.shape == (1, 4)
-    path = tmp_path / "s.npz"
-    sk.save(path)
-    with np.load(path, allow_pickle=False) as f:   # pickle-free on disk
-        assert "points" in f.files
-    back = Sketches.load(path)
-    assert back.category_names == ("cat", "dog") and back.scale_factor == 2.5
-    assert np.allclose(back.points, sk.points) and back.category.tolist() == [1, 0]
-    both = Sketches.concat([sk, Sketches.from_list([SQUARE], category=0, category_names=("dog",),
-                                                        scale_factor=2.5)])
-    assert both.category.tolist() == [1, 0, 1]   # 'dog' remapped onto the union
-
-
-def test_sketches_load_rejects_garbage(tmp_path):
-    p = tmp_path / "bad.npz"
-    p.write_bytes(b"not a zip")
-    with pytest.raises(DataError, match="bad.npz"):
-        Sketches.load(p)
-
-
 @pytest.mark.parametrize("bad, msg", [
     (np.zeros((0, 3)), "empty"),
     (np.array([[np.nan, 0, 1]]), "NaN"),
@@ -140,25 +151,3 @@ def test_validate_stroke3(bad, msg):
         S.validate_stroke3(bad, "x.npz[train][3]")
     with pytest.raises(DataError, match="longer"):
         S.validate_stroke3(np.zeros((10, 3)), "x", max_len=5)
-
-
-def test_in_units_converts_between_raw_and_normalised():
-    raw = Sketches.from_list([np.array([[4.0, -2.0, 0], [6.0, 8.0, 1]], np.float32)],
-                               category=0, category_names=("cat",))
-    norm = raw.in_units(2.0)
-    np.testing.assert_allclose(norm.points, [[2.0, -1.0, 0], [3.0, 4.0, 1]])
-    assert norm.scale_factor == 2.0 and norm.category_names == ("cat",)
-    back = norm.in_units(4.0).in_units(1.0)  # via other units, back to raw
-    np.testing.assert_allclose(back.points, raw.points)
-    assert back.scale_factor == 1.0 and raw.points[0, 0] == 4.0  # the source is untouched
-
-
-def test_an_empty_selection_keeps_codes_and_labels():
-    s = Sketches.from_list([np.zeros((0, 3), np.float32), np.ones((2, 3), np.float32)])
-    s.z, s.component = np.arange(8, dtype=np.float32).reshape(2, 4), np.array([3, 1])
-    none = s.select([])
-    assert len(none) == 0 and none.z.shape == (0, 4) and none.component.shape == (0,)
-    from sketchlab.models.base import clip_and_limit
-    kept = clip_and_limit(s, 0)  # drops the empty sketch, keeps the other's code
-    assert len(kept) == 1 and kept.z.tolist() == [[4, 5, 6, 7]]
-    assert len(clip_and_limit(s.select([0]), 0)) == 0

@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 from sketchlab.data import synthetic as Y
+from sketchlab.data.npz import load_npz
+from sketchlab.data.sources import parse_categories
 from sketchlab.data.strokes import to_absolute, validate_stroke3
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError
@@ -175,7 +177,10 @@ def test_bad_arguments_are_clear():
         Y.make_doodles(2, split="training")
     with pytest.raises(ConfigError):
         Y.make_doodles(0)
-    assert Y.make_doodles(2, categories="sun,star").category_names == ("sun", "star")
+    with pytest.raises(ConfigError, match="parse_categories"):
+        Y.make_doodles(2, categories="sun,star")
+    assert Y.make_doodles(2, categories=parse_categories("sun,star")).category_names == ("sun",
+                                                                                         "star")
 
 
 def test_write_npz_dataset_in_sketchrnn_layout(tmp_path):
@@ -185,7 +190,7 @@ def test_write_npz_dataset_in_sketchrnn_layout(tmp_path):
     for path in paths:
         name = path.stem
         # allow_pickle only because this test wrote the file itself a moment ago; user files go
-        # through sketchlab.data.quickdraw.load_npz
+        # through sketchlab.data.npz.load_npz
         with np.load(path, allow_pickle=True) as f:
             assert sorted(f.files) == ["test", "train", "valid"]
             data = {k: f[k] for k in f.files}
@@ -201,9 +206,8 @@ def test_write_npz_dataset_in_sketchrnn_layout(tmp_path):
 
 
 def test_written_npz_reads_through_the_safe_loader(tmp_path):
-    quickdraw = pytest.importorskip("sketchlab.data.quickdraw")
     (path,) = Y.write_npz_dataset(tmp_path, n_per_category=10, seed=2, categories=["star"])
-    loaded = quickdraw.load_npz(path)
+    loaded = load_npz(path)
     expected = Y.make_doodles(10, ["star"], 2, "train")
     assert np.array_equal(loaded["train"].points, expected.points)
     assert np.array_equal(loaded["train"].offsets, expected.offsets)

@@ -1,4 +1,5 @@
-"""`sketchlab data import | download | info`: thin command-line entry points over `quickdraw`."""
+"""`sketchlab data import | download | info`: thin command-line entry points over
+`sketchlab.data.ndjson`, `.download` and `.catalog`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ import os
 import sys
 from pathlib import Path
 
-from sketchlab.data import quickdraw as qd
+from sketchlab.data.catalog import describe_npz
+from sketchlab.data.download import (DEFAULT_BASE_URL, check_official_category, download_category,
+                                     read_checksums)
+from sketchlab.data.ndjson import DEFAULT_IMPORT_MAX_POINTS, IMPORT_FORMATS, import_ndjson
+from sketchlab.data.sources import category_filename, expand_paths, parse_categories
 from sketchlab.errors import DataError
 
 _IMPORT_EPILOG = """\
@@ -84,9 +89,9 @@ def _print_table(headers: list[str], rows: list[list]) -> None:
 
 
 def _cmd_import(args) -> int:
-    categories = args.categories.split(",") if args.categories else None
+    categories = parse_categories(args.categories) or None
     splits_file = None if args.splits == "none" else args.splits
-    report = qd.import_ndjson(args.sources, args.out, fmt=args.format, categories=categories,
+    report = import_ndjson(args.sources, args.out, fmt=args.format, categories=categories,
                               split=args.split, seed=args.seed, max_points=args.max_points,
                               epsilon=args.epsilon, splits_file=splits_file,
                               progress=not args.quiet)
@@ -119,19 +124,19 @@ def _cmd_import(args) -> int:
 
 
 def _cmd_download(args) -> int:
-    checksums = qd.read_checksums(args.checksums) if args.checksums else {}
-    if args.base_url == qd.DEFAULT_BASE_URL:  # catch misspellings before any network traffic
+    checksums = read_checksums(args.checksums) if args.checksums else {}
+    if args.base_url == DEFAULT_BASE_URL:  # catch misspellings before any network traffic
         for cat in args.categories:
-            qd.check_official_category(cat)
+            check_official_category(cat)
     failures = []
     for cat in args.categories:
         expected = None
         if checksums:
-            expected = checksums.get(qd._output_name(cat))
+            expected = checksums.get(category_filename(cat))
             if expected is None:
-                raise DataError(f"{args.checksums}: no checksum for {qd._output_name(cat)}")
+                raise DataError(f"{args.checksums}: no checksum for {category_filename(cat)}")
         try:
-            result = qd.download_category(cat, args.out, base_url=args.base_url,
+            result = download_category(cat, args.out, base_url=args.base_url,
                                           expected_sha256=expected, force=args.force,
                                           timeout=args.timeout, progress=not args.quiet)
         except DataError as e:
@@ -151,12 +156,12 @@ def _cmd_download(args) -> int:
 
 
 def _info_paths(paths: list[str]) -> list[Path]:
-    return qd.expand_paths(paths, (".npz",), ".npz")
+    return expand_paths(paths, (".npz",), ".npz")
 
 
 def _cmd_info(args) -> int:
     on_bad = "drop" if args.drop_bad else "raise"
-    infos = [qd.describe_npz(f, on_bad=on_bad) for f in _info_paths(args.paths)]
+    infos = [describe_npz(f, on_bad=on_bad) for f in _info_paths(args.paths)]
     if args.json:
         json.dump(infos if len(infos) > 1 else infos[0], sys.stdout, indent=1)
         print()
@@ -210,7 +215,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("sources", nargs="+", metavar="SRC",
                    help="ndjson files (.ndjson or .ndjson.gz) or folders of them")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--format", default="auto", choices=qd.IMPORT_FORMATS,
+    p.add_argument("--format", default="auto", choices=IMPORT_FORMATS,
                    help="input flavour (default: detected per line)")
     p.add_argument("--categories", metavar="A,B", help="import only these categories")
     p.add_argument("--split", type=_fractions, default=(0.9, 0.05, 0.05), metavar="TR,VA,TE",
@@ -220,7 +225,7 @@ def register_cli(subparsers) -> None:
                    help="splits file {category: {split: [key_id, ...]}}; 'auto' (default) uses a "
                         "splits.json beside the ndjson files, 'none' ignores it")
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
-    p.add_argument("--max-points", type=int, default=qd.DEFAULT_IMPORT_MAX_POINTS,
+    p.add_argument("--max-points", type=int, default=DEFAULT_IMPORT_MAX_POINTS,
                    help="drop drawings with more points after simplification (default %(default)s)")
     p.add_argument("--epsilon", type=float, default=2.0,
                    help="RDP tolerance for raw and SPG input (default 2, as Google's data)")
@@ -229,12 +234,12 @@ def register_cli(subparsers) -> None:
 
     p = sub.add_parser("download", help="fetch official QuickDraw sketch-rnn npz files",
                        description="Download the official per-category sketch-rnn npz files "
-                                   f"from {qd.DEFAULT_BASE_URL}.",
+                                   f"from {DEFAULT_BASE_URL}.",
                        formatter_class=fmt, epilog=_DOWNLOAD_EPILOG)
     p.add_argument("categories", nargs="+", metavar="CAT",
                    help="category names as Google spells them (quote names with spaces)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--base-url", default=qd.DEFAULT_BASE_URL, metavar="URL",
+    p.add_argument("--base-url", default=DEFAULT_BASE_URL, metavar="URL",
                    help="where <CAT>.npz lives (default: Google's public bucket)")
     p.add_argument("--checksums", metavar="FILE",
                    help="sha256sum-style file (or JSON {name: sha256}) to verify against")

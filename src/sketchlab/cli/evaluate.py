@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from sketchlab.data.sources import parse_categories
 from sketchlab.data.strokes import scale_factor
 from sketchlab.data.sketches import Sketches
-from sketchlab.errors import ConfigError, DataError
+from sketchlab.errors import DataError
 from sketchlab.eval.classifier import (ClassifierConfig, TrainConfig, atomic_write_json,
                                        atomic_write_text, load_classifier, make_extractor,
                                        train_classifier)
@@ -26,24 +27,13 @@ def _wrap(text: str) -> str:
     return textwrap.fill(text, 95)
 
 
-def _categories(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    # Also accepts the originals' spelling: [bee,bus] or {'bee','bus'}.
-    cats = [c.strip().strip("'\"").strip() for c in text.strip().strip("[]{}").split(",")]
-    cats = [c for c in cats if c]
-    if not cats:
-        raise ConfigError(f"--categories {text!r} names no category")
-    return cats
-
-
 # ------------------------------------------------------------------------------------------------
 # sketchlab classifier train
 # ------------------------------------------------------------------------------------------------
 
 
 def cmd_classifier_train(args) -> int:
-    cats = _categories(args.categories)
+    cats = parse_categories(args.categories)
     train = load_split(args.data_dir, cats, args.train_split, args.limit)
     valid = load_split(args.data_dir, cats, args.valid_split, args.valid_limit)
     config = ClassifierConfig(categories=tuple(cats), scale_factor=scale_factor(train))
@@ -100,7 +90,7 @@ def cmd_evaluate(args) -> int:
     device = pick_device(args.device)
     clf = load_classifier(args.classifier, device=device, batch_size=args.batch_size)
     extractor = make_extractor(args.features, clf, device, args.batch_size)
-    wanted = _categories(args.categories)
+    wanted = parse_categories(args.categories)
     real_samples_split = None
     if args.samples.startswith("real:"):
         real_samples_split = args.samples.split(":", 1)[1]
@@ -141,7 +131,7 @@ def cmd_compare(args) -> int:
     device = pick_device(args.device)
     clf = load_classifier(args.classifier, device=device, batch_size=args.batch_size)
     extractor = make_extractor(args.features, clf, device, args.batch_size)
-    cats = _categories(args.categories) or list(clf.categories)
+    cats = parse_categories(args.categories) or list(clf.categories)
     reference = load_split(args.data_dir, cats, args.reference_split, args.per_category)
     counts = per_category_counts(reference)
     real, real_split = _load_real(args, cats, counts, None)

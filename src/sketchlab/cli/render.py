@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from sketchlab.data.quickdraw import SPLITS
+from sketchlab.data.npz import SPLITS
 from sketchlab.data.sources import load_sketch_file
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError

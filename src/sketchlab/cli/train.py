@@ -112,7 +112,7 @@ def cmd_train(args) -> int:
     rest = []
     for k, v in split_hparams(args.hparams or ""):
         if k == "categories":            # the originals keep the category list in their hparams
-            categories = parse_categories(v)
+            categories = parse_categories(v, flag="--hparams categories")
         else:
             rest.append(f"{k}={v}")
     cfg, saved = _config_for_run(cls, out, ",".join(rest))

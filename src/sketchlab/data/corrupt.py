@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sketchlab.data.strokes import to_absolute, validate_stroke3
+from sketchlab.data.strokes import stroke_ids, to_absolute, validate_stroke3
 
 __all__ = ["remove_points", "mask_points", "mask_patches", "drop_strokes", "deform"]
 
@@ -70,7 +70,7 @@ def mask_patches(sketch: np.ndarray, p: float, rng: np.random.Generator, grid: i
 def drop_strokes(sketch: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
     """Drop each stroke with probability p (at least one stroke survives)."""
     s = validate_stroke3(sketch, "drop_strokes")
-    stroke = np.concatenate([[0], np.cumsum(s[:-1, 2] > 0.5)])
+    stroke = stroke_ids(s[:, 2])
     n = int(stroke[-1]) + 1
     dropped = rng.random(n) < p
     if dropped.all():

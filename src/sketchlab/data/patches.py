@@ -53,7 +53,6 @@ from typing import Protocol, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sketchlab.errors import ConfigError, DataError
 

@@ -2,21 +2,26 @@
 
 The one container every layer passes around: the data readers return it, the models take and
 return it (in their normalised units), `sketchlab sample` writes it (in raw units) and the
-renderers draw it.
+renderers draw it. A notebook builds one from strokes (`from_strokes`) or QuickDraw ndjson
+(`from_ndjson`) and gets them back with `to_strokes` / `to_ndjson`.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import zipfile
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from sketchlab.data.strokes import check_finite
+from sketchlab.data.strokes import (BadDrawing, check_finite, from_polylines, parse_drawing,
+                                    to_polylines)
 from sketchlab.errors import DataError
-from sketchlab.fileio import atomic_savez
+from sketchlab.fileio import atomic_open, atomic_savez
 
 
 @dataclass
@@ -96,6 +101,166 @@ class Sketches:
             raise DataError(f"Sketches.concat: batches have different scale factors {sorted(scales)}")
         return cls(points, np.concatenate(offsets), category=category, category_names=tuple(names),
                    z=z, component=comp, scale_factor=scales.pop())
+
+    # ---- strokes and QuickDraw ndjson -------------------------------------------------------
+    @classmethod
+    def from_strokes(cls, strokes, category: str | Sequence[str] | None = None) -> "Sketches":
+        """Sketches from absolute-coordinate strokes, as QuickDraw's simplified ndjson stores a
+        drawing: `[[xs, ys], [xs, ys], ...]` per sketch, given as a list of such sketches or as
+        one sketch's list of strokes. xs and ys may be lists, tuples or arrays.
+
+        `category`: one name for every sketch, or one name per sketch. The result is in raw
+        units (`scale_factor` 1); each sketch's first offset is its first point's position, so
+        `to_strokes` gives the same coordinates back (exactly for whole numbers below 2**24,
+        otherwise to float32 precision). Raises a DataError naming the sketch (and stroke) for
+        an empty sketch, xs and ys of different lengths, non-numeric or NaN/inf coordinates, or
+        a stroke that is not `[xs, ys]` (a stroke as points `[[x, y], ...]` must be transposed
+        first).
+        """
+        depth = _number_depth(strokes)
+        if depth == 3:
+            drawings = [strokes]
+        elif depth == 4:
+            drawings = list(strokes)
+        elif depth is None:
+            raise DataError("Sketches.from_strokes: no points given (expected [[xs, ys], ...] "
+                            "per sketch)")
+        else:
+            raise DataError(f"Sketches.from_strokes: numbers nested {depth} deep; expected "
+                            f"[[xs, ys], ...] for one sketch (3 deep) or a list of them (4 deep)"
+                            + (" (one stroke [xs, ys]? wrap it in a list)" if depth == 2 else ""))
+        return cls._from_drawings(drawings, category, lambda i: f"sketch {i}")
+
+    @classmethod
+    def _from_drawings(cls, drawings: list, category, where, malformed_hint: str = ""
+                       ) -> "Sketches":
+        arrays = []
+        for i, drawing in enumerate(drawings):
+            try:
+                lines = parse_drawing(drawing)
+            except BadDrawing as e:
+                hint = malformed_hint if e.reason == "malformed stroke" else ""
+                raise DataError(f"{where(i)}: {e}{hint}") from None
+            # half float32's range: the offsets between two points stay finite too
+            limit = float(np.finfo(np.float32).max) / 2
+            if max(float(np.abs(line).max()) for line in lines) > limit:
+                raise DataError(f"{where(i)}: coordinates beyond float32's range")
+            arrays.append(from_polylines(lines))
+        out = cls.from_list(arrays)
+        if category is not None:
+            names = [category] * len(arrays) if isinstance(category, str) else list(category)
+            if len(names) != len(arrays) or not all(isinstance(n, str) for n in names):
+                raise DataError(f"category: expected one name or {len(arrays)} names (one per "
+                                f"sketch), got {category!r}")
+            out.category_names = tuple(dict.fromkeys(names))  # in order of first appearance
+            index = {n: k for k, n in enumerate(out.category_names)}
+            out.category = np.array([index[n] for n in names], dtype=np.int64)
+        return out
+
+    def to_strokes(self) -> list[list[list[list]]]:
+        """Every sketch as absolute-coordinate strokes `[[xs, ys], ...]` in raw data units (the
+        inverse of `from_strokes`; QuickDraw's `drawing` field). Lists of Python numbers: ints
+        where a sketch's coordinates are all whole numbers, else floats (float32's shortest
+        spelling). A sketch without points gives `[]`."""
+        check_finite(self.points, "Sketches.to_strokes")
+        out = []
+        for sketch in (self if self.scale_factor == 1.0 else self.in_units(1.0)):
+            lines = to_polylines(sketch)
+            if all(np.array_equal(line, np.rint(line)) for line in lines):
+                out.append([line.T.astype(np.int64).tolist() for line in lines])
+            else:
+                out.append([line.T.astype(str).astype(np.float64).tolist() for line in lines])
+        return out
+
+    @classmethod
+    def from_ndjson(cls, source: str | os.PathLike | Iterable[str | bytes]) -> "Sketches":
+        """Sketches from QuickDraw's simplified ndjson: one JSON object per line with a `drawing`
+        (`[[xs, ys], ...]`, absolute coordinates) and, when every line has one, a `word` that
+        becomes the category. Other fields (key_id, countrycode, ...) are ignored.
+
+        `source`: a path (`.ndjson`, or `.ndjson.gz`) or the lines themselves (str or bytes, e.g.
+        an open file). Blank lines are skipped. Errors name the line and the sketch index. Raw and
+        SPG ndjson (`[xs, ys, t]` per stroke) are not simplified data: `sketchlab data import`
+        aligns, scales and simplifies those into sketch-rnn npz files.
+        """
+        if isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            opener = gzip.open if path.name.endswith(".gz") else open
+            try:
+                with opener(path, "rb") as fh:
+                    return cls._from_ndjson_lines(fh, str(path))
+            except (OSError, EOFError) as e:
+                raise DataError(f"{path}: cannot read ({e})") from None
+        return cls._from_ndjson_lines(source, "ndjson line")
+
+    @classmethod
+    def _from_ndjson_lines(cls, lines: Iterable[str | bytes], where: str) -> "Sketches":
+        drawings, words, linenos = [], [], []
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError as e:
+                raise DataError(f"{where}:{lineno}: invalid JSON ({e})") from None
+            if not isinstance(obj, dict) or "drawing" not in obj:
+                raise DataError(f"{where}:{lineno}: no \"drawing\" field; expected QuickDraw "
+                                f"ndjson, {{\"word\": ..., \"drawing\": [[xs, ys], ...]}} a line")
+            word = obj.get("word")
+            if word is not None and not isinstance(word, str):
+                raise DataError(f"{where}:{lineno}: \"word\" must be a string, got {word!r}")
+            drawings.append(obj["drawing"])
+            words.append(word)
+            linenos.append(lineno)
+        if not drawings:
+            raise DataError(f"{where}: no drawings")
+        missing = [n for n, w in zip(linenos, words) if w is None]
+        if missing and len(missing) < len(words):
+            raise DataError(f"{where}:{missing[0]}: no \"word\" while other lines have one; "
+                            f"give every line its category or none")
+        return cls._from_drawings(drawings, None if missing else words,
+                                  lambda i: f"{where}:{linenos[i]} (sketch {i})",
+                                  malformed_hint="; raw or SPG ndjson ([xs, ys, t] per stroke) "
+                                                 "goes through `sketchlab data import`")
+
+    def to_ndjson(self, path: str | os.PathLike) -> None:
+        """Write QuickDraw simplified ndjson: `{"word": category, "drawing": [[xs, ys], ...]}` a
+        line, in raw units (`to_strokes`); "word" only when the sketches carry category names.
+        A path ending in `.gz` is gzip-compressed. Written atomically."""
+        lines = []
+        for i, strokes in enumerate(self.to_strokes()):
+            obj = {}
+            name = self.category_name(i)
+            if name is not None:
+                obj["word"] = name
+            obj["drawing"] = strokes
+            lines.append(json.dumps(obj, separators=(",", ":")) + "\n")
+        data = "".join(lines).encode("utf-8")
+        with atomic_open(path, "wb") as fh:
+            if os.fspath(path).endswith(".gz"):
+                # mtime=0: the same sketches always give the same bytes
+                with gzip.GzipFile(fileobj=fh, mode="wb", mtime=0) as gz:
+                    gz.write(data)
+            else:
+                fh.write(data)
+
+    def __repr__(self) -> str:
+        n = len(self)
+        parts = [f"{n} sketch{'' if n == 1 else 'es'}", f"{len(self.points)} points"]
+        if self.category is not None and self.category_names:
+            counts = np.bincount(self.category, minlength=len(self.category_names))
+            named = [f"{name} {c}" for name, c in zip(self.category_names, counts) if c]
+            more = f", ... ({len(named)} categories)" if len(named) > 6 else ""
+            parts.append("categories: " + ", ".join(named[:6]) + more)
+        elif self.category is not None:
+            parts.append(f"{len(np.unique(self.category))} unnamed categories")
+        parts.append("units: raw" if self.scale_factor == 1.0
+                     else f"units: raw / {self.scale_factor:.6g} (normalised)")
+        if self.z is not None:
+            parts.append(f"z {self.z.shape[1]}-d")
+        if self.component is not None:
+            parts.append("components")
+        return f"Sketches({'; '.join(parts)})"
 
     # ---- access ----------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -184,7 +349,7 @@ class Sketches:
                 if "points" not in f or "offsets" not in f:
                     raise DataError(f"{path}: not a sketchlab Sketches file (no 'points'/'offsets' "
                                     f"arrays; keys are {sorted(f.files)}). For sketch-rnn npz files "
-                                    f"use sketchlab.data.quickdraw.load_npz.")
+                                    f"use sketchlab.data.npz.load_npz.")
                 kw = dict(points=f["points"], offsets=f["offsets"])
                 for key in ("category", "z", "component"):
                     if key in f:
@@ -198,6 +363,24 @@ class Sketches:
         out = cls(**kw)
         check_finite(out.points, str(path))
         return out
+
+
+def _number_depth(obj, depth: int = 0) -> int | None:
+    """How deep the first number sits in nested lists/tuples/arrays (None: no number at all).
+
+    One sketch's strokes `[[xs, ys], ...]` hold numbers 3 deep; a list of sketches 4 deep.
+    """
+    if depth > 5:
+        return depth
+    if isinstance(obj, np.ndarray) and obj.dtype != object:
+        return depth + obj.ndim if obj.size else None
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        for item in obj:
+            found = _number_depth(item, depth + 1)
+            if found is not None:
+                return found
+        return None
+    return depth
 
 
 __all__ = ["Sketches"]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sketchlab.data.strokes import bounds
+from sketchlab.data.strokes import bounds, stroke_ids
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import DataError
 
@@ -144,14 +144,6 @@ def faithful_roundtrip(sketch: np.ndarray) -> np.ndarray:
     return out
 
 
-def stroke_ids(pen: np.ndarray) -> np.ndarray:
-    """Stroke index of every row: a stroke ends at a pen-up row."""
-    ids = np.zeros(len(pen), np.int64)
-    if len(pen) > 1:
-        ids[1:] = np.cumsum(pen[:-1] > 0.5)
-    return ids
-
-
 def reorganise(absolute: np.ndarray, pen: np.ndarray, scale: float,
                rng: np.random.Generator) -> np.ndarray:
     """Ã: every stroke but the first translated rigidly by its own `scale * N(0, I)` vector.
@@ -238,4 +230,4 @@ def grid_graphs(boxes: Tensor, valid: Tensor) -> Tensor:
 
 __all__ = ["N_RELATIONS", "PBIAS_CANVAS", "SELF_RELATION", "chunk_bounds", "chunk_boxes",
            "faithful_roundtrip", "grid_graphs", "origin_bound", "percentile_999", "reorganise",
-           "stroke_ids", "stroke_lengths_and_counts", "stroke_pbias", "stroke_stats"]
+           "stroke_lengths_and_counts", "stroke_pbias", "stroke_stats"]

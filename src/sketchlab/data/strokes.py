@@ -9,6 +9,8 @@ Formats used throughout sketchlab (all float32 unless said otherwise):
   this point, p2 = pen lifted, p3 = end of sketch (padding).
 * **absolute**: stroke-3 with the offsets accumulated, `(x, y, p)`.
 * **polylines**: a list of `(k, 2)` arrays of absolute points, one per stroke.
+* **QuickDraw drawing**: the `drawing` field of QuickDraw's ndjson, `[[xs, ys], ...]` per stroke in
+  absolute coordinates (raw ndjson adds a third list of timestamps, SPG one of part ids).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import numpy as np
 
 from sketchlab.errors import DataError
 
-# The seeds clip raw offsets to this magnitude before anything else (spec 2.3).
+# The seeds clip raw offsets to this magnitude before anything else (sketch-rnn's
+# `DataLoader(limit=1000)`, applied in `DataLoader.preprocess`).
 RAW_OFFSET_LIMIT = 1000.0
 
 
@@ -99,6 +102,59 @@ def from_polylines(polylines: Sequence[np.ndarray]) -> np.ndarray:
     return to_offsets(np.concatenate(rows, 0))
 
 
+class BadDrawing(DataError):
+    """A QuickDraw drawing that cannot become a sketch. `reason` is a short fixed phrase (what
+    `sketchlab data import` counts its dropped lines by); the message adds where it went wrong."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason} ({detail})" if detail else reason)
+        self.reason = reason
+
+
+_SEQUENCE = (list, tuple, np.ndarray)
+
+
+def parse_drawing(drawing, *, extra_lists: bool = False) -> list[np.ndarray]:
+    """A QuickDraw `drawing` (`[[xs, ys], ...]`, absolute) -> float64 `(k, 2)` polylines.
+
+    Empty strokes draw nothing and are skipped. `extra_lists=True` accepts (and ignores) further
+    lists per stroke: raw ndjson's timestamps, SPG's part ids. Raises `BadDrawing` for an empty
+    drawing, a stroke that is not `[xs, ys]`, xs and ys of different lengths, non-numeric or
+    NaN/inf coordinates. The one reader of drawings: `sketchlab data import` and
+    `Sketches.from_strokes` accept the same ones.
+    """
+    if not isinstance(drawing, _SEQUENCE) or len(drawing) == 0:
+        raise BadDrawing("empty drawing", "no strokes" if isinstance(drawing, _SEQUENCE)
+                         else f"a {type(drawing).__name__}, not a list of strokes")
+    lines = []
+    for j, stroke in enumerate(drawing):
+        if (not isinstance(stroke, _SEQUENCE) or len(stroke) < 2
+                or (len(stroke) > 2 and not extra_lists)):
+            got = f"{len(stroke)} lists" if isinstance(stroke, _SEQUENCE) else type(stroke).__name__
+            raise BadDrawing("malformed stroke", f"stroke {j}: expected [xs, ys], got {got}")
+        xs, ys = stroke[0], stroke[1]
+        if not isinstance(xs, _SEQUENCE) or not isinstance(ys, _SEQUENCE):
+            raise BadDrawing("malformed stroke", f"stroke {j}: xs and ys must be lists of numbers")
+        if len(xs) != len(ys):
+            raise BadDrawing("xs/ys lengths differ", f"stroke {j}: {len(xs)} xs, {len(ys)} ys")
+        if len(xs) == 0:
+            continue  # an empty stroke draws nothing
+        try:
+            line = np.array((xs, ys), dtype=np.float64).T
+        except (TypeError, ValueError):
+            raise BadDrawing("non-numeric coordinates", f"stroke {j}") from None
+        if line.ndim != 2:  # nested lists: not one number per coordinate
+            raise BadDrawing("non-numeric coordinates", f"stroke {j}: nested lists")
+        lines.append(line)
+    if not lines:
+        raise BadDrawing("empty drawing", "every stroke is empty")
+    if not np.isfinite(np.concatenate(lines)).all():
+        bad = next(j for j, stroke in enumerate(drawing)
+                   if len(stroke[0]) and not np.isfinite(np.asarray(stroke[:2], np.float64)).all())
+        raise BadDrawing("NaN or inf coordinates", f"stroke {bad}")
+    return lines
+
+
 def to_stroke5(sketch: np.ndarray, max_len: int) -> np.ndarray:
     """stroke-3 `(n, 3)` -> stroke-5 `(max_len, 5)`, padded with end rows `(0, 0, 0, 0, 1)`.
 
@@ -140,6 +196,14 @@ def stroke5_to_stroke3(seq: np.ndarray) -> np.ndarray:
     out[:, :2] = s[:n, :2]
     out[:, 2] = s[:n, 3]
     return out
+
+
+def stroke_ids(pen: np.ndarray) -> np.ndarray:
+    """Stroke index of every row: a stroke ends at a pen-up row."""
+    ids = np.zeros(len(pen), np.int64)
+    if len(pen) > 1:
+        ids[1:] = np.cumsum(pen[:-1] > 0.5)
+    return ids
 
 
 def bounds(sketch: np.ndarray) -> tuple[float, float, float, float]:
@@ -317,7 +381,8 @@ def random_scale(sketch: np.ndarray, factor: float, rng: np.random.Generator) ->
 
 
 def augment_strokes(sketch: np.ndarray, prob: float, rng: np.random.Generator) -> np.ndarray:
-    """sketch-rnn's point dropping (spec 2.4 step 2), vectorised.
+    """sketch-rnn's point dropping (`utils.augment_strokes`, run on every training batch),
+    vectorised.
 
     A pen-down point whose predecessor (last kept point) is pen-down, deep inside a stroke
     (`count > 2` consecutive pen-down candidates), is dropped with probability `prob`; its offset is

@@ -40,7 +40,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sketchlab.data.quickdraw import save_sketchrnn_npz
+from sketchlab.data.npz import save_sketchrnn_npz
 from sketchlab.data.strokes import rdp_mask
 from sketchlab.data.sketches import Sketches
 from sketchlab.fileio import atomic_write_text
@@ -596,11 +596,12 @@ def _humanise(drawings: list[list[Stroke]], sketch_params: np.ndarray,
 # --------------------------------------------------------------------------------------------
 
 
-def _check_categories(categories: Sequence[str] | str | None) -> tuple[str, ...]:
+def _check_categories(categories: Sequence[str] | None) -> tuple[str, ...]:
     if categories is None:
         return CATEGORIES
-    if isinstance(categories, str):
-        categories = [c for c in categories.split(",") if c]
+    if isinstance(categories, str):  # text a user typed is parsed in one place, not here
+        raise ConfigError(f"categories must be a list of names, not the string {categories!r}; "
+                          f"sketchlab.data.sources.parse_categories reads 'a,b'")
     unknown = [c for c in categories if c not in DRAW]
     if unknown or not categories:
         raise ConfigError(f"unknown doodle categories {unknown or '(none given)'}; "
@@ -634,7 +635,7 @@ def _make_category(category: str, n: int, seed: int, split: str) -> tuple[Sketch
     return sketches, np.array(styles, dtype=np.int64)
 
 
-def make_doodles_with_styles(n_per_category: int = 100, categories: Sequence[str] | str | None = None,
+def make_doodles_with_styles(n_per_category: int = 100, categories: Sequence[str] | None = None,
                              seed: int = 0, split: str = "train") -> tuple[Sketches, np.ndarray]:
     """`n_per_category` doodles of each category (grouped by category, in the order given), and
     the style of each: an int64 array, `STYLES[category][style]` naming it."""
@@ -651,7 +652,7 @@ def make_doodles_with_styles(n_per_category: int = 100, categories: Sequence[str
     return Sketches.concat(parts), np.concatenate(styles)
 
 
-def make_doodles(n_per_category: int = 100, categories: Sequence[str] | str | None = None,
+def make_doodles(n_per_category: int = 100, categories: Sequence[str] | None = None,
                  seed: int = 0, split: str = "train") -> Sketches:
     """`n_per_category` doodles of each category (default: all of `CATEGORIES`) from `split`.
 
@@ -662,7 +663,7 @@ def make_doodles(n_per_category: int = 100, categories: Sequence[str] | str | No
 
 
 def make_doodle_splits(n_train: int = 1000, n_valid: int = 100, n_test: int = 100,
-                       categories: Sequence[str] | str | None = None,
+                       categories: Sequence[str] | None = None,
                        seed: int = 0) -> dict[str, Sketches]:
     """`{"train": ..., "valid": ..., "test": ...}`, each with that many doodles per category."""
     sizes = {"train": n_train, "valid": n_valid, "test": n_test}
@@ -676,13 +677,13 @@ def style_names(sketches: Sketches, style: np.ndarray) -> list[str]:
 
 
 def write_npz_dataset(out_dir: str | os.PathLike, n_per_category: int = 1000, seed: int = 0,
-                      categories: Sequence[str] | str | None = None, n_valid: int | None = None,
+                      categories: Sequence[str] | None = None, n_valid: int | None = None,
                       n_test: int | None = None) -> list[Path]:
     """Write `<category>.npz` files in the sketch-rnn layout, for the real loading path.
 
     Each file holds `train`, `valid` and `test`: object arrays of int16 `(n, 3)` stroke-3
     arrays, written with plain `np.savez` as the official files are (reading them needs
-    `sketchlab.data.quickdraw.load_npz`). `n_per_category` is the training count; valid and test
+    `sketchlab.data.npz.load_npz`). `n_per_category` is the training count; valid and test
     default to a tenth of it (at least 1). The styles go to `styles.json` beside them:
     `{category: {"styles": [names], "train": [ids], "valid": [...], "test": [...]}}`.
     Returns the paths of the npz files.

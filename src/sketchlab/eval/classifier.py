@@ -23,6 +23,7 @@ weights can evaluate with `sketchlab.eval.inception.InceptionFeatures` instead (
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -398,6 +399,24 @@ def evaluate_accuracy(judge: SketchANetFeatures, sketches: Sketches, labels: np.
     return float(np.mean(logits.argmax(1) == labels))
 
 
+def _cudnn_autotuned(fn):
+    """Run `fn` with `torch.backends.cudnn.benchmark` on and give the caller's setting back after:
+    Sketch-a-Net sees one fixed input shape, so autotuning its convolutions pays (on CUDA; the
+    flag does nothing on CPU), but that is this training run's choice, not the process's."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.backends.cudnn.benchmark = before
+
+    return wrapper
+
+
+@_cudnn_autotuned
 def train_classifier(train: Sketches, valid: Sketches, out_dir: str | os.PathLike,
                      config: ClassifierConfig, train_config: TrainConfig | None = None,
                      device=None, progress: bool = True) -> dict:
@@ -435,8 +454,6 @@ def train_classifier(train: Sketches, valid: Sketches, out_dir: str | os.PathLik
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     use_amp = tc.amp and device.type == "cuda"
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True   # one fixed input shape: autotune the convolutions
     history, best = [], {"epoch": -1, "valid_accuracy": -1.0}
     step = 0
     bar = tqdm(total=total, desc="classifier", disable=not progress, dynamic_ncols=True)

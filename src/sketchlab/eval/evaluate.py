@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sketchlab.data.quickdraw import load_categories
+from sketchlab.data.sources import load_categories
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.eval import metrics as M

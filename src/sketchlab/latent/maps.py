@@ -23,8 +23,8 @@ from PIL import Image, ImageDraw, ImageOps
 
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
-from sketchlab.nn.priors import ALIVE_THRESHOLD
 from sketchlab.latent.interpolate import analogy, interpolate
+from sketchlab.nn.rpcl import ALIVE_THRESHOLD
 
 PANEL = 520            # scatter panel side, pixels
 LEGEND = 150           # legend column width

@@ -18,7 +18,7 @@ from torch import Tensor
 from sketchlab.data import strokes as S
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError
-from sketchlab.nn.rnn import sample_sequences
+from sketchlab.nn.sampler import sample_sequences
 
 
 class CodeDecoder:

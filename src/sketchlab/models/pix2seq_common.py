@@ -40,12 +40,12 @@ from sketchlab.data.image_aug import png_scale_sizes, shrink_top_left_batched
 from sketchlab.data.raster import rasterize_torch
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError
-from sketchlab.nn.priors import kl_weight
 from sketchlab.models.base import SketchModel
 from sketchlab.models.code_decoder import CodeDecoder
+from sketchlab.nn.cells import make_cell
 from sketchlab.nn.conv import ImageDecoder, ImageEncoder, seed_linear
 from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms
-from sketchlab.nn.rnn import make_cell
+from sketchlab.nn.rpcl import kl_weight
 
 
 @dataclass
@@ -71,6 +71,7 @@ class Pix2SeqConfig(TrainingConfig):
     # The seeds' (32, 64, 128, 256); smaller only for quick CPU runs (the demo).
     cnn_channels: tuple[int, ...] = (32, 64, 128, 256)
     temperature: float = 0.24            # sample.py's hard-coded tau
+    fuse_pointwise: bool = True          # torch.compile the cells' per-step pointwise math on CUDA
     kl_decay_rate: float = 0.9999        # KL warm-up w_KL(s) = 1 - 0.999 * kl_decay_rate^s (hard-coded in the seeds)
     # training (train.py of both seeds)
     batch_size: int = 200
@@ -116,7 +117,7 @@ class Pix2SeqBase(CodeDecoder, SketchModel):
         self.encoder = ImageEncoder(c.z_size, c.png_width, tuple(c.cnn_channels), init=c.conv_init)
         self.decoder = make_cell(c.dec_model, 5 + c.z_size, c.dec_rnn_size, recurrent_dropout_keep=keep,
                                  hyper_num_units=c.hyper_num_units,
-                                 hyper_embedding_size=c.hyper_embedding_size)
+                                 hyper_embedding_size=c.hyper_embedding_size, fusion=c.fuse_pointwise)
         # spec 3.4: initial state tanh(FC(z)), FC He-normal std sqrt(2/z) and zero bias;
         # output FC std sqrt(2/H), bias 0.
         self.fc_init = seed_linear(c.z_size, self.decoder.state_size)

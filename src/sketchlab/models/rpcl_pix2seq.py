@@ -5,7 +5,7 @@ Reads top to bottom: config (the seed's code defaults), model (encoder, decoders
 from `pix2seq_common`), loss, labels and sampling, and the small CPU demo configuration.
 
 * The prior is K = num_mixture * num_sub = 10 diagonal Gaussians with weights alpha, held as
-  buffers (`nn.priors.GMMPrior`) and never touched by the optimiser: every training step's
+  buffers (`nn.gmm_prior.GMMPrior`) and never touched by the optimiser: every training step's
   `loss` computes the responsibilities gamma from the OLD prior and stages an update (EMA EM
   with rate 0.05; after step 500 every third step a rival-penalised hard step instead), and
   `on_step_end` writes it after the optimiser step (spec 4.3-4.4, 6.2).
@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from sketchlab.errors import ConfigError
-from sketchlab.nn.priors import ALIVE_THRESHOLD, GMMPrior
 from sketchlab.models.pix2seq_common import Pix2SeqBase, Pix2SeqConfig
+from sketchlab.nn.gmm_prior import GMMPrior
+from sketchlab.nn.rpcl import ALIVE_THRESHOLD
 
 
 @dataclass

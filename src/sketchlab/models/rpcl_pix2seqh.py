@@ -4,7 +4,7 @@
 The networks, data and sampling are RPCL-pix2seq's (`pix2seq_common`). What differs:
 
 * The prior `p(z) = sum_i q(i) sum_j q(j|i) N(z; m_j, v_j)`: J = 16 level-k Gaussians shared by
-  I = 16 level-l units (`nn.priors.HierarchicalPrior`; I must equal J). Buffers again, updated
+  I = 16 level-l units (`nn.hierarchy_prior.HierarchicalPrior`; I must equal J). Buffers again, updated
   by EMA EM and, after step 100 on every third step, by RPCL on both levels; q(j|i) by the
   co-responsibility "merge" rule. Unlike pix2seq, the posteriors in the loss are computed
   after the update and gradient flows through it (spec 5.8).
@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from sketchlab.nn.priors import ALIVE_THRESHOLD, HierarchicalPrior
 from sketchlab.models.pix2seq_common import Pix2SeqBase, Pix2SeqConfig, zero_touch
+from sketchlab.nn.hierarchy_prior import HierarchicalPrior
+from sketchlab.nn.rpcl import ALIVE_THRESHOLD
 
 
 @dataclass

@@ -4,7 +4,7 @@ Reads top to bottom: config (magenta's `get_default_hparams`), encoder, decoder,
 
 * Encoder: a bidirectional LSTM over the real points (S0 excluded); the last valid output of each
   direction, concatenated, gives mu and a log-variance `presig` (weights N(0, 0.001)).
-* Decoder: LSTM / LayerNorm-LSTM / HyperLSTM from `sketchlab.nn.rnn`; its initial state is
+* Decoder: LSTM / LayerNorm-LSTM / HyperLSTM from `sketchlab.nn.cells`; its initial state is
   tanh(Linear(z)) and z is concatenated to every input step (conditional model), or zero state
   and no z (unconditional model).
 * Output: the 20-component bivariate Gaussian mixture + 3-way pen softmax (`sketchlab.nn.mixture`).
@@ -29,8 +29,10 @@ from sketchlab.data import strokes as S
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError
 from sketchlab.models.base import SketchModel
+from sketchlab.nn.cells import make_cell
+from sketchlab.nn.init import normal_linear
 from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms
-from sketchlab.nn.rnn import make_cell, sample_sequences
+from sketchlab.nn.sampler import sample_sequences
 
 
 @dataclass
@@ -56,6 +58,7 @@ class Config(TrainingConfig):
     random_scale_factor: float = 0.15
     augment_stroke_prob: float = 0.10
     temperature: float = 0.25            # default sampling temperature
+    fuse_pointwise: bool = True          # torch.compile the cells' per-step pointwise math on CUDA
     # training (magenta: Adam, clip by value 1.0, lr decay per step, keep the best valid cost)
     batch_size: int = 100
     learning_rate: float = 1e-3
@@ -66,13 +69,6 @@ class Config(TrainingConfig):
     eval_every: int = 500
     patience: int = 0
     valid_metric: str = "loss"
-
-
-def _gaussian_linear(n_in: int, n_out: int, std: float) -> nn.Linear:
-    lin = nn.Linear(n_in, n_out)
-    nn.init.normal_(lin.weight, 0.0, std)
-    nn.init.zeros_(lin.bias)
-    return lin
 
 
 def last_valid(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -99,14 +95,14 @@ class SketchRNN(SketchModel):
         c = config
         keep = c.recurrent_dropout_prob if c.use_recurrent_dropout else 1.0
         if c.conditional:
-            self.enc_fw = make_cell(c.enc_model, 5, c.enc_rnn_size, recurrent_dropout_keep=keep)
-            self.enc_bw = make_cell(c.enc_model, 5, c.enc_rnn_size, recurrent_dropout_keep=keep)
-            self.fc_mu = _gaussian_linear(2 * c.enc_rnn_size, c.z_size, 0.001)
-            self.fc_presig = _gaussian_linear(2 * c.enc_rnn_size, c.z_size, 0.001)
+            self.enc_fw = make_cell(c.enc_model, 5, c.enc_rnn_size, recurrent_dropout_keep=keep, fusion=c.fuse_pointwise)
+            self.enc_bw = make_cell(c.enc_model, 5, c.enc_rnn_size, recurrent_dropout_keep=keep, fusion=c.fuse_pointwise)
+            self.fc_mu = normal_linear(2 * c.enc_rnn_size, c.z_size, 0.001)
+            self.fc_presig = normal_linear(2 * c.enc_rnn_size, c.z_size, 0.001)
         dec_in = 5 + (c.z_size if c.conditional else 0)
-        self.decoder = make_cell(c.dec_model, dec_in, c.dec_rnn_size, recurrent_dropout_keep=keep)
+        self.decoder = make_cell(c.dec_model, dec_in, c.dec_rnn_size, recurrent_dropout_keep=keep, fusion=c.fuse_pointwise)
         if c.conditional:
-            self.fc_init = _gaussian_linear(c.z_size, self.decoder.state_size, 0.001)
+            self.fc_init = normal_linear(c.z_size, self.decoder.state_size, 0.001)
         self.input_dropout = nn.Dropout(1 - c.input_dropout_prob) if c.use_input_dropout else nn.Identity()
         self.output_dropout = nn.Dropout(1 - c.output_dropout_prob) if c.use_output_dropout else nn.Identity()
         self.head = MixtureHead(c.dec_rnn_size, c.num_mixture)

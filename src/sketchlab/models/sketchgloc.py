@@ -62,10 +62,10 @@ from sketchlab.errors import ConfigError, DataError
 from sketchlab.models.base import SketchModel
 from sketchlab.models.code_decoder import CodeDecoder
 from sketchlab.models.sketch_rnn import last_valid, reverse_padded
+from sketchlab.nn.cells import make_cell
 from sketchlab.nn.conv import seed_linear
 from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms
 from sketchlab.nn.relation_gcn import RelationGCN
-from sketchlab.nn.rnn import make_cell
 
 RET_GALLERIES = ("z_ori", "z", "clean")
 
@@ -94,6 +94,7 @@ class Config(TrainingConfig):
     clamp_stroke_len: bool = True        # bug 12
     temperature: float = 0.24
     greedy_sampling: bool = False        # bug 17: the root samples greedily
+    fuse_pointwise: bool = True          # torch.compile the cells' per-step pointwise math on CUDA
     ret_gallery: str = "z_ori"           # bug 14
     # training (train.py): Adam, per-variable clip_by_norm 1.0, constant LR, patience 5
     batch_size: int = 100                # root: 300
@@ -131,15 +132,15 @@ class SketchGloc(CodeDecoder, SketchModel):
             raise ConfigError(f"ret_gallery={c.ret_gallery!r}: choose one of {RET_GALLERIES}")
         keep = c.recurrent_dropout_prob if c.use_recurrent_dropout else 1.0
         H, D = c.enc_rnn_size, 2 * c.enc_rnn_size
-        self.enc_fw = make_cell(c.enc_model, 2, H, recurrent_dropout_keep=keep)
-        self.enc_bw = make_cell(c.enc_model, 2, H, recurrent_dropout_keep=keep)
+        self.enc_fw = make_cell(c.enc_model, 2, H, recurrent_dropout_keep=keep, fusion=c.fuse_pointwise)
+        self.enc_bw = make_cell(c.enc_model, 2, H, recurrent_dropout_keep=keep, fusion=c.fuse_pointwise)
         self.gcn = RelationGCN(D, G.N_RELATIONS)
         self.bn = nn.BatchNorm1d(D, eps=1e-5, momentum=0.1)    # TF decay 0.9
         self.fc_mu = seed_linear(D, c.z_size)                   # N(0, 2/D), bias 0
         self.fc_sigma = seed_linear(D, c.z_size)
         self.decoder = make_cell(c.dec_model, 5 + c.z_size, c.dec_rnn_size, recurrent_dropout_keep=keep,
                                  hyper_num_units=c.hyper_num_units,
-                                 hyper_embedding_size=c.hyper_embedding_size)
+                                 hyper_embedding_size=c.hyper_embedding_size, fusion=c.fuse_pointwise)
         self.fc_init = seed_linear(c.z_size, self.decoder.state_size)  # covers the hyper state too
         self.head = MixtureHead(c.dec_rnn_size, 20, bias=True, init_std=math.sqrt(2.0 / c.dec_rnn_size))
 

@@ -79,9 +79,10 @@ from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.models.base import SketchModel, clip_and_limit
 from sketchlab.models.code_decoder import CodeDecoder
+from sketchlab.nn.cells import make_cell
 from sketchlab.nn.graph import PatchCNN, proximity_adjacency
+from sketchlab.nn.init import normal_linear
 from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms
-from sketchlab.nn.rnn import make_cell
 
 SCALE_MODES = ("faithful", "train_dxdy")
 NODE_MASKS = ("faithful", "clean")
@@ -103,6 +104,7 @@ class Config(TrainingConfig):
     scale_mode: str = "faithful"         # "faithful" | "train_dxdy" (bug 3)
     node_mask: str = "faithful"          # "faithful" | "clean" (bugs 1, 2)
     temperature: float = 0.24            # sample.py's tau
+    fuse_pointwise: bool = True          # torch.compile the cells' per-step pointwise math on CUDA
     # training (train.py): Adam, lr decay per step, per-variable clip_by_norm 1.0, per-epoch
     # validation, early stopping after 5 bad epochs rolling back to the best checkpoint.
     batch_size: int = 128
@@ -117,13 +119,6 @@ class Config(TrainingConfig):
     reload_best: bool = True
     rewind_optimizer: bool = False       # the rollback keeps Adam's moments (bug 10)
     valid_metric: str = "recon"
-
-
-def _normal_linear(n_in: int, n_out: int, var: float) -> nn.Linear:
-    """Linear without bias, weight N(0, var) (spec 3.1: c / fan_in, untruncated)."""
-    lin = nn.Linear(n_in, n_out, bias=False)
-    nn.init.normal_(lin.weight, 0.0, math.sqrt(var))
-    return lin
 
 
 def all_column_std(points: np.ndarray, xy_scale: float = 1.0) -> float:
@@ -187,13 +182,14 @@ class SPGra2Seq(CodeDecoder, SketchModel):
         self.cnn = PatchCNN(c.graph_picture_size, c.cnn_channels)
         D = self.cnn.out_features
         self.bn1 = nn.BatchNorm1d(D, eps=1e-5, momentum=0.1)         # over all B x 21 nodes
-        self.gcn_w1 = _normal_linear(D, D, 2.0 / D)
-        self.gcn_w2 = _normal_linear(D, D, 2.0 / D)
+        # Bias-free linears with weights N(0, c / fan_in), untruncated.
+        self.gcn_w1 = normal_linear(D, D, math.sqrt(2.0 / D), bias=False)
+        self.gcn_w2 = normal_linear(D, D, math.sqrt(2.0 / D), bias=False)
         self.bn2 = nn.BatchNorm1d(D, eps=1e-5, momentum=0.1)         # over the batch
-        self.fc_mu = _normal_linear(D, c.z_size, 1.0 / D)
-        self.fc_sigma = _normal_linear(D, c.z_size, 1.0 / D)
-        self.decoder = make_cell("lstm", 5 + c.z_size, c.dec_rnn_size)
-        self.fc_init = _normal_linear(c.z_size, self.decoder.state_size, 5.0 / (3.0 * c.z_size))
+        self.fc_mu = normal_linear(D, c.z_size, math.sqrt(1.0 / D), bias=False)
+        self.fc_sigma = normal_linear(D, c.z_size, math.sqrt(1.0 / D), bias=False)
+        self.decoder = make_cell("lstm", 5 + c.z_size, c.dec_rnn_size, fusion=c.fuse_pointwise)
+        self.fc_init = normal_linear(c.z_size, self.decoder.state_size, math.sqrt(5.0 / (3.0 * c.z_size)), bias=False)
         self.head = MixtureHead(c.dec_rnn_size, 20, bias=False, init_std=math.sqrt(1.0 / c.dec_rnn_size))
         # Clustering centroids: never touched by the optimiser (1.9). U[0, 5) until the first
         # training batch replaces them.

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sketchlab.errors import ConfigError
+from sketchlab.nn.init import normal_linear
 
 INSTANCE_NORM_EPS = 1e-6  # tf.contrib.layers.instance_norm's default
 CONV_INITS = ("seed", "he")
@@ -51,10 +52,7 @@ def init_conv_weight_(weight: Tensor, init: str = "seed") -> Tensor:
 
 def seed_linear(in_features: int, out_features: int) -> nn.Linear:
     """FC layer with the seeds' init: W ~ N(0, sqrt(2/fan_in)), b = 0."""
-    fc = nn.Linear(in_features, out_features)
-    nn.init.normal_(fc.weight, 0.0, math.sqrt(2.0 / in_features))
-    nn.init.zeros_(fc.bias)
-    return fc
+    return normal_linear(in_features, out_features, math.sqrt(2.0 / in_features))
 
 
 class SameConv2d(nn.Conv2d):

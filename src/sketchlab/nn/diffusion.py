@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from sketchlab.errors import ConfigError
+from sketchlab.nn.cudagraph import capture, warm_up
 
 # --------------------------------------------------------------------------------------------
 # Noise schedules and the forward process
@@ -510,15 +511,9 @@ class StepRunner:
         self.graph = None
         self._loops: dict[int, tuple] = {}  # S -> (graph or None, static table (S, 6))
         if use_graph:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side), torch.no_grad():
-                for _ in range(warmup):
-                    self._body()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph), torch.no_grad():
-                self._body()
+            body = torch.no_grad()(self._body)
+            warm_up(body, warmup, self.device)
+            self.graph, _ = capture(body)
         else:
             with torch.no_grad():
                 self._body()  # allocates the output buffers
@@ -545,10 +540,8 @@ class StepRunner:
         if entry is None:
             table = torch.zeros(steps, 6, device=self.device)
             graph = None
-            if self.use_graph:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph), torch.no_grad():
-                    self._loop_body(table)
+            if self.use_graph:  # no warm-up of its own: it runs the body the step graph warmed up
+                graph, _ = capture(lambda: torch.no_grad()(self._loop_body)(table))
             entry = self._loops[steps] = (graph, table)
         return entry
 

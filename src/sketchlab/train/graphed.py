@@ -26,6 +26,8 @@ from typing import Callable, Hashable
 import torch
 from torch import Tensor
 
+from sketchlab.nn.cudagraph import capture, warm_up
+
 
 @dataclass
 class _Graph:
@@ -78,12 +80,7 @@ class GraphedTrainer:
         inputs = {k: v.clone() for k, v in batch.items()}
         snap = self._snapshot()
         rng = torch.cuda.get_rng_state()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self.step_fn(inputs, step)
-        torch.cuda.current_stream().wait_stream(side)
+        warm_up(lambda: self.step_fn(inputs, step), self.warmup)
         self._restore(snap)
         torch.cuda.set_rng_state(rng)     # warm-up draws leave the random stream untouched
         live = self._live()
@@ -91,14 +88,17 @@ class GraphedTrainer:
         self.captured_ids = [id(t) for t in live] + [id(g["lr"]) for g in self.optimizer.param_groups]
         if self._backup is None:          # one backup shared by every graph (they run in turn)
             self._backup = [t.detach().clone() for t in live]
-        graph = torch.cuda.CUDAGraph()
-        # One memory pool for all of this trainer's graphs: each step's temporaries die inside its
-        # graph and the graphs never run concurrently, so a model with four schedule branches
-        # does not hold four copies of a step's activations.
-        with torch.cuda.graph(graph, pool=self._pool):
+
+        def record():
             torch._foreach_copy_(self._backup, live)
             out = self.step_fn(inputs, step)
             finite = out.pop("_finite")
+            return out, finite
+
+        # One memory pool for all of this trainer's graphs: each step's temporaries die inside its
+        # graph and the graphs never run concurrently, so a model with four schedule branches
+        # does not hold four copies of a step's activations.
+        graph, (out, finite) = capture(record, pool=self._pool)
         if self._pool is None:
             self._pool = graph.pool()
         shapes = {k: tuple(v.shape) for k, v in inputs.items()}

@@ -1,0 +1,376 @@
+"""QuickDraw ndjson -> sketch-rnn npz (`sketchlab data import`).
+
+Three flavours, detected per line (`detect_format`): Google's *simplified* ndjson (`[xs, ys]` per
+stroke, already aligned, scaled to 0..255 and RDP-simplified), its *raw* ndjson (`[xs, ys, ts]`)
+and SPG's (`[xs, ys, part_ids]`, dense integer points). `drawing_to_stroke3` turns one drawing
+into sketch-rnn's int16 stroke-3; `import_ndjson` converts whole files into one npz per category,
+with splits from a splits file or a seeded split. One bad drawing among a million must not stop a
+conversion: import drops and counts bad lines instead of raising.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from sketchlab.data import strokes as S
+from sketchlab.data.npz import SPLITS, save_sketchrnn_npz
+from sketchlab.data.sources import category_filename, expand_paths, parse_categories
+from sketchlab.data.strokes import BadDrawing, from_polylines
+from sketchlab.errors import ConfigError, DataError
+from sketchlab.fileio import atomic_open
+
+IMPORT_FORMATS = ("auto", "simplified", "raw", "spg")
+# Drawings longer than this after simplification are dropped (sketch-rnn data is < 300).
+DEFAULT_IMPORT_MAX_POINTS = 1000
+
+
+def detect_format(obj: dict) -> str:
+    """Which ndjson flavour a parsed line is.
+
+    SPG lines carry `"i"` and no `"word"` (strokes `[xs, ys, part_ids]`, a few with the part ids
+    twice). Otherwise 3+ lists per stroke is Google's *raw* format (`[xs, ys, ts]`) and 2 lists its
+    *simplified* one (`[xs, ys]`).
+    """
+    if "i" in obj and "word" not in obj:
+        return "spg"
+    drawing = obj.get("drawing")
+    stroke = next((s for s in drawing if s), None) if isinstance(drawing, list) else None
+    return "raw" if isinstance(stroke, list) and len(stroke) >= 3 else "simplified"
+
+
+def drawing_to_stroke3(drawing, fmt: str, *, epsilon: float = 2.0,
+                       max_points: int = DEFAULT_IMPORT_MAX_POINTS) -> np.ndarray:
+    """One ndjson `drawing` -> int16 stroke-3 in sketch-rnn's conventions.
+
+    * simplified: already aligned, scaled to 0..255 and RDP'd; only made relative.
+    * raw: align to the top-left (min 0), scale uniformly so the longest side is 255, RDP with
+      `epsilon` per stroke, round to integers, then deltas. The third list (timestamps) is not
+      used: the arrays' order is the drawing order, so non-monotone timestamps change nothing.
+    * spg: integer points already in 0..255 but dense: RDP with `epsilon`, then deltas; the third
+      list (part ids) is not used.
+
+    Raises `BadDrawing`, a DataError whose `reason` is what import drops and counts. (The import
+    runs the same three steps, with the RDP batched over many drawings.)
+    """
+    lines = _parse_drawing(drawing, fmt, max_points)
+    if fmt in ("raw", "spg"):
+        lines = S.rdp_many(lines, epsilon)
+    return _finish_drawing(lines, max_points)
+
+
+def _parse_drawing(drawing, fmt: str, max_points: int) -> list[np.ndarray]:
+    """Validate a drawing and return its strokes as float64 `(k, 2)` (raw: aligned and scaled)."""
+    lines = S.parse_drawing(drawing, extra_lists=True)
+    if sum(len(line) for line in lines) > 100 * max_points:
+        raise BadDrawing("too many points")  # hopeless even after RDP; do not spend time on it
+    if fmt == "raw":
+        pooled = np.concatenate(lines)
+        low = pooled.min(axis=0)
+        extent = float((pooled.max(axis=0) - low).max())
+        if extent <= 0:
+            raise BadDrawing("single point")
+        lines = [(line - low) * (255.0 / extent) for line in lines]
+    return lines
+
+
+def _finish_drawing(lines: list[np.ndarray], max_points: int) -> np.ndarray:
+    # Integer absolute coordinates first, then deltas: rounding never accumulates.
+    lines = [np.rint(line) for line in lines]
+    total = sum(len(line) for line in lines)
+    if total < 2:
+        raise BadDrawing("single point")
+    if total > max_points:
+        raise BadDrawing("too many points")
+    s3 = from_polylines(lines)
+    if np.abs(s3[:, :2]).max() > np.iinfo(np.int16).max:
+        raise BadDrawing("offsets beyond int16")
+    return s3.astype(np.int16)
+
+
+def _category_key(name: str) -> str:
+    """Names compare without case and with `_` == ` ` ("alarm_clock" matches "alarm clock")."""
+    return name.strip().lower().replace("_", " ")
+
+
+def _ndjson_files(sources: Sequence[str | os.PathLike]) -> list[Path]:
+    return expand_paths(sources, (".ndjson", ".ndjson.gz"), ".ndjson")
+
+
+def _file_category(path: Path) -> str:
+    name = path.name
+    for suffix in (".gz", ".ndjson"):
+        name = name[: -len(suffix)] if name.endswith(suffix) else name
+    return name
+
+
+def read_splits_file(path: str | os.PathLike) -> dict[str, dict[str, str]]:
+    """`{category: {split: [key_id, ...]}}` (SPG's splits.json) -> `{category: {key_id: split}}`."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read the splits file ({e})") from None
+    if not isinstance(raw, dict):
+        raise DataError(f"{path}: expected {{category: {{split: [key_id, ...]}}}}")
+    out: dict[str, dict[str, str]] = {}
+    for cat, splits in raw.items():
+        if not isinstance(splits, dict):
+            raise DataError(f"{path}: category {cat!r} must map split names to key_id lists")
+        table: dict[str, str] = {}
+        for split, ids in splits.items():
+            if split not in SPLITS or not isinstance(ids, list):
+                raise DataError(f"{path}: category {cat!r}: split {split!r} is not one of {SPLITS} "
+                                f"with a list of key_ids")
+            for key in ids:
+                table[str(key)] = split
+        out[_category_key(cat)] = table
+    return out
+
+
+class _Category:
+    """Sketches collected for one category while importing."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.sketches: list[np.ndarray] = []
+        self.key_ids: list[str] = []
+        self.given: list[str | None] = []  # split named by a splits file, if any
+        self.seen_keys: set[str] = set()
+        self.dropped: Counter = Counter()
+        self.sources: set[str] = set()
+        self.splits_file: str | None = None
+
+
+def _assign_splits(cat: _Category, fractions: tuple[float, float, float], seed: int) -> dict:
+    """Indices per split. Given splits are kept; the rest is split by `fractions` with a seeded
+    permutation; when a splits file gives no test split (SPG withholds it), a test split as large
+    as the valid split (or `fractions[2]` of the total without one) is carved out of train."""
+    rng = np.random.default_rng([seed, zlib.crc32(cat.name.encode("utf-8"))])
+    idx = {s: [i for i, g in enumerate(cat.given) if g == s] for s in SPLITS}
+    free = np.array([i for i, g in enumerate(cat.given) if g is None], dtype=np.int64)
+    if len(free):
+        perm = free[rng.permutation(len(free))]
+        n = len(free)
+        sizes = [int(round(n * f)) if f > 0 else 0 for f in fractions]
+        for k in (1, 2):  # a small set still gets one valid and one test sketch
+            if fractions[k] > 0 and n >= 3:
+                sizes[k] = max(sizes[k], 1)
+        n_valid, n_test = sizes[1], sizes[2]
+        idx["valid"] += perm[:n_valid].tolist()
+        idx["test"] += perm[n_valid:n_valid + n_test].tolist()
+        idx["train"] += perm[n_valid + n_test:].tolist()
+    carved = 0
+    if cat.splits_file and not idx["test"] and len(idx["train"]) > 1 and fractions[2] > 0:
+        total = len(cat.given)
+        carved = len(idx["valid"]) or max(1, int(round(total * fractions[2])))
+        carved = min(carved, len(idx["train"]) - 1)
+        pick = set(rng.choice(np.array(idx["train"]), size=carved, replace=False).tolist())
+        idx["test"] = [i for i in idx["train"] if i in pick]
+        idx["train"] = [i for i in idx["train"] if i not in pick]
+    return {"indices": {s: sorted(v) for s, v in idx.items()}, "test_carved_from_train": carved}
+
+
+def _write_category(cat: _Category, out_dir: Path, fractions: tuple[float, float, float],
+                    seed: int, epsilon: float, max_points: int) -> dict:
+    """Split one imported category, write `<name>.npz` atomically, return its report entry."""
+    if not cat.sketches:
+        return {"file": None, "dropped": dict(cat.dropped),
+                "note": "no usable drawing; nothing written"}
+    plan = _assign_splits(cat, fractions, seed)
+    lengths = np.array([len(s) for s in cat.sketches])
+    entry = {
+        "file": category_filename(cat.name),
+        **{s: len(plan["indices"][s]) for s in SPLITS},
+        "mean_length": round(float(lengths.mean()), 1),
+        "max_length": int(lengths.max()),
+        "split_source": cat.splits_file or (f"seeded {'/'.join(f'{f:.4g}' for f in fractions)} "
+                                            f"(seed {seed})"),
+        "test_carved_from_train": plan["test_carved_from_train"],
+        "dropped": dict(cat.dropped),
+        "sources": sorted(cat.sources),
+    }
+    provenance = {"category": cat.name, "epsilon": epsilon, "max_points": max_points,
+                  "seed": seed, **{k: entry[k] for k in (
+                      "split_source", "test_carved_from_train", "sources")}}
+    extra = {f"{s}_key_ids": np.array([cat.key_ids[i] for i in plan["indices"][s]],
+                                      dtype=np.str_) for s in SPLITS}
+    extra["sketchlab_import"] = np.array(json.dumps(provenance))
+    save_sketchrnn_npz(out_dir / entry["file"],
+                       {s: [cat.sketches[i] for i in plan["indices"][s]] for s in SPLITS},
+                       extra=extra)
+    return entry
+
+
+def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+                  fmt: str = "auto", categories: Sequence[str] | None = None,
+                  split: tuple[float, float, float] = (0.9, 0.05, 0.05), seed: int = 0,
+                  max_points: int = DEFAULT_IMPORT_MAX_POINTS, epsilon: float = 2.0,
+                  splits_file: str | os.PathLike | None = "auto", progress: bool = True) -> dict:
+    """Convert QuickDraw ndjson (simplified, raw or SPG) into one sketch-rnn npz per category.
+
+    `sources`: files or folders of `.ndjson`/`.ndjson.gz`. The category of a line is its `word`,
+    else its file's name. Lines are deduplicated by `key_id` within a category. Splits come from a
+    splits file (`splits_file="auto"` uses a `splits.json` beside the ndjson, `None` uses none),
+    otherwise from a seeded split by `split` fractions. Bad lines are dropped and counted.
+    Each npz is written atomically, also holds `<split>_key_ids` and a `sketchlab_import` JSON
+    string, and `import_report.json` in `out_dir` sums everything up. Returns that report.
+    """
+    t0 = time.perf_counter()
+    if fmt not in IMPORT_FORMATS:
+        raise ConfigError(f"format must be one of {IMPORT_FORMATS}, not {fmt!r}")
+    if len(split) != 3 or any(f < 0 for f in split) or sum(split) <= 0 or split[0] <= 0:
+        raise ConfigError(f"split fractions must be 3 non-negative numbers with train > 0, "
+                          f"got {split}")
+    fractions = tuple(float(f) / sum(split) for f in split)
+    if max_points < 2:
+        raise ConfigError(f"max_points must be >= 2, got {max_points}")
+    files = _ndjson_files(sources)
+    wanted = ({_category_key(c): c for c in parse_categories(categories, "categories")}
+              if categories else None)
+
+    split_tables: dict[Path, tuple[str, dict] | None] = {}
+
+    def splits_for(file: Path):
+        if splits_file is None:
+            return None
+        where = Path(splits_file) if splits_file != "auto" else file.parent / "splits.json"
+        if where not in split_tables:
+            split_tables[where] = ((os.fspath(where), read_splits_file(where))
+                                   if where.is_file() or splits_file != "auto" else None)
+        return split_tables[where]
+
+    cats: dict[str, _Category] = {}
+    seen_names: dict[str, str] = {}  # key -> name, every category met (also filtered-out ones)
+    dropped: Counter = Counter()
+    examples: dict[str, list[str]] = {}
+    formats: Counter = Counter()
+    lines_read = 0
+
+    def drop(cat: _Category | None, reason: str, where: str):
+        dropped[reason] += 1
+        if cat is not None:
+            cat.dropped[reason] += 1
+        if len(examples.setdefault(reason, [])) < 3:
+            examples[reason].append(where)
+
+    # Drawings wait here until `batch_size` of them can be simplified in one vectorised RDP pass.
+    pending: list[tuple] = []
+    batch_size = 2000
+
+    def finish_pending():
+        dense = [item for item in pending if item[4] in ("raw", "spg")]
+        simplified = iter(S.rdp_many([ln for item in dense for ln in item[5]], epsilon))
+        for cat, key_id, given, where, line_fmt, lines in pending:
+            if line_fmt in ("raw", "spg"):
+                lines = [next(simplified) for _ in lines]
+            if key_id is not None and key_id in cat.seen_keys:  # a twin earlier in this batch
+                drop(cat, "duplicate key_id", where)
+                continue
+            try:
+                s3 = _finish_drawing(lines, max_points)
+            except BadDrawing as e:
+                drop(cat, e.reason, where)
+                continue
+            formats[line_fmt] += 1
+            if key_id is not None:
+                cat.seen_keys.add(key_id)
+            cat.sketches.append(s3)
+            cat.key_ids.append(key_id or "")
+            cat.given.append(given)
+        pending.clear()
+
+    total_bytes = sum(f.stat().st_size for f in files)
+    # disable=None lets tqdm switch itself off when stderr is not a terminal (logs, tests).
+    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="import",
+               disable=None if progress else True)
+    for file in files:
+        stem_category = _file_category(file)
+        table = splits_for(file)
+        opener = gzip.open if file.name.endswith(".gz") else open
+        try:
+            with opener(file, "rb") as fh:
+                for lineno, raw_line in enumerate(fh, 1):
+                    if opener is open:
+                        bar.update(len(raw_line))
+                    if not raw_line.strip():
+                        continue
+                    lines_read += 1
+                    where = f"{file}:{lineno}"
+                    try:
+                        obj = json.loads(raw_line)
+                    except ValueError:
+                        drop(None, "invalid JSON", where)
+                        continue
+                    if not isinstance(obj, dict) or "drawing" not in obj:
+                        drop(None, "no drawing field", where)
+                        continue
+                    name = obj.get("word") if isinstance(obj.get("word"), str) else stem_category
+                    key = _category_key(name)
+                    seen_names.setdefault(key, name)
+                    if wanted is not None and key not in wanted:
+                        continue
+                    cat = cats.get(key)
+                    if cat is None:
+                        cat = cats[key] = _Category(seen_names[key])
+                    cat.sources.add(os.fspath(file))
+                    key_id = obj.get("key_id")
+                    key_id = None if key_id is None else str(key_id)
+                    if key_id is not None and key_id in cat.seen_keys:
+                        drop(cat, "duplicate key_id", where)
+                        continue
+                    line_fmt = detect_format(obj) if fmt == "auto" else fmt
+                    try:
+                        lines = _parse_drawing(obj["drawing"], line_fmt, max_points)
+                    except BadDrawing as e:
+                        drop(cat, e.reason, where)
+                        continue
+                    given = None
+                    if table is not None and key in table[1]:
+                        cat.splits_file = table[0]
+                        given = table[1][key].get(key_id)
+                    pending.append((cat, key_id, given, where, line_fmt, lines))
+                    if len(pending) >= batch_size:
+                        finish_pending()
+        except (OSError, EOFError, zlib.error) as e:
+            raise DataError(f"{file}: cannot read ({e})") from None
+        if opener is not open:  # compressed: count the file once it is read
+            bar.update(file.stat().st_size)
+    finish_pending()
+    bar.close()
+
+    if wanted is not None:
+        unknown = [name for key, name in wanted.items() if key not in seen_names]
+        if unknown:
+            raise DataError(f"unknown categor{'y' if len(unknown) == 1 else 'ies'} "
+                            f"{', '.join(unknown)}; the sources hold: "
+                            f"{', '.join(sorted(seen_names.values())) or '(none)'}")
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report_cats = {cats[key].name: _write_category(cats[key], out_dir, fractions, seed, epsilon,
+                                                   max_points) for key in sorted(cats)}
+    report = {
+        "sources": [os.fspath(f) for f in files],
+        "out": os.fspath(out_dir),
+        "formats": dict(formats),
+        "lines_read": lines_read,
+        "imported": int(sum(len(c.sketches) for c in cats.values())),
+        "dropped": dict(dropped),
+        "dropped_examples": examples,
+        "seed": seed, "split_fractions": list(fractions), "epsilon": epsilon,
+        "max_points": max_points,
+        "categories": report_cats,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    with atomic_open(out_dir / "import_report.json", "w") as fh:
+        json.dump(report, fh, indent=1)
+    return report
