@@ -259,12 +259,15 @@ class Studio:
         return m
 
     # ---- running a model call -----------------------------------------------------------------
-    async def call(self, model_id: str, fn: Callable[[], Any]) -> Any:
+    async def call(self, model_id: str, fn: Callable[[], Any], origin=None) -> list[dict]:
+        """`fn()` (a model call returning Sketches) through the gate, one at a time for this
+        model; its sketches as JSON, moved by `origin` (converted in the worker thread too)."""
         lock = self._locks[model_id]
 
         def locked():
             with lock:
-                return fn()
+                out = fn()
+            return _sketches_json(out, origin)
 
         try:
             return await self.gate.run(locked)
@@ -278,12 +281,11 @@ class Studio:
                                 f"server's log has the details)") from None
 
 
-def _sketch_json(sketches, i: int, origin=None) -> dict[str, Any]:
-    out = {"strokes": D.to_drawing(sketches[i], origin), "category": sketches.category_name(i),
-           "component": None}
-    if sketches.component is not None:
-        out["component"] = int(sketches.component[i])
-    return out
+def _sketches_json(sketches, origin=None) -> list[dict[str, Any]]:
+    drawings = D.to_drawings(sketches, origin)
+    return [{"strokes": drawings[i], "category": sketches.category_name(i),
+             "component": None if sketches.component is None else int(sketches.component[i])}
+            for i in range(len(sketches))]
 
 
 def _settings(req, *drop: str) -> dict[str, Any]:
@@ -375,10 +377,10 @@ def create_app(studio: Studio | dict[str, Model], settings: StudioSettings | Non
             if req.category not in m.categories:
                 raise ApiError(422, f"category: {req.model} knows {', '.join(m.categories) or 'none'}")
             options["category"] = req.category
-        out = await studio.call(req.model, lambda: m.sample(
+        sketches = await studio.call(req.model, lambda: m.sample(
             req.n, temperature=req.temperature, seed=req.seed, **options))
         return result("sample", req.model, _settings(req), t0,
-                      sketches=[_sketch_json(out, i) for i in range(len(out))])
+                      sketches=sketches)
 
     @app.post("/api/reconstruct")
     async def reconstruct(request: Request):
@@ -387,10 +389,10 @@ def create_app(studio: Studio | dict[str, Model], settings: StudioSettings | Non
         m = studio.get(req.model, "reconstruct")
         origin = D.origin_of(req.sketch)
         sk = D.to_sketches([req.sketch] * req.n, [origin] * req.n)
-        out = await studio.call(req.model, lambda: m.reconstruct(
-            sk, temperature=req.temperature, seed=req.seed))
+        sketches = await studio.call(req.model, lambda: m.reconstruct(
+            sk, temperature=req.temperature, seed=req.seed), origin)
         return result("reconstruct", req.model, _settings(req), t0, input=req.sketch,
-                      sketches=[_sketch_json(out, i, origin) for i in range(len(out))])
+                      sketches=sketches)
 
     @app.post("/api/heal")
     async def heal(request: Request):
@@ -402,13 +404,13 @@ def create_app(studio: Studio | dict[str, Model], settings: StudioSettings | Non
             raise ApiError(422, "masks: they cover the whole drawing; nothing is left to heal")
         origin = D.origin_of(req.sketch)
         sk = D.to_sketches([before] * req.n, [origin] * req.n)
-        out = await studio.call(req.model, lambda: m.heal(
-            sk, strength=req.strength, temperature=req.temperature, seed=req.seed))
+        sketches = await studio.call(req.model, lambda: m.heal(
+            sk, strength=req.strength, temperature=req.temperature, seed=req.seed), origin)
         settings_ = _settings(req, "masks")
         settings_["masks"] = [mask.model_dump() for mask in req.masks]
         return result("heal", req.model, settings_, t0, input=req.sketch, before=before,
                       masked_points=D.count_points(req.sketch) - D.count_points(before),
-                      sketches=[_sketch_json(out, i, origin) for i in range(len(out))])
+                      sketches=sketches)
 
     @app.post("/api/complete")
     async def complete(request: Request):
@@ -417,13 +419,13 @@ def create_app(studio: Studio | dict[str, Model], settings: StudioSettings | Non
         m = studio.get(req.model, "complete")
         origin = D.origin_of(req.sketch)
         sk = D.to_sketches([req.sketch], [origin])
-        out = await studio.call(req.model, lambda: m.complete(
-            sk, n=req.n, temperature=req.temperature, seed=req.seed))
+        sketches = await studio.call(req.model, lambda: m.complete(
+            sk, n=req.n, temperature=req.temperature, seed=req.seed), origin)
         # Each completion starts with the drawing (the API's promise); the page colours the
         # strokes after the first `prefix_strokes` as the model's.
         return result("complete", req.model, _settings(req), t0, input=req.sketch,
                       prefix_strokes=len(req.sketch),
-                      sketches=[_sketch_json(out, i, origin) for i in range(len(out))])
+                      sketches=sketches)
 
     @app.post("/api/interpolate")
     async def interpolate(request: Request):
@@ -432,10 +434,10 @@ def create_app(studio: Studio | dict[str, Model], settings: StudioSettings | Non
         m = studio.get(req.model, "interpolate")
         a = D.to_sketches([req.a], [D.origin_of(req.a)])
         b = D.to_sketches([req.b], [D.origin_of(req.b)])
-        out = await studio.call(req.model, lambda: m.interpolate(
+        sketches = await studio.call(req.model, lambda: m.interpolate(
             a, b, req.steps, temperature=req.temperature, seed=req.seed))
         return result("interpolate", req.model, _settings(req), t0,
-                      sketches=[_sketch_json(out, i) for i in range(len(out))])
+                      sketches=sketches)
 
     # Middleware order: the host check first, then the body bound (outermost runs first).
     app.add_middleware(Guard, settings=settings)

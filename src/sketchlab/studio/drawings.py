@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 
 from sketchlab.data.sketches import Sketches
-from sketchlab.data.strokes import from_polylines, to_polylines
 
 Drawing = list  # [[xs, ys], ...]
 
@@ -22,26 +21,24 @@ def origin_of(drawing: Drawing) -> np.ndarray:
     return np.array([drawing[0][0][0], drawing[0][1][0]], np.float64)
 
 
-def to_stroke3(drawing: Drawing, origin: np.ndarray) -> np.ndarray:
-    """A drawing -> one stroke-3 sketch (raw units) with `origin` moved to (0, 0)."""
-    lines = [np.stack([np.asarray(xs, np.float64), np.asarray(ys, np.float64)], 1) - origin
-             for xs, ys in drawing if len(xs)]
-    return from_polylines(lines)
+def shifted(drawing: Drawing, by: np.ndarray) -> Drawing:
+    """The drawing moved by `-by` (its pen then starts at the origin when `by` is its start)."""
+    bx, by_ = float(by[0]), float(by[1])
+    return [[[x - bx for x in xs], [y - by_ for y in ys]] for xs, ys in drawing if len(xs)]
 
 
 def to_sketches(drawings: list[Drawing], origins: list[np.ndarray]) -> Sketches:
-    return Sketches.from_list([to_stroke3(d, o) for d, o in zip(drawings, origins)])
+    """Drawings -> `Sketches` in raw units, each moved so that `origins[i]` is at (0, 0)."""
+    return Sketches.from_strokes([shifted(d, o) for d, o in zip(drawings, origins)])
 
 
-def to_drawing(sketch: np.ndarray, origin: np.ndarray | None = None, digits: int = 2) -> Drawing:
-    """One stroke-3 sketch (raw units) -> `[[xs, ys], ...]`, moved by `origin`, rounded to
+def to_drawings(sketches: Sketches, origin: np.ndarray | None = None,
+                digits: int = 2) -> list[Drawing]:
+    """Every sketch (any units) as `[[xs, ys], ...]` in raw units, moved by `origin`, rounded to
     `digits` decimals (a hundredth of a raw unit is far below what anyone can see)."""
-    shift = np.zeros(2) if origin is None else origin
-    out = []
-    for line in to_polylines(np.asarray(sketch, np.float32)):
-        pts = np.round(line.astype(np.float64) + shift, digits)
-        out.append([pts[:, 0].tolist(), pts[:, 1].tolist()])
-    return out
+    ox, oy = (0.0, 0.0) if origin is None else (float(origin[0]), float(origin[1]))
+    return [[[[round(x + ox, digits) for x in xs], [round(y + oy, digits) for y in ys]]
+             for xs, ys in drawing] for drawing in sketches.to_strokes()]
 
 
 def apply_masks(drawing: Drawing, masks) -> Drawing:
