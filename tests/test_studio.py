@@ -424,6 +424,14 @@ def test_serve_refuses_bad_arguments_by_name(capsys):
     assert main(["serve", "--port", "70000", "--models", "x"]) == 2
 
 
+def test_serve_without_models_says_how_to_name_some(monkeypatch, capsys):
+    from sketchlab import zoo
+
+    monkeypatch.setattr(zoo, "names", lambda: [])
+    assert main(["serve"]) == 2
+    assert "--models" in capsys.readouterr().err
+
+
 # ---- the page in a real browser ----------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

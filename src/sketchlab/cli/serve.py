@@ -76,6 +76,8 @@ def cmd_serve(args) -> int:
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"sketchlab studio: http://{shown}:{args.port}/  ({len(models)} models; Ctrl-C stops)",
           flush=True)
+    # limit_concurrency bounds open connections (beyond it uvicorn answers 503 at once); the
+    # studio's own gate answers 429 long before that for model calls.
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                timeout_keep_alive=5)
+                timeout_keep_alive=5, limit_concurrency=1000)
     return 0
