@@ -30,7 +30,7 @@ from report import emit, out_dir  # noqa: E402  (benchmarks/report.py)
 from sketchlab.data.sources import load_splits  # noqa: E402
 from sketchlab.data.sketches import Sketches  # noqa: E402
 from sketchlab.data.sketches import Sketches
-from sketchlab.models.sketchknitter import calibrate_shortcut, classifier_score_fn  # noqa: E402
+from sketchlab.models.knitter_shortcut import calibrate_shortcut, classifier_score_fn  # noqa: E402
 from sketchlab.render import save_grid  # noqa: E402
 from sketchlab.train import checkpoint as ckpt  # noqa: E402
 from sketchlab.runs import load_model  # noqa: E402

@@ -1,6 +1,7 @@
 """RPCL-pix2seq and RPCL-pix2seqH models: data, losses and schedules against hand computations,
 the prior's update discipline, resume, sampling, the latent tools and the command line."""
 
+import dataclasses
 import json
 import math
 
@@ -364,6 +365,40 @@ def test_generate_conditional_prior_and_component(doodles, cls, cfg, tiny):
     assert np.array_equal(dec.component, m.latent_labels(torch.from_numpy(k.z))[label])
 
 
+@pytest.mark.parametrize("cls,cfg,tiny", MODELS, ids=IDS)
+def test_standard_prior_and_completion(doodles, cls, cfg, tiny):
+    m = build(cls, cfg, tiny, doodles)
+    m.scale_factor = doodles.scale_factor
+    assert (m.can_sample, m.can_encode, m.can_complete, m.has_components, m.can_heal) == (
+        True, True, True, True, False)
+    # the originals' sample.py: z ~ N(0, I), labelled with the most responsible component
+    std = m.generate(5, seed=3, prior="standard")
+    z = torch.randn(5, 8, generator=torch.Generator().manual_seed(3))
+    np.testing.assert_allclose(std.z, z.numpy(), atol=1e-6)
+    label = "component" if cls is RPCLPix2Seq else "level_k"
+    assert np.array_equal(std.component, m.latent_labels(z)[label])
+    with pytest.raises(ConfigError, match="N\\(0, I\\)"):
+        m.generate(2, prior="standard", component=1)
+    with pytest.raises(ConfigError, match="prior"):
+        m.generate(references=doodles, prior="standard")
+    with pytest.raises(ConfigError, match="learned, standard"):
+        m.generate(2, prior="uniform")
+    # completion: z = mu of the prefix's own image; each result starts with its prefix
+    halves = Sketches.from_list([s[:len(s) // 2] for s in doodles[:3]], category=doodles.category[:3],
+                                category_names=doodles.category_names,
+                                scale_factor=doodles.scale_factor)
+    out = m.complete(halves, n_per_prefix=2, seed=1)
+    repeated = halves.select(np.repeat(np.arange(3), 2))
+    assert len(out) == 6 and out.category.tolist() == repeated.category.tolist()
+    for i in range(6):
+        np.testing.assert_array_equal(out[i][:len(repeated[i])], repeated[i])
+    zp = m.encode_sketches(repeated)
+    np.testing.assert_allclose(out.z, zp.numpy(), atol=1e-6)
+    assert np.array_equal(out.component, m.latent_labels(zp)[label])
+    with pytest.raises(ConfigError, match="prefix"):
+        m.complete(halves, component=0)
+
+
 def test_pix2seqh_sample_a_unit(doodles):
     m = build(RPCLPix2SeqH, HConfig, TINY_H, doodles)
     q = torch.zeros(4, 4)
@@ -375,9 +410,11 @@ def test_pix2seqh_sample_a_unit(doodles):
     assert set(out.component.tolist()) == {1, 3}
     with pytest.raises(ConfigError):
         m.generate(2, unit=1, component=1)
-    import inspect
-
-    assert "unit" not in inspect.signature(RPCLPix2Seq.generate).parameters  # the CLI refuses --unit
+    # RPCL-pix2seq has no units: its Options lack the field (the CLI refuses --unit), and the
+    # refusal names the model that takes it
+    assert "unit" not in {f.name for f in dataclasses.fields(RPCLPix2Seq.Options)}
+    with pytest.raises(ConfigError, match="rpcl-pix2seqh"):
+        build(RPCLPix2Seq, PConfig, TINY_P, doodles).generate(2, unit=1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,6 +484,8 @@ def test_cli_train_sample_and_latent_tools(tmp_path, model):
     assert main(["sample", str(run), "--out", str(tmp_path / "k.npz"), "--n", "3", "--component", "1",
                  "--device", "cpu"]) == 0
     assert (Sketches.load(tmp_path / "k.npz").component == 1).all()
+    assert main(["sample", str(run), "--out", str(tmp_path / "s.npz"), "--n", "3", "--prior", "standard",
+                 "--device", "cpu"]) == 0
     if model == "rpcl-pix2seqh":
         assert main(["sample", str(run), "--out", str(tmp_path / "i.npz"), "--n", "3", "--unit", "2",
                      "--device", "cpu"]) == 0

@@ -460,11 +460,11 @@ def test_generate_heals_references_and_returns_offsets():
     absolute = S.stroke5_to_stroke3(seq[0].numpy())
     np.testing.assert_allclose(S.to_absolute(g[0])[:, :2], absolute[:, :2], atol=1e-4)
     torch.testing.assert_close(torch.from_numpy(g.z), z)         # re_scale 0: every gallery is mu
-    # the reorganisation noise changes the code; `strength` is its CLI name; galleries differ
-    a = m.generate(references=refs, re_scale=0.5, seed=1, gallery="z")
-    b = m.generate(references=refs, strength=0.5, seed=1, gallery="z")
-    c = m.generate(references=refs, re_scale=0.5, seed=1, gallery="clean")
-    o = m.generate(references=refs, re_scale=0.5, seed=1)                     # z_ori
+    # the reorganisation noise changes the code; heal's strength is `displacement`; galleries differ
+    a = m.generate(references=refs, displacement=0.5, seed=1, gallery="z")
+    b = m.heal(refs, strength=0.5, seed=1, gallery="z")
+    c = m.generate(references=refs, displacement=0.5, seed=1, gallery="clean")
+    o = m.generate(references=refs, displacement=0.5, seed=1)                 # z_ori
     np.testing.assert_array_equal(a.z, b.z)
     assert not np.allclose(a.z, g.z) and not np.allclose(o.z, a.z)
     np.testing.assert_allclose(c.z, g.z, atol=1e-6)

@@ -11,9 +11,9 @@ from sketchlab.data.corrupt import deform, drop_strokes, mask_patches, mask_poin
 from sketchlab.data.strokes import to_absolute
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
+from sketchlab.models.knitter_shortcut import calibrate_shortcut
 from sketchlab.models.sketchknitter import (
-    Config, SketchKnitter, calibrate_shortcut, config_from_original, decode_pen,
-    faithful_scale_factor,
+    Config, Options, SketchKnitter, config_from_original, decode_pen, faithful_scale_factor,
 )
 from sketchlab.nn.unet1d import AttentionBlock, UNet1D, timestep_embedding
 
@@ -173,6 +173,15 @@ def test_clip_auto_is_the_training_data_bound():
     out = m.generate(3, sampler="ddim", steps=5, lengths=[8, 12, 20],
                      generator=torch.Generator().manual_seed(0))
     assert np.abs(out.points[:, :2]).max() <= 0.2 + 1e-6
+    # the clip_x0 option overrides the config's for one call (<= 0: no clamp)
+    free = SketchKnitter(Config(**{**TINY, "clip_x0": None}))
+    free.load_state_dict(m.state_dict())
+    same = free.generate(3, sampler="ddim", steps=5, lengths=[8, 12, 20], clip_x0=0.2,
+                         generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(same.points, out.points)
+    off = m.generate(3, sampler="ddim", steps=5, lengths=[8, 12, 20], clip_x0=0,
+                     generator=torch.Generator().manual_seed(0))
+    assert np.abs(off.points[:, :2]).max() > 0.2
 
 
 def test_config_from_the_original_flags():
@@ -342,14 +351,14 @@ def test_generate_is_reproducible_and_batches_agree():
     assert a.lengths.tolist() == [5, 9, 12, 12, 5]
 
 
-def test_refine_is_sdedit_hand_value():
+def test_heal_is_sdedit_hand_value():
     """An untrained model predicts eps = 0, so deterministic DDIM from t_s returns
     x_ts / sqrt(abar_ts) = c + sqrt(1 / abar_ts - 1) * noise exactly."""
     m = tiny()
     m.set_data_stats(2.0)
     rng = np.random.default_rng(0)
     cond = circles(3, rng)
-    out = m.refine(Sketches.from_list(cond, scale_factor=2.0), strength=0.3, sampler="ddim",
+    out = m.heal(Sketches.from_list(cond, scale_factor=2.0), strength=0.3, sampler="ddim",
                    steps=4, generator=torch.Generator().manual_seed(7))
     smp = m.make_sampler("ddim", 4, max_timestep=14)  # t0 = 0.3 * 50 - 1
     t_s = smp.timesteps[0]
@@ -361,17 +370,26 @@ def test_refine_is_sdedit_hand_value():
         np.testing.assert_allclose(out[i][:, :2], expected, rtol=1e-4, atol=1e-4)
     assert out.lengths.tolist() == [len(c) for c in cond]
     # strength 0 returns the input; raw-unit input is converted to the model's units
-    same = m.refine(Sketches.from_list(cond, scale_factor=1.0), strength=0.0)
+    same = m.heal(Sketches.from_list(cond, scale_factor=1.0), strength=0.0)
     np.testing.assert_allclose(same[0][:, :2], cond[0][:, :2] / 2.0)
     np.testing.assert_array_equal(same[0][:, 2], cond[0][:, 2])
-    more = m.refine(cond, strength=0.5, sampler="ddim", steps=3, extra_points=4)
+    more = m.heal(cond, strength=0.5, sampler="ddim", steps=3, extra_points=4)
     assert more.lengths.tolist() == [len(c) + 4 for c in cond]
     with pytest.raises(DataError, match="at most 32"):
-        m.refine([np.zeros((40, 3), np.float32)], strength=0.5)
+        m.heal([np.zeros((40, 3), np.float32)], strength=0.5)
     with pytest.raises(DataError):
-        m.refine([np.array([[np.nan, 0, 0]], np.float32)], strength=0.5)
+        m.heal([np.array([[np.nan, 0, 0]], np.float32)], strength=0.5)
     with pytest.raises(ConfigError):
-        m.refine(cond, strength=1.5)
+        m.heal(cond, strength=1.5)
+    # heal's strength is SketchKnitter's noise_level (t0 / T); the old keyword points there
+    by_name = m.generate(references=Sketches.from_list(cond, scale_factor=2.0), noise_level=0.3,
+                         sampler="ddim", steps=4, generator=torch.Generator().manual_seed(7))
+    np.testing.assert_array_equal(by_name.points, out.points)
+    assert (m.heal_option, m.can_heal, m.can_sample, m.can_encode) == ("noise_level", True, True, False)
+    with pytest.raises(ConfigError, match="noise_level here"):
+        m.generate(references=cond, strength=0.3)
+    with pytest.raises(ConfigError, match="not both"):
+        m.heal(cond, strength=0.3, noise_level=0.3)
 
 
 def test_fast_path_matches_plain_path():
@@ -401,6 +419,9 @@ def test_fast_path_matches_plain_path():
     plain2 = m.generate(3, fast=False, generator=torch.Generator().manual_seed(2), **kw)
     fast2 = m.generate(3, fast=True, fast_dtype=torch.bfloat16,
                        generator=torch.Generator().manual_seed(2), **kw)
+    by_name = m.generate(3, fast=True, fast_dtype="bfloat16",       # the command line's spelling
+                         generator=torch.Generator().manual_seed(2), **kw)
+    np.testing.assert_array_equal(by_name.points, fast2.points)
     assert not np.allclose(fast2.points, fast.points)
     np.testing.assert_allclose(fast2.points[:, :2], plain2.points[:, :2], rtol=0.01, atol=0.5)
 
@@ -576,6 +597,12 @@ def test_train_and_sample_through_the_cli(tmp_path, capsys):
     assert len(Sketches.load(out)) == 3
     assert main(["sample", str(run), "--out", str(out), "--sampler", "rshortcut", "--n", "2"]) == 2
     assert "calibrat" in capsys.readouterr().err.lower()
+    # options of other models are refused, naming the models that take them
+    assert main(["sample", str(run), "--out", str(out), "--n", "2", "--greedy"]) == 2
+    err = capsys.readouterr().err
+    assert "--greedy does not apply to a sketchknitter model" in err and "sketch-rnn" in err
+    assert main(["sample", str(run), "--out", str(out), "--n", "2", "--strength", "0.3"]) == 2
+    assert "--condition-on" in capsys.readouterr().err
 
 
 def test_class_conditional_unet_adds_a_label_embedding_to_the_timestep_embedding():

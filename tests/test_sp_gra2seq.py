@@ -457,7 +457,9 @@ def test_generate_conditional_and_healing(doodles):
     assert all(len(s) <= m.config.max_seq_len for s in out)
     again = m.generate(references=doodles, seed=0)
     assert np.array_equal(again.points, out.points)
-    healed = m.generate(references=doodles, seed=0, strength=0.5)
+    healed = m.heal(doodles, strength=0.5, seed=0)              # heal's strength is mask_prob
+    np.testing.assert_array_equal(m.generate(references=doodles, seed=0, mask_prob=0.5).points,
+                                  healed.points)
     # healing decodes the corrupted code but carries the clean reference's mu (Ret gallery, 1.13)
     assert np.allclose(healed.z, out.z, atol=1e-6)
     corrupted = m.encode_references(doodles, 0.5, seed=0)

@@ -46,7 +46,7 @@ def test_names_resolve_and_a_local_path_wins(tiny_zoo, tmp_path, monkeypatch):
     assert runs.resolve("tiny-doodles") == tiny_zoo / "tiny-doodles"
     assert runs.resolve("zoo:tiny-doodles") == tiny_zoo / "tiny-doodles"
     model = runs.load_model("tiny-doodles")
-    assert model.name == "sketch-rnn" and model.categories == ["star", "fish"]
+    assert model.name == "sketch-rnn" and list(model.categories) == ["star", "fish"]
     monkeypatch.chdir(tmp_path)
     (tmp_path / "tiny-doodles").mkdir()
     assert runs.resolve("tiny-doodles").resolve() == tmp_path / "tiny-doodles"   # local wins

@@ -26,37 +26,21 @@ import torch
 
 from sketchlab import runs
 from sketchlab.data.sketches import Sketches
+from sketchlab.data.strokes import check_finite
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.latent.interpolate import interpolate as interpolate_codes
-from sketchlab.models import MODELS, get_model_class
+from sketchlab.models.base import models_with
 from sketchlab.nn.device import pick_device
 from sketchlab.render import save_grid
 
-# What each capability is called in messages, and the model attribute that declares it.
+# Each capability (a model class attribute) in words, for messages.
 CAPABILITIES = {
-    "sample": "draw new sketches without references",
-    "encode": "turn sketches into latent codes (reconstruct, interpolate)",
-    "heal": "repair corrupted or partial sketches",
-    "complete": "continue a partial drawing",
-    "components": "sample from one component of a learned mixture prior",
+    "can_sample": "draw new sketches without references",
+    "can_encode": "turn sketches into latent codes (reconstruct, interpolate)",
+    "can_heal": "repair corrupted sketches",
+    "can_complete": "continue a partial drawing",
+    "has_components": "sample from one component of a learned mixture prior",
 }
-
-
-def model_capabilities(cls) -> set[str]:
-    """The capabilities a model class declares (see `CAPABILITIES`)."""
-    caps = set()
-    if getattr(cls, "can_sample", getattr(cls, "samples_from_prior", False)):
-        caps.add("sample")
-    for cap in ("encode", "heal", "complete"):
-        if getattr(cls, f"can_{cap}", False):
-            caps.add(cap)
-    if getattr(cls, "has_components", False):
-        caps.add("components")
-    return caps
-
-
-def models_with(capability: str) -> list[str]:
-    return [name for name in MODELS if capability in model_capabilities(get_model_class(name))]
 
 
 def as_sketches(items: Any, what: str = "sketches") -> Sketches:
@@ -83,7 +67,6 @@ class Model:
         self.run = run
         self.source = source
         self.module = run.model
-        self.capabilities = model_capabilities(type(run.model))
 
     # ---- facts -------------------------------------------------------------------------------
     @property
@@ -96,6 +79,16 @@ class Model:
         return self.run.categories
 
     @property
+    def capabilities(self) -> set[str]:
+        """What this model can do: names from `CAPABILITIES` (`can_sample`, ...)."""
+        return {cap for cap in CAPABILITIES if getattr(self.module, cap, False)}
+
+    @property
+    def options(self):
+        """This model's sampling options (a dataclass instance with its defaults)."""
+        return self.module.make_options()
+
+    @property
     def scale_factor(self) -> float:
         return float(self.module.scale_factor)
 
@@ -105,8 +98,9 @@ class Model:
 
     def __repr__(self) -> str:
         cats = ", ".join(self.categories[:6]) + (", ..." if len(self.categories) > 6 else "")
+        can = sorted(c.split("_", 1)[1] for c in self.capabilities)
         return (f"<sketchlab {self.name} from {self.source!r}: {cats or 'no categories'}; "
-                f"can {', '.join(sorted(self.capabilities)) or 'nothing'}>")
+                f"can {', '.join(can) or 'nothing'}>")
 
     def describe(self) -> dict[str, Any]:
         """What produced a result: the model, where it came from, its categories."""
@@ -114,7 +108,7 @@ class Model:
 
     # ---- helpers -----------------------------------------------------------------------------
     def _need(self, capability: str) -> None:
-        if capability not in self.capabilities:
+        if not getattr(self.module, capability, False):
             have = ", ".join(models_with(capability)) or "none"
             raise ConfigError(f"a {self.name} model cannot {CAPABILITIES[capability]}; "
                               f"models that can: {have}")
@@ -123,6 +117,10 @@ class Model:
         sk = as_sketches(sketches, what)
         if len(sk) == 0:
             raise DataError(f"{what}: no sketch given")
+        check_finite(sk.points, what)
+        pen = sk.points[:, 2]
+        if np.any((pen != 0) & (pen != 1)):
+            raise DataError(f"{what}: the pen column must hold 0 or 1")
         sk = type(self.module).filter_sketches(self.module.config, sk.in_units(1.0))
         if len(sk) == 0:
             raise DataError(f"{what}: every sketch is empty or longer than this model takes")
@@ -132,28 +130,29 @@ class Model:
     def _out(sketches: Sketches) -> Sketches:
         return sketches.in_units(1.0)
 
-    def _generate(self, **kwargs) -> Sketches:
-        return self._out(self.module.generate(**{k: v for k, v in kwargs.items() if v is not None}))
+    @staticmethod
+    def _given(options: dict) -> dict:
+        return {k: v for k, v in options.items() if v is not None}
 
     # ---- the verbs ---------------------------------------------------------------------------
     def sample(self, n: int = 16, *, temperature: float | None = None, seed: int = 0,
                component: int | None = None, **options) -> Sketches:
         """`n` new sketches (from the prior, the unconditional decoder or the diffusion chain);
         `component` picks one prior component (RPCL models)."""
-        self._need("sample")
+        self._need("can_sample")
         if component is not None:
-            self._need("components")
-            options["component"] = component
-        return self._generate(n=int(n), temperature=temperature, seed=seed, **options)
+            self._need("has_components")
+        return self._out(self.module.generate(int(n), seed=seed, **self._given(
+            dict(options, temperature=temperature, component=component))))
 
     def encode(self, sketches) -> np.ndarray:
         """Latent codes `(N, z_size)` of the sketches (the posterior mean for the VAEs)."""
-        self._need("encode")
+        self._need("can_encode")
         return self.module.encode_sketches(self._in(sketches)).cpu().numpy()
 
     def decode(self, codes, *, temperature: float | None = None, seed: int = 0) -> Sketches:
         """Sketches drawn from latent codes `(N, z_size)`."""
-        self._need("encode")
+        self._need("can_encode")
         z = torch.as_tensor(np.asarray(codes, np.float32))
         if z.ndim != 2:
             raise DataError(f"codes: expected an (N, z_size) array, got shape {tuple(z.shape)}")
@@ -162,31 +161,33 @@ class Model:
     def reconstruct(self, sketches, *, temperature: float | None = None, seed: int = 0,
                     **options) -> Sketches:
         """Each sketch encoded and redrawn by the model (conditional generation)."""
-        self._need("encode")
-        return self._generate(references=self._in(sketches), temperature=temperature, seed=seed,
-                              **options)
+        self._need("can_encode")
+        return self._out(self.module.generate(references=self._in(sketches), seed=seed,
+                                              **self._given(dict(options, temperature=temperature))))
 
     def heal(self, sketches, strength: float | None = None, *, temperature: float | None = None,
              seed: int = 0, **options) -> Sketches:
         """Corrupt each sketch the way the model's paper does (`strength`: SP-gra2seq's patch
         masking probability, SketchGloc's stroke displacement, SketchKnitter's noise level), then
         redraw it. `strength=0` redraws the sketches as given (heal what is already broken)."""
-        self._need("heal")
-        return self._generate(references=self._in(sketches), strength=strength,
-                              temperature=temperature, seed=seed, **options)
+        self._need("can_heal")
+        if strength is None:
+            strength = getattr(self.module.make_options(), self.module.heal_option) or 0.0
+        return self._out(self.module.heal(self._in(sketches), strength=float(strength), seed=seed,
+                                          **self._given(dict(options, temperature=temperature))))
 
     def complete(self, partial, n: int = 4, *, temperature: float | None = None,
                  seed: int = 0) -> Sketches:
         """`n` continuations of each partial drawing (each result starts with its prefix)."""
-        self._need("complete")
+        self._need("can_complete")
         prefix = self._in(partial, "partial drawing")
-        return self._out(self.module.complete(prefix, n_per_prefix=int(n), temperature=temperature,
-                                              seed=seed))
+        return self._out(self.module.complete(prefix, int(n), seed=seed,
+                                              **self._given(dict(temperature=temperature))))
 
     def interpolate(self, a, b, steps: int = 8, *, temperature: float | None = None,
                     seed: int = 0, spherical: bool = True) -> Sketches:
         """Sketches decoded along the path between the codes of sketches `a` and `b`."""
-        self._need("encode")
+        self._need("can_encode")
         if steps < 2:
             raise ConfigError(f"steps={steps}: need at least 2 (the two ends)")
         ends = Sketches.concat([as_sketches(a, "a")[[0]], as_sketches(b, "b")[[0]]])

@@ -20,12 +20,12 @@ import torch
 from sketchlab.config import from_dict
 from sketchlab.data.sources import load_splits, load_sketch_file
 from sketchlab.data.sketches import Sketches
-from sketchlab.errors import CheckpointError, ConfigError, DataError
+from sketchlab.errors import CheckpointError, DataError
 from sketchlab.eval.classifier import load_classifier
 from sketchlab.eval.evaluate import RunHooks
 from sketchlab.models import get_model_class
-from sketchlab.models.sketchknitter import calibrate_shortcut as calibrate_shortcut_curve
-from sketchlab.models.sketchknitter import classifier_score_fn
+from sketchlab.models.knitter_shortcut import calibrate_shortcut as calibrate_shortcut_curve
+from sketchlab.models.knitter_shortcut import classifier_score_fn, require_knitter
 from sketchlab.train import checkpoint as ckpt
 from sketchlab import zoo
 
@@ -76,8 +76,7 @@ def open_run(run_dir: str | Path, device: str | torch.device = "cpu", which: str
     cls = get_model_class(info["model"])
     config = from_dict(cls.Config, info["config"], where=str(run_dir / "config.json"))
     model = cls(config)
-    model.scale_factor = float(info.get("scale_factor", 1.0))
-    model.categories = list(info.get("categories", []))
+    model.set_data(float(info.get("scale_factor", 1.0)), info.get("categories") or ())
     files = {"best": ["best.safetensors", "model.safetensors"], "latest": ["model.safetensors"]}
     if which not in files:
         raise CheckpointError(f"which={which!r}: choose 'best' or 'latest'")
@@ -151,15 +150,13 @@ def calibrate_shortcut(run: Run, classifier_dir: str | Path, log=print) -> None:
     from safetensors import safe_open
 
     model = run.model
-    if not hasattr(model, "set_shortcut_curve"):
-        raise ConfigError(f"--classifier calibrates SketchKnitter's r-Shortcut; a {model.name} "
-                          f"model has none")
+    require_knitter(model)
     clf = load_classifier(classifier_dir, model.device)
     score = classifier_score_fn(clf, run.categories or clf.categories)
     t0 = time.time()
     log("calibrating the r-Shortcut from the classifier's recognizability scores ...")
     _, _, info = calibrate_shortcut_curve(model, score, device=model.device, progress=True)
-    log(f"calibrated in {time.time() - t0:.0f}s (recognizer BCE {info['bce']:.3f}); saved into "
+    log(f"calibrated in {time.time() - t0:.0f}s (recognizer BCE {info['bce'][-1]:.3f}); saved into "
         f"{run.path}")
     name = "best.safetensors" if (run.path / "best.safetensors").is_file() else "model.safetensors"
     with safe_open(str(run.path / name), framework="pt") as f:

@@ -90,7 +90,7 @@ def cmd_demo(args) -> int:
 
     model = load_model(out / "run", device=device)
     draw_demo_figures(model, data.splits["test"], out, seed=args.seed)
-    if hasattr(model, "n_alive"):
+    if model.has_components:
         draw_latent_figures(model, data.splits["test"], out, seed=args.seed,
                             per_category=len(raw["test"]) // len(data.categories))
     return 0
@@ -121,12 +121,12 @@ def draw_demo_figures(model, test: Sketches, out: Path, seed: int = 0, temperatu
 
     pairs(model.generate(references=refs, temperature=temperature, seed=seed), "redrawn",
           out / "reconstructions.png")
-    if model.samples_from_prior:
+    if model.can_sample:
         samples = model.generate(n=36, temperature=0.3, seed=seed).in_units(1.0)
         save_grid(samples, out / "samples.png", cols=6)
         figures = ["samples.png"]
     else:  # no prior: show healing instead (the references corrupted at strength 0.3)
-        pairs(model.generate(references=refs, temperature=temperature, seed=seed, strength=0.3),
+        pairs(model.heal(refs, strength=0.3, temperature=temperature, seed=seed),
               "healed", out / "healing.png")
         figures = ["healing.png"]
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import inspect
+import dataclasses
 import time
+import types
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,7 @@ from sketchlab.config import apply_hparams, from_dict, split_hparams
 from sketchlab.data.sources import load_splits, parse_categories
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
-from sketchlab.models import MODELS, get_model_class
+from sketchlab.models import MODELS, get_model_class, model_classes, models_with
 from sketchlab.train import checkpoint as ckpt
 from sketchlab.nn.device import pick_device
 from sketchlab.train.trainer import Trainer, prepare_data
@@ -34,10 +36,12 @@ SAMPLE_EPILOG = """examples:
   sketchlab sample runs/sheep --out sheep.npz --n 64 --temperature 0.3
   sketchlab sample runs/rpcl --out cond.npz --condition-on test --n 100
   sketchlab sample runs/rpcl --out comp3.npz --component 3 --n 25
+  sketchlab sample runs/rpcl --out std.npz --prior standard --n 25      # z ~ N(0, I) as sample.py
   sketchlab sample runs/knitter --out healed.npz --condition-on broken.npz --strength 0.3
   sketchlab sample runs/sp --out healed.npz --condition-on test --strength 0.1   # SP-gra2seq, SketchGloc
 
-Writes a pickle-free Sketches npz (raw data units) and a PNG grid beside it.
+The model options are each model's sampling Options; a flag the run's model does not take is
+refused. Writes a pickle-free Sketches npz (raw data units) and a PNG grid beside it.
 """
 
 
@@ -66,24 +70,14 @@ def register_cli(sub) -> None:
     s.add_argument("run", help="run directory made by `sketchlab train`")
     s.add_argument("--out", required=True, help="output .npz (a PNG grid is written beside it)")
     s.add_argument("--n", type=int, default=None, help="how many sketches (default 64, or all references)")
-    s.add_argument("--temperature", type=float, default=None, help="sampling temperature (model default)")
     s.add_argument("--condition-on", default=None,
                    help="test | valid | train (the run's data) or a .npz file of reference sketches")
-    s.add_argument("--component", type=int, default=None, help="latent component to sample from (RPCL; "
-                   "the level-k Gaussian for RPCL-pix2seqH)")
-    s.add_argument("--unit", type=int, default=None, help="level-l unit to sample from (RPCL-pix2seqH)")
-    s.add_argument("--strength", type=float, default=None,
-                   help="how much to corrupt or noise the --condition-on sketches before redrawing "
-                        "them: SketchKnitter's refinement noise level t0/T, SP-gra2seq's patch-"
-                        "masking probability, SketchGloc's stroke-displacement scale (papers: 0.1, 0.3)")
-    s.add_argument("--sampler", default=None, help="diffusion sampler: ddpm | ddim | rshortcut")
-    s.add_argument("--steps", type=int, default=None, help="diffusion sampling steps")
+    s.add_argument("--strength", type=float, default=None, help=_strength_help())
     s.add_argument("--classifier", default=None,
                    help="a `sketchlab classifier train` run: calibrates SketchKnitter's r-Shortcut "
                         "(--sampler rshortcut) from its recognizability scores, saved into RUN")
-    s.add_argument("--greedy", action="store_true", help="most likely choices instead of sampling")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--batch-size", type=int, default=None)
+    add_option_flags(s.add_argument_group("model options (each model's sampling Options)"))
     s.add_argument("--which", choices=["best", "latest"], default="best", help="which checkpoint")
     s.add_argument("--device", default=None)
     s.set_defaults(func=cmd_sample)
@@ -167,25 +161,24 @@ def _draw_loss_curve(run_dir: Path) -> None:
 def cmd_sample(args) -> int:
     device = pick_device(args.device)
     run = runs.open_run(args.run, device=device, which=args.which)
-    model, info = run.model, run.info
+    model = run.model
     if args.classifier:
         runs.calibrate_shortcut(run, args.classifier)
     refs = runs.load_references(args.condition_on, run) if args.condition_on else None
     n = args.n if args.n is not None else (None if refs is not None else 64)
-    kwargs = {"n": n, "references": refs, "temperature": args.temperature, "seed": args.seed}
-    optional = {"component": args.component, "unit": args.unit, "strength": args.strength, "sampler": args.sampler,
-                "steps": args.steps, "batch_size": args.batch_size,
-                "greedy": True if args.greedy else None}
-    accepted = inspect.signature(model.generate).parameters
-    for k, v in optional.items():
-        if v is None:
-            continue
-        if k not in accepted:
-            flag = "--" + k.replace("_", "-")
-            raise ConfigError(f"{flag} does not apply to a {info['model']} model")
-        kwargs[k] = v
+    overrides = option_overrides(args, model)
+    if args.strength is not None:
+        if not model.can_heal:
+            raise ConfigError(f"--strength does not apply to a {model.name} model; models that heal: "
+                              f"{', '.join(models_with('can_heal'))}")
+        if refs is None:
+            raise ConfigError("--strength sets how much the --condition-on sketches are corrupted "
+                              "before they are redrawn: give --condition-on")
+        if model.heal_option in overrides:
+            raise ConfigError(f"give --strength or --{_flag(model.heal_option)}, not both")
+        overrides[model.heal_option] = args.strength
     t0 = time.time()
-    out = model.generate(**kwargs)
+    out = model.generate(n, references=refs, seed=args.seed, **overrides)
     dt = time.time() - t0
     raw = out.in_units(1.0)
     raw.save(args.out)
@@ -194,6 +187,106 @@ def cmd_sample(args) -> int:
     if draw_grid(raw, png, refs_raw=refs.in_units(1.0) if refs is not None else None):
         print(f"grid: {png}")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# model options -> flags
+# ---------------------------------------------------------------------------------------------
+# `sample`'s own arguments, which no model option may shadow.
+_SAMPLE_ARGS = {"run", "out", "n", "condition_on", "strength", "classifier", "seed", "which", "device"}
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def option_table() -> dict[str, dict]:
+    """Every sampling option of every model: name -> {"field", "type", "help", "models"}."""
+    table: dict[str, dict] = {}
+    for model_name, cls in model_classes().items():
+        hints = typing.get_type_hints(cls.Options)
+        for f in dataclasses.fields(cls.Options):
+            entry = table.setdefault(f.name, {"field": f, "type": hints[f.name], "help": [],
+                                              "models": []})
+            text = f.metadata.get("help", "")
+            if text and text not in entry["help"]:
+                entry["help"].append(text)
+            entry["models"].append(model_name)
+    clash = _SAMPLE_ARGS & set(table)
+    if clash:
+        raise RuntimeError(f"model options {sorted(clash)} shadow `sketchlab sample` arguments")
+    return table
+
+
+def _arms(annotation) -> list:
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    return [a for a in (typing.get_args(annotation) if union else (annotation,)) if a is not type(None)]
+
+
+def _flag_kwargs(annotation) -> dict:
+    """argparse arguments for an option's type: on/off for a bool, else a converter that tries
+    the annotation's int, float, bool, str arms in order and its Literal choices. Arms that a
+    command line cannot spell (a Sampler object, a list) are left to the Python API."""
+    arms = _arms(annotation)
+    literals = [v for a in arms if typing.get_origin(a) is typing.Literal for v in typing.get_args(a)]
+    plain = [a for a in arms if a in (bool, int, float, str)]
+    if plain == [bool] and not literals:
+        return {"action": argparse.BooleanOptionalAction}
+
+    def convert(text: str):
+        for t in plain:
+            if t is bool and text.lower() in ("true", "false", "yes", "no", "1", "0"):
+                return text.lower() in ("true", "yes", "1")
+            if t in (int, float):
+                try:
+                    return t(text)
+                except ValueError:
+                    continue
+            if t is str:
+                return text
+        if text in literals:
+            return text
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}")
+
+    convert.__name__ = "/".join([t.__name__ for t in plain] + (["choice"] if literals else []))
+    kw: dict = {"type": convert}
+    if literals and not plain:
+        kw["choices"] = literals
+    return kw
+
+
+def add_option_flags(group) -> None:
+    """One flag per sampling option of any model (`--batch-size` for `batch_size`), help from
+    the fields' metadata and the models that take it."""
+    all_models = set(model_classes())
+    for name, entry in option_table().items():
+        text = "; ".join(entry["help"])
+        if set(entry["models"]) != all_models:
+            text += f" [{', '.join(entry['models'])}]"
+        group.add_argument(f"--{_flag(name)}", dest=name, default=None, help=text,
+                           **_flag_kwargs(entry["type"]))
+
+
+def option_overrides(args, model) -> dict:
+    """The option flags given, as `generate` keywords; a flag this model's Options lacks is
+    refused with the models that take it."""
+    own = {f.name for f in dataclasses.fields(model.Options)}
+    out = {}
+    for name, entry in option_table().items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if name not in own:
+            raise ConfigError(f"--{_flag(name)} does not apply to a {model.name} model; it is an "
+                              f"option of {', '.join(entry['models'])}")
+        out[name] = value
+    return out
+
+
+def _strength_help() -> str:
+    parts = [f"{name}: {cls.heal_option}" for name, cls in model_classes().items() if cls.can_heal]
+    return ("how much to corrupt or noise the --condition-on sketches before redrawing them (papers: "
+            "0.1, 0.3); it sets each healing model's own option: " + ", ".join(parts))
 
 
 def draw_grid(sketches: Sketches, path: Path, refs_raw: Sketches | None = None, limit: int = 64) -> bool:

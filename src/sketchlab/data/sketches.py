@@ -136,6 +136,10 @@ class Sketches:
                        ) -> "Sketches":
         arrays = []
         for i, drawing in enumerate(drawings):
+            if isinstance(drawing, (list, tuple)) and len(drawing) == 0:
+                # a sketch without points (a model may stop at once): what `to_strokes` writes
+                arrays.append(np.zeros((0, 3), np.float32))
+                continue
             try:
                 lines = parse_drawing(drawing)
             except BadDrawing as e:

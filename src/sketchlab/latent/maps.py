@@ -154,7 +154,7 @@ def latent_map(model, sketches: Sketches, out, *, perplexity: float = 30.0, thum
         labels[key] = np.asarray(value)
         names[key] = [f"{key} {i}" for i in range(int(labels[key].max()) + 1)]
     centres = weights = None
-    if hasattr(model, "latent_centres"):
+    if model.has_components:
         c, w = model.latent_centres()
         centres, weights = c.detach().float().cpu().numpy(), w.detach().float().cpu().numpy()
     points = codes.cpu().numpy()

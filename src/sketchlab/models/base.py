@@ -1,4 +1,5 @@
-"""What every sketchlab model shares: the data hooks the trainer calls and the model interface.
+"""What every sketchlab model shares: the data hooks the trainer calls, the model interface, and
+the registry of models.
 
 A model is an `nn.Module` with a `Config` dataclass (the paper's defaults, inheriting the training
 fields of `sketchlab.config.TrainingConfig`) and these methods:
@@ -7,16 +8,43 @@ fields of `sketchlab.config.TrainingConfig`) and these methods:
   (CPU tensors; the trainer moves them), applying the training augmentations when `train`;
 * `loss(batch, step) -> dict[str, Tensor]` with `"loss"` the scalar to minimise;
 * `on_step_end(step)`: called after the optimiser step (write non-gradient buffers here);
-* `encode(batch) -> Tensor` and `generate(...) -> Sketches`.
+* `encode(batch) -> Tensor` (codes; SketchKnitter: denoiser features for retrieval, which do
+  not decode) and `decode_codes(z, *, temperature, seed, greedy) -> Sketches`;
+* `generate(n=None, *, references=None, seed=0, options=None, **option_overrides) -> Sketches`:
+  `n` new sketches, or one per reference; `heal(references, *, strength, ...)` and
+  `complete(prefix, n_per_prefix=1, *, seed=0, options=None, ...)` where declared. Sketches go
+  in and come out in the model's normalised units.
 
 Data preparation hooks are classmethods because they run before the model exists: the trainer
 filters the raw splits, computes the scale factor on the training split, normalises every split,
-and lets the model adapt data-dependent settings (e.g. RPCL's max_seq_len = longest sketch).
+and lets the model adapt data-dependent settings (e.g. RPCL's max_seq_len = longest sketch). What
+a trained model keeps of its data (the scale factor, the category names) it is given through
+`set_data`, by the trainer (`setup_from_data`) and when a run is reopened.
+
+What a model can do is declared, not probed: the capability flags below are class attributes
+(an instance may narrow them: an unconditional sketch-rnn has no encoder), and the sampling
+options are the fields of the model's `Options` dataclass (`sketchlab sample` builds its flags
+from them). Asking a model for something it cannot do raises a `ConfigError` that names the
+models that can.
+
+    model             sample encode heal complete components  heal_option
+    sketch-rnn          x      x(1)        x                     -
+    rpcl-pix2seq(h)     x      x           x        x            -
+    sp-gra2seq                 x      x                          mask_prob
+    sketchgloc                 x      x                          displacement
+    sketchknitter       x             x                          noise_level
+    (1) the conditional model only
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import dataclasses
+import importlib
+import importlib.util
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 import torch
@@ -24,15 +52,110 @@ from torch import nn
 
 from sketchlab.data import strokes as S
 from sketchlab.data.sketches import Sketches
-from sketchlab.errors import DataError
+from sketchlab.errors import ConfigError, DataError
+
+# ---- the registry ----------------------------------------------------------------------------
+# Command-line name -> "module:Class". Imported on first use, so asking for one model does not
+# load the others (and a build without one of them still runs the rest).
+MODELS: dict[str, str] = {
+    "sketch-rnn": "sketchlab.models.sketch_rnn:SketchRNN",
+    "rpcl-pix2seq": "sketchlab.models.rpcl_pix2seq:RPCLPix2Seq",
+    "rpcl-pix2seqh": "sketchlab.models.rpcl_pix2seqh:RPCLPix2SeqH",
+    "sp-gra2seq": "sketchlab.models.sp_gra2seq:SPGra2Seq",
+    "sketchgloc": "sketchlab.models.sketchgloc:SketchGloc",
+    "sketchknitter": "sketchlab.models.sketchknitter:SketchKnitter",
+}
+
+# The capability flags every model declares (see the table above).
+CAPABILITIES = ("can_sample", "can_encode", "can_heal", "can_complete", "has_components")
+
+
+def available() -> list[str]:
+    """Names whose module is present in this installation."""
+    return [name for name, target in MODELS.items()
+            if importlib.util.find_spec(target.split(":")[0]) is not None]
+
+
+def get_model_class(name: str) -> type["SketchModel"]:
+    if name not in MODELS:
+        raise ConfigError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    module, cls = MODELS[name].split(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            raise ConfigError(f"model {name!r} is not implemented in this version of sketchlab; "
+                              f"available: {', '.join(available())}") from e
+        raise
+    return getattr(mod, cls)
+
+
+def model_classes() -> dict[str, type["SketchModel"]]:
+    """Every available model class by name (imports them all)."""
+    return {name: get_model_class(name) for name in available()}
+
+
+def models_with(capability: str) -> list[str]:
+    """The models whose class declares `capability` (one of CAPABILITIES)."""
+    if capability not in CAPABILITIES:
+        raise ConfigError(f"unknown capability {capability!r}; one of {', '.join(CAPABILITIES)}")
+    return [name for name, cls in model_classes().items() if getattr(cls, capability)]
+
+
+def models_with_option(option: str) -> list[str]:
+    """The models whose `Options` has a field `option`."""
+    return [name for name, cls in model_classes().items()
+            if option in {f.name for f in dataclasses.fields(cls.Options)}]
+
+
+# ---- sampling options ------------------------------------------------------------------------
+@dataclass
+class SampleOptions:
+    """The sampling options every model takes; a model's `Options` subclasses this and adds its
+    own. `None` means the model's configured default. Each field's `metadata["help"]` is the
+    help text of its `sketchlab sample` flag (`--batch-size` for `batch_size`)."""
+
+    temperature: float | None = field(default=None, metadata={
+        "help": "sampling temperature (default: the model's configured one)"})
+    batch_size: int = field(default=500, metadata={"help": "how many sketches are drawn at once"})
+
+
+def _literal_choices(annotation) -> tuple | None:
+    """The allowed strings of an annotation whose only string arms are Literal[...] (else None)."""
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    arms = typing.get_args(annotation) if union else (annotation,)
+    literals = [v for a in arms if typing.get_origin(a) is Literal for v in typing.get_args(a)]
+    if not literals or str in arms:
+        return None
+    return tuple(literals)
+
+
+def check_options(options) -> None:
+    """Refuse an option value outside its declared choices, or a batch size < 1."""
+    hints = typing.get_type_hints(type(options))
+    for f in dataclasses.fields(options):
+        value = getattr(options, f.name)
+        choices = _literal_choices(hints.get(f.name))
+        if isinstance(value, str) and choices is not None and value not in choices:
+            raise ConfigError(f"{f.name}={value!r}: choose one of {', '.join(map(str, choices))}")
+    bs = options.batch_size
+    if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {bs}")
 
 
 class SketchModel(nn.Module):
     name: ClassVar[str] = "base"
     Config: ClassVar[type]
-    # False for models that only redraw or heal reference sketches (no prior to sample z from:
-    # SP-gra2seq, SketchGloc); `generate` then needs `references`.
-    samples_from_prior: ClassVar[bool] = True
+    Options: ClassVar[type] = SampleOptions
+
+    # ---- capabilities (declared; see the module docstring) -----------------------------------
+    can_sample: ClassVar[bool] = False     # draws new sketches without references
+    can_encode: ClassVar[bool] = False     # latent codes: reconstruct, interpolate, latent maps
+    can_heal: ClassVar[bool] = False       # corrupts references, then redraws them (`heal`)
+    can_complete: ClassVar[bool] = False   # continues a partial drawing (`complete`)
+    has_components: ClassVar[bool] = False  # a latent mixture prior (components, centres)
+    # The `Options` field that `heal(strength=...)` and `sketchlab sample --strength` set.
+    heal_option: ClassVar[str | None] = None
 
     def __init__(self, config):
         super().__init__()
@@ -41,6 +164,7 @@ class SketchModel(nn.Module):
         # (a model may keep it in a buffer behind a `scale_factor` property instead).
         if not isinstance(getattr(type(self), "scale_factor", None), property):
             self.scale_factor = 1.0
+        self.categories: tuple[str, ...] = ()
 
     # ---- data preparation (before the model exists) -----------------------------------------
     @classmethod
@@ -58,11 +182,18 @@ class SketchModel(nn.Module):
         """Return `config` with data-dependent fields filled in (default: unchanged)."""
         return config
 
+    def set_data(self, scale_factor: float, categories: Sequence[str] = ()) -> None:
+        """What the model keeps of its training data: the offset scale factor (raw units per
+        model unit) and the category names it was trained on (samples of a one-category model
+        carry that category)."""
+        self.scale_factor = float(scale_factor)
+        self.categories = tuple(str(c) for c in categories)
+
     def setup_from_data(self, data) -> None:
         """Take what the model keeps of its training data (`trainer.PreparedData`) before training."""
-        self.scale_factor = data.scale_factor
+        self.set_data(data.scale_factor, data.categories)
 
-    # ---- the interface ------------------------------------------------------------------------
+    # ---- the training interface ----------------------------------------------------------------
     def make_batch(self, sketches: list[np.ndarray], train: bool,
                    rng: np.random.Generator) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -91,6 +222,23 @@ class SketchModel(nn.Module):
         """
         return None
 
+    # ---- capabilities --------------------------------------------------------------------------
+    def require(self, capability: str, what: str) -> None:
+        """Raise a ConfigError naming the models that can, unless this one declares `capability`."""
+        if capability not in CAPABILITIES:
+            raise ConfigError(f"unknown capability {capability!r}")
+        if not getattr(self, capability):
+            raise ConfigError(f"a {self.name} model cannot {what}; models that can: "
+                              f"{', '.join(models_with(capability))}")
+
+    def require_references(self, references: Sketches | None) -> None:
+        """A model without a prior generates only from references."""
+        if references is None and not self.can_sample:
+            raise ConfigError(f"{self.name} has no prior to sample from: condition it on reference "
+                              f"sketches (`sketchlab sample RUN --condition-on test|FILE`); models "
+                              f"that sample freely: {', '.join(models_with('can_sample'))}")
+
+    # ---- encoding --------------------------------------------------------------------------------
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} has no encoder")
 
@@ -113,17 +261,90 @@ class SketchModel(nn.Module):
             self.train(was_training)
         return torch.cat(codes, 0)
 
-    def generate(self, *args, **kwargs) -> Sketches:
-        raise NotImplementedError
-
     def decode_codes(self, z: torch.Tensor, *, temperature: float | None = None, seed: int = 0,
                      greedy: bool = False) -> Sketches:
-        """Decode latent codes `(N, z_size)` into normalised sketches (latent-variable models)."""
-        raise NotImplementedError(f"{self.name} does not decode latent codes")
+        """Decode latent codes `(N, z_size)` into normalised sketches (`can_encode` models)."""
+        self.require("can_encode", "decode latent codes")
+        raise NotImplementedError
 
     def latent_labels(self, z: torch.Tensor) -> dict[str, np.ndarray]:
         """Named discrete labels of codes for latent maps (e.g. {"component": ...}); none by default."""
         return {}
+
+    # ---- the latent mixture prior (`has_components` models) -----------------------------------
+    def latent_centres(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prior's Gaussian means (K, D) and weights (K,), drawn on latent maps."""
+        self.require("has_components", "show latent mixture components")
+        raise NotImplementedError
+
+    def prior_weights(self) -> torch.Tensor:
+        """The prior weight of each Gaussian (K,)."""
+        self.require("has_components", "weigh latent mixture components")
+        raise NotImplementedError
+
+    def n_alive(self) -> int:
+        """How many prior components still carry weight."""
+        self.require("has_components", "count latent mixture components")
+        raise NotImplementedError
+
+    # ---- sampling ------------------------------------------------------------------------------
+    def make_options(self, options=None, **overrides):
+        """This model's `Options`: `options` (or the defaults) with `overrides` applied. An
+        option this model does not take is refused, naming the models that take it."""
+        cls = type(self).Options
+        if options is None:
+            options = cls()
+        elif not isinstance(options, cls):
+            raise ConfigError(f"options: a {self.name} model takes {cls.__module__}.{cls.__qualname__}, "
+                              f"got {type(options).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in overrides:
+            if key not in known:
+                owners = [m for m in models_with_option(key) if m != self.name]
+                hint = f"; it is an option of {', '.join(owners)}" if owners else ""
+                if key == "strength" and self.can_heal:
+                    hint = (f"; healing strength is {self.heal_option} here: heal(references, "
+                            f"strength=...) sets it")
+                raise ConfigError(f"a {self.name} model takes no sampling option {key!r} (its "
+                                  f"options: {', '.join(sorted(known))}){hint}")
+        options = dataclasses.replace(options, **overrides)
+        check_options(options)
+        return options
+
+    def generate(self, n: int | None = None, *, references: Sketches | None = None, seed: int = 0,
+                 options=None, **overrides) -> Sketches:
+        """`n` new sketches (`can_sample`), or one per reference sketch (normalised units): redrawn
+        from its code, or refined (SketchKnitter). Options: `options` (this model's `Options`)
+        and/or its fields as keywords. Returns normalised sketches."""
+        raise NotImplementedError
+
+    def heal(self, references: Sketches, *, strength: float, seed: int = 0, options=None,
+             **overrides) -> Sketches:
+        """Corrupt each reference by `strength` (the option named by `heal_option`), then redraw
+        it (`can_heal` models): `generate(references=..., **{heal_option: strength})`."""
+        self.require("can_heal", "heal sketches")
+        if self.heal_option in overrides:
+            raise ConfigError(f"give strength or {self.heal_option}, not both (heal's strength is "
+                              f"{self.name}'s {self.heal_option})")
+        overrides[self.heal_option] = float(strength)
+        return self.generate(references=references, seed=seed, options=options, **overrides)
+
+    def complete(self, prefix: Sketches, n_per_prefix: int = 1, *, seed: int = 0, options=None,
+                 **overrides) -> Sketches:
+        """Continue each partial drawing of `prefix` `n_per_prefix` times (`can_complete` models);
+        each result starts with its prefix."""
+        self.require("can_complete", "complete partial drawings")
+        raise NotImplementedError
+
+    def label_samples(self, result: Sketches, references: Sketches | None) -> Sketches:
+        """Give samples the category they are known to have: their reference's, or the model's
+        only category."""
+        if references is not None:
+            return result.with_categories_of(references)
+        if len(self.categories) == 1:
+            result.category = np.zeros(len(result), np.int64)
+            result.category_names = self.categories
+        return result
 
     @property
     def device(self) -> torch.device:
@@ -132,10 +353,6 @@ class SketchModel(nn.Module):
         for b in self.buffers():
             return b.device
         return torch.device("cpu")
-
-    def sample_options(self) -> dict[str, Any]:
-        """Options `sketchlab sample` may pass to `generate` for this model (name -> help)."""
-        return {}
 
 
 def clip_and_limit(sketches: Sketches, max_len: int) -> Sketches:
@@ -147,3 +364,7 @@ def clip_and_limit(sketches: Sketches, max_len: int) -> Sketches:
     pts[:, :2] = np.clip(pts[:, :2], -S.RAW_OFFSET_LIMIT, S.RAW_OFFSET_LIMIT)
     return Sketches(pts, out.offsets, category=out.category, category_names=out.category_names,
                     z=out.z, component=out.component, scale_factor=out.scale_factor)
+
+
+__all__ = ["CAPABILITIES", "MODELS", "SampleOptions", "SketchModel", "available", "check_options",
+           "clip_and_limit", "get_model_class", "model_classes", "models_with", "models_with_option"]

@@ -17,8 +17,9 @@ how the loss terms are weighted over the steps. This module holds the shared par
   deconv image decoder used as a regulariser (`nn.conv.ImageDecoder`);
 * the sequence loss L_R (sum over time, mean over the batch; pen loss unmasked in training,
   masked in evaluation) and validation on L_R with z = mu;
-* generation: conditioned on reference sketches (z = mu of their images), from the prior, or
-  from one chosen prior component; decoding codes; latent labels for maps.
+* generation: conditioned on reference sketches (z = mu of their images), from the learned prior
+  or one chosen prior component, or from N(0, I) as the originals' `sample.py` does; completing
+  partial drawings; decoding codes; latent labels for maps.
 
 Precision: under the trainer's bf16 autocast only the sequence decoder (where the time goes)
 runs in bf16; the CNNs, the prior and every loss reduction stay float32, because the EM-updated
@@ -28,7 +29,8 @@ prior is fitted to mu and var and the 1e-10 variance floor means nothing in bf16
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -41,7 +43,7 @@ from sketchlab.data.raster import rasterize_torch
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError
 from sketchlab.models.base import SketchModel
-from sketchlab.models.code_decoder import CodeDecoder
+from sketchlab.models.code_decoder import CodeDecoder, DecoderOptions
 from sketchlab.nn.cells import make_cell
 from sketchlab.nn.conv import ImageDecoder, ImageEncoder, seed_linear
 from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms
@@ -88,6 +90,18 @@ class Pix2SeqConfig(TrainingConfig):
     valid_metric: str = "recon"          # L_R in eval mode with z = mu
 
 
+@dataclass
+class Pix2SeqOptions(DecoderOptions):
+    """Sampling options both seeds share: which prior the codes come from."""
+
+    component: int | None = field(default=None, metadata={
+        "help": "draw z from this prior component instead of the whole prior (RPCL; the level-k "
+                "Gaussian for RPCL-pix2seqH)"})
+    prior: Literal["learned", "standard"] = field(default="learned", metadata={
+        "help": "learned: z from the RPCL-learned mixture prior; standard: z ~ N(0, I), as the "
+                "originals' sample.py draws it"})
+
+
 def zero_touch(*modules: torch.nn.Module) -> Tensor:
     """0 x (a sum touching every parameter of `modules`).
 
@@ -103,6 +117,11 @@ class Pix2SeqBase(CodeDecoder, SketchModel):
     (`make_prior`), the loss (`loss`) and the latent labels (`latent_labels`, `sample_prior`)."""
 
     Config = Pix2SeqConfig
+    Options = Pix2SeqOptions
+    can_sample = True
+    can_encode = True
+    can_complete = True
+    has_components = True
 
     def __init__(self, config: Pix2SeqConfig):
         super().__init__(config)
@@ -218,9 +237,13 @@ class Pix2SeqBase(CodeDecoder, SketchModel):
         """The index carried as `Sketches.component`: the most responsible prior component."""
         raise NotImplementedError
 
-    def sample_prior(self, n: int, generator: torch.Generator, component: int | None = None,
-                     unit: int | None = None) -> tuple[Tensor, Tensor]:
-        """n codes from the prior (or one chosen component / unit) and their component index."""
+    def prior_choice(self, options) -> dict:
+        """The prior's parts `options` pins (None: drawn from the prior)."""
+        return {"component": options.component}
+
+    def sample_prior(self, n: int, generator: torch.Generator, options) -> tuple[Tensor, Tensor]:
+        """n codes from the learned prior (or the component / unit `options` chooses) and the
+        index of the Gaussian each came from."""
         raise NotImplementedError
 
     def prior_weights(self) -> Tensor:
@@ -239,35 +262,59 @@ class Pix2SeqBase(CodeDecoder, SketchModel):
         sketches.component = self.component_labels(z)
 
     @torch.no_grad()
-    def _generate(self, n, references, temperature, seed, batch_size, greedy, component, unit) -> Sketches:
+    def generate(self, n: int | None = None, *, references: Sketches | None = None, seed: int = 0,
+                 options: Pix2SeqOptions | None = None, **overrides) -> Sketches:
+        """Sketches conditioned on `references` (normalised Sketches; z = mu of their images), or
+        drawn from the prior: the learned one (the whole mixture, or the component / unit the
+        options pin) or, with `prior="standard"`, N(0, I) as the seeds' `sample.py` does.
+
+        The result carries z, the component (the drawn Gaussian; otherwise the most responsible
+        one under the stored prior) and the references' categories."""
         self.eval()
-        t = self._temperature(temperature, greedy)
-        if batch_size is None or int(batch_size) < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
-        batch_size = int(batch_size)
-        device = self.device
+        opts = self.make_options(options, **overrides)
+        greedy = self.sample_greedily(opts.greedy)
+        t = self._temperature(opts.temperature, greedy)
+        chosen = {k: v for k, v in self.prior_choice(opts).items() if v is not None}
         if references is not None:
-            if component is not None or unit is not None:
-                raise ConfigError("conditional generation takes its codes from the references; "
-                                  "drop --component (or the references) to sample a component")
+            if chosen or opts.prior != "learned":
+                flags = ", ".join(f"--{k}" for k in chosen) or "--prior"
+                raise ConfigError(f"conditional generation takes its codes from the references; "
+                                  f"drop {flags} (or the references) to sample from the prior")
             n = len(references) if n is None else min(int(n), len(references))
-            refs = references[np.arange(n)]
-            z = self.encode_sketches(refs, batch_size)
-            comp = torch.as_tensor(self.component_labels(z))
+            z = self.encode_sketches(references[np.arange(n)], opts.batch_size)
+            comp = self.component_labels(z)
         else:
             if n is None:
                 raise ConfigError("give n (how many sketches) or references to condition on")
             n = int(n)
             prior_gen = torch.Generator().manual_seed(int(seed))
-            z, comp = self.sample_prior(n, prior_gen, component=component, unit=unit)
-            z = z.to(device)
-        result = self.decode_batches(z, t, greedy, seed, batch_size)
+            if opts.prior == "standard":
+                if chosen:
+                    raise ConfigError(f"prior='standard' is N(0, I), which has no "
+                                      f"{' or '.join(chosen)} to choose")
+                z = torch.randn(n, self.config.z_size, generator=prior_gen).to(self.device)
+                comp = self.component_labels(z)
+            else:
+                z, comp = self.sample_prior(n, prior_gen, opts)
+                z = z.to(self.device)
+        result = self.decode_batches(n, z, t, greedy, self.generator(seed), opts.batch_size)
         result.component = np.asarray(comp.cpu() if torch.is_tensor(comp) else comp, dtype=np.int64)
-        return result.with_categories_of(references)
+        return self.label_samples(result, references)
 
-    def sample_options(self):
-        return {"component": "sample z from this prior component instead of conditioning",
-                "greedy": "pick the most likely component and pen state instead of sampling"}
+    @torch.no_grad()
+    def complete(self, prefix: Sketches, n_per_prefix: int = 1, *, seed: int = 0,
+                 options: Pix2SeqOptions | None = None, **overrides) -> Sketches:
+        """Continue each partial drawing (normalised sketches): z = mu of the prefix's own image,
+        the decoder primed with the prefix's rows and sampling on from its last row. Each result
+        starts with its prefix and carries z and its component."""
+        opts = self.make_options(options, **overrides)
+        chosen = [k for k, v in self.prior_choice(opts).items() if v is not None]
+        if chosen or opts.prior != "learned":
+            raise ConfigError("completion takes its code from the prefix; drop "
+                              f"{', '.join(chosen) or 'prior'}")
+        return self.complete_prefixes(prefix, n_per_prefix,
+                                      lambda repeated, gen: self.encode_sketches(repeated, opts.batch_size),
+                                      opts, seed)
 
 
-__all__ = ["Pix2SeqBase", "Pix2SeqConfig", "zero_touch"]
+__all__ = ["Pix2SeqBase", "Pix2SeqConfig", "Pix2SeqOptions", "zero_touch"]

@@ -15,6 +15,9 @@ from `pix2seq_common`), loss, labels and sampling, and the small CPU demo config
   error of the deconv image decoder (summed over pixels, mean over batch).
 * Elimination (spec 4.5): nothing is removed; components that stop winning end with alpha ~ 0
   and never win again. `n_alive` counts those with alpha above `alive_threshold`, and is logged.
+* Sampling (`Pix2SeqBase.generate`): z from the learned prior, z ~ N(m_k, diag v_k) with
+  k ~ alpha or k = `component` (the paper-consistent reading), or `prior="standard"`: the seed's
+  own `sample.py` draws z ~ N(0, I) (spec 7.3).
 * Responsibilities are computed in log space (a float32 softmax of log alpha + log-likelihood,
   then the seed's clip to [1e-5, 1]): identical to the seed wherever its float64 exp does not
   underflow, and near-one-hot instead of uniform where it does. `faithful_posterior=True` gives
@@ -30,7 +33,7 @@ import numpy as np
 import torch
 
 from sketchlab.errors import ConfigError
-from sketchlab.models.pix2seq_common import Pix2SeqBase, Pix2SeqConfig
+from sketchlab.models.pix2seq_common import Pix2SeqBase, Pix2SeqConfig, Pix2SeqOptions
 from sketchlab.nn.gmm_prior import GMMPrior
 from sketchlab.nn.rpcl import ALIVE_THRESHOLD
 
@@ -44,6 +47,10 @@ class Config(Pix2SeqConfig):
     rpcl_every: int = 3
     faithful_posterior: bool = False     # True: the seed's unshifted float64 exp (uniform on underflow)
     alive_threshold: float = ALIVE_THRESHOLD
+
+
+# RPCL-pix2seq's sampling options are the ones both seeds share (component, prior, ...).
+Options = Pix2SeqOptions
 
 
 class RPCLPix2Seq(Pix2SeqBase):
@@ -97,24 +104,8 @@ class RPCLPix2Seq(Pix2SeqBase):
     def prior_weights(self):
         return self.prior.alpha
 
-    def sample_prior(self, n, generator, component=None, unit=None):
-        if unit is not None:
-            raise ConfigError("RPCL-pix2seq has no level-l units; pick a component")
-        return self.prior.sample(n, component=component, generator=generator)
-
-    # ---- generation ----------------------------------------------------------------------------
-    def generate(self, n: int | None = None, *, references=None, temperature: float | None = None,
-                 seed: int = 0, batch_size: int = 500, component: int | None = None,
-                 greedy: bool = False):
-        """Sketches conditioned on `references` (normalised Sketches; z = mu of their images), or
-        drawn from the prior: z ~ N(m_k, diag v_k) with k ~ alpha, or k = `component`.
-
-        (The seed's own "unconditional" mode draws z ~ N(0, I), spec 7.3; sampling a chosen
-        component is the paper-consistent reading.) The result carries z, the component (the
-        drawn k, or argmax gamma(z) under the stored prior when conditioned) and the references'
-        categories."""
-        return self._generate(n, references, temperature, seed, batch_size, greedy, component, None)
-
+    def sample_prior(self, n, generator, options):
+        return self.prior.sample(n, component=options.component, generator=generator)
 
 def demo_config(**overrides) -> Config:
     """A small configuration that learns the built-in doodles on a CPU in a few minutes (for
@@ -129,4 +120,4 @@ def demo_config(**overrides) -> Config:
     return dataclasses.replace(base, **overrides)
 
 
-__all__ = ["Config", "RPCLPix2Seq", "demo_config"]
+__all__ = ["Config", "Options", "RPCLPix2Seq", "demo_config"]

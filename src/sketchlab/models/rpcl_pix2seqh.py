@@ -23,12 +23,12 @@ The networks, data and sampling are RPCL-pix2seq's (`pix2seq_common`). What diff
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from sketchlab.models.pix2seq_common import Pix2SeqBase, Pix2SeqConfig, zero_touch
+from sketchlab.models.pix2seq_common import Pix2SeqBase, Pix2SeqConfig, Pix2SeqOptions, zero_touch
 from sketchlab.nn.hierarchy_prior import HierarchicalPrior
 from sketchlab.nn.rpcl import ALIVE_THRESHOLD
 
@@ -49,9 +49,18 @@ class Config(Pix2SeqConfig):
     alive_threshold: float = ALIVE_THRESHOLD
 
 
+@dataclass
+class Options(Pix2SeqOptions):
+    """RPCL-pix2seqH's sampling options: its prior has two levels to choose from."""
+
+    unit: int | None = field(default=None, metadata={
+        "help": "draw z from this level-l unit of the hierarchical prior (RPCL-pix2seqH)"})
+
+
 class RPCLPix2SeqH(Pix2SeqBase):
     name = "rpcl-pix2seqh"
     Config = Config
+    Options = Options
 
     def make_prior(self):
         c = self.config
@@ -123,20 +132,15 @@ class RPCLPix2SeqH(Pix2SeqBase):
     def n_alive_units(self) -> int:
         return self.prior.n_alive_units()
 
-    def sample_prior(self, n, generator, component=None, unit=None):
-        z, j, _ = self.prior.sample(n, component=component, unit=unit, generator=generator)
+    def prior_choice(self, options) -> dict:
+        return {"component": options.component, "unit": options.unit}
+
+    def sample_prior(self, n, generator, options):
+        """i ~ q(i), j ~ q(j|i), z ~ N(m_j, v_j); `unit=i` fixes the level-l unit, `component=j`
+        the level-k Gaussian."""
+        z, j, _ = self.prior.sample(n, component=options.component, unit=options.unit,
+                                    generator=generator)
         return z, j
-
-    # ---- generation ----------------------------------------------------------------------------
-    def generate(self, n: int | None = None, *, references=None, temperature: float | None = None,
-                 seed: int = 0, batch_size: int = 500, component: int | None = None,
-                 unit: int | None = None, greedy: bool = False):
-        """Sketches conditioned on `references` (z = mu of their images), or from the hierarchy:
-        i ~ q(i), j ~ q(j|i), z ~ N(m_j, v_j); `unit=i` fixes the level-l unit, `component=j` the
-        level-k Gaussian. The result carries z, the level-k Gaussian j (drawn, or the most
-        responsible one under the stored prior when conditioned) and the references' categories."""
-        return self._generate(n, references, temperature, seed, batch_size, greedy, component, unit)
-
 
 def demo_config(**overrides) -> Config:
     """A small CPU configuration for `sketchlab demo` on the built-in doodles (see
@@ -150,4 +154,4 @@ def demo_config(**overrides) -> Config:
     return dataclasses.replace(base, **overrides)
 
 
-__all__ = ["Config", "RPCLPix2SeqH", "demo_config"]
+__all__ = ["Config", "Options", "RPCLPix2SeqH", "demo_config"]

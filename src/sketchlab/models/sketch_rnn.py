@@ -1,12 +1,14 @@
 """sketch-rnn (Ha & Eck 2017): a sequence-to-sequence VAE over stroke-5 sketches.
 
-Reads top to bottom: config (magenta's `get_default_hparams`), encoder, decoder, loss, generate.
+Reads top to bottom: config (magenta's `get_default_hparams`), sampling options, encoder,
+decoder, loss, generate and complete.
 
 * Encoder: a bidirectional LSTM over the real points (S0 excluded); the last valid output of each
   direction, concatenated, gives mu and a log-variance `presig` (weights N(0, 0.001)).
 * Decoder: LSTM / LayerNorm-LSTM / HyperLSTM from `sketchlab.nn.cells`; its initial state is
   tanh(Linear(z)) and z is concatenated to every input step (conditional model), or zero state
-  and no z (unconditional model).
+  and no z (unconditional model). The shared `CodeDecoder` runs it (teacher-forced, sampling,
+  completion).
 * Output: the 20-component bivariate Gaussian mixture + 3-way pen softmax (`sketchlab.nn.mixture`).
 * Loss: magenta's r_cost (mean over batch x max_seq_len, the pen term over the padding too, which
   teaches the model to stop) + kl_weight(step) * max(KL, kl_tolerance), with
@@ -18,7 +20,7 @@ Reads top to bottom: config (magenta's `get_default_hparams`), encoder, decoder,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,10 +31,10 @@ from sketchlab.data import strokes as S
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError
 from sketchlab.models.base import SketchModel
+from sketchlab.models.code_decoder import CodeDecoder, DecoderOptions
 from sketchlab.nn.cells import make_cell
 from sketchlab.nn.init import normal_linear
 from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms
-from sketchlab.nn.sampler import sample_sequences
 
 
 @dataclass
@@ -71,6 +73,14 @@ class Config(TrainingConfig):
     valid_metric: str = "loss"
 
 
+@dataclass
+class Options(DecoderOptions):
+    """sketch-rnn's sampling options (magenta `sample.py`)."""
+
+    sample_z: bool = field(default=False, metadata={
+        "help": "condition on a draw from q(z|x) instead of its mean (sketch-rnn)"})
+
+
 def last_valid(h: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """`h[b, lengths[b] - 1]` for a `(B, T, H)` tensor."""
     idx = (lengths - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, h.shape[-1])
@@ -86,13 +96,18 @@ def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
-class SketchRNN(SketchModel):
+class SketchRNN(CodeDecoder, SketchModel):
     name = "sketch-rnn"
     Config = Config
+    Options = Options
+    can_sample = True
+    can_encode = True      # the conditional model; an unconditional one has no encoder
+    can_complete = True
 
     def __init__(self, config: Config):
         super().__init__(config)
         c = config
+        self.can_encode = bool(c.conditional)
         keep = c.recurrent_dropout_prob if c.use_recurrent_dropout else 1.0
         if c.conditional:
             self.enc_fw = make_cell(c.enc_model, 5, c.enc_rnn_size, recurrent_dropout_keep=keep, fusion=c.fuse_pointwise)
@@ -136,21 +151,12 @@ class SketchRNN(SketchModel):
         """The latent code used for retrieval and maps: mu."""
         return self.encode_dist(batch)[0]
 
-    # ---- decoder -------------------------------------------------------------------------------
-    def initial_state(self, z: torch.Tensor | None, batch_size: int, device) -> torch.Tensor:
-        if z is None:
-            return torch.zeros(batch_size, self.decoder.state_size, device=device)
-        return torch.tanh(self.fc_init(z))
+    # ---- decoder (CodeDecoder's, with magenta's optional input and output dropout) -------------
+    def dropout_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.input_dropout(x)
 
-    def decode(self, inputs: torch.Tensor, z: torch.Tensor | None) -> torch.Tensor:
-        """Teacher-forced decoder: stroke-5 inputs (B, T, 5) -> raw mixture parameters (B, T, 6M+3)."""
-        B, T, _ = inputs.shape
-        x = inputs
-        if z is not None:
-            x = torch.cat([inputs, z.unsqueeze(1).expand(B, T, z.shape[-1])], -1)
-        x = self.input_dropout(x)
-        h, _ = self.decoder.sequence(x, self.initial_state(z, B, inputs.device))
-        return self.head(self.output_dropout(h))
+    def dropout_outputs(self, h: torch.Tensor) -> torch.Tensor:
+        return self.output_dropout(h)
 
     # ---- loss ----------------------------------------------------------------------------------
     def kl_weight_at(self, step):
@@ -187,70 +193,63 @@ class SketchRNN(SketchModel):
         return terms
 
     # ---- generation ----------------------------------------------------------------------------
-    @torch.no_grad()
-    def decode_z(self, z: torch.Tensor | None, n: int, temperature: float, greedy: bool = False,
-                 generator: torch.Generator | None = None) -> list[np.ndarray]:
-        """Sample `n` sketches (normalised stroke-3) from codes `z` (or unconditionally)."""
-        device = self.device
-        state = self.initial_state(z, n, device)
-        seq = sample_sequences(self.decoder, self.head, state, self.config.max_seq_len, z=z,
-                               temperature=temperature, greedy=greedy, generator=generator)
-        return [S.stroke5_to_stroke3(s) for s in seq.cpu().numpy()]
+    def reference_codes(self, references: Sketches, sample_z: bool,
+                        generator: torch.Generator | None) -> torch.Tensor:
+        """z of each normalised reference: mu of q(z|x), or a draw from it with `sample_z`."""
+        batch = {k: v.to(self.device) for k, v in
+                 self.make_batch(list(references), False, np.random.default_rng(0)).items()}
+        mu, presig = self.encode_dist(batch)
+        if not sample_z:
+            return mu
+        return mu + torch.exp(presig / 2) * torch.randn(mu.shape, generator=generator, device=mu.device)
 
     @torch.no_grad()
-    def decode_codes(self, z, *, temperature=None, seed=0, greedy=False) -> Sketches:
-        self.eval()
-        t = self.config.temperature if temperature is None else float(temperature)
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        z = z.to(self.device, torch.float32)
-        out = Sketches.from_list(self.decode_z(z, len(z), t, greedy, gen), scale_factor=self.scale_factor)
-        out.z = z.cpu().numpy()
-        return out
-
-    @torch.no_grad()
-    def generate(self, n: int | None = None, *, references: Sketches | None = None,
-                 temperature: float | None = None, seed: int = 0, batch_size: int = 500,
-                 greedy: bool = False, sample_z: bool = False) -> Sketches:
-        """Unconditional (z ~ N(0, I)) or conditioned on `references` (normalised sketches; z = mu,
-        or a draw from q(z|x) with `sample_z`). Returns normalised sketches carrying their z."""
+    def generate(self, n: int | None = None, *, references: Sketches | None = None, seed: int = 0,
+                 options: Options | None = None, **overrides) -> Sketches:
+        """Unconditional (z ~ N(0, I); no z for the unconditional model) or conditioned on
+        `references` (normalised sketches; z = mu, or a draw from q(z|x) with `sample_z`).
+        Returns normalised sketches carrying their z."""
         self.eval()
         c = self.config
-        temperature = c.temperature if temperature is None else float(temperature)
-        if temperature <= 0 and not greedy:
-            raise ConfigError(f"temperature must be > 0 (got {temperature}); use greedy=True for argmax")
-        device = self.device
-        gen = torch.Generator(device=device).manual_seed(seed)
+        opts = self.make_options(options, **overrides)
+        greedy = self.sample_greedily(opts.greedy)
+        temperature = self._temperature(opts.temperature, greedy)
+        gen = self.generator(seed)
         if references is not None:
             if not c.conditional:
                 raise ConfigError("an unconditional sketch-rnn cannot be conditioned on references")
             n = len(references) if n is None else min(n, len(references))
         elif n is None:
             raise ConfigError("give n (how many sketches) or references to condition on")
-        out, codes = [], []
-        for start in range(0, n, batch_size):
-            m = min(batch_size, n - start)
-            z = None
-            if c.conditional:
-                if references is not None:
-                    items = [references[i] for i in range(start, start + m)]
-                    batch = {k: v.to(device) for k, v in
-                             self.make_batch(items, False, np.random.default_rng(0)).items()}
-                    mu, presig = self.encode_dist(batch)
-                    z = mu
-                    if sample_z:
-                        z = mu + torch.exp(presig / 2) * torch.randn(mu.shape, generator=gen, device=device)
-                else:
-                    z = torch.randn(m, c.z_size, generator=gen, device=device)
-                codes.append(z.cpu().numpy())
-            out += self.decode_z(z, m, temperature, greedy, gen)
-        result = Sketches.from_list(out, scale_factor=self.scale_factor)
-        if codes:
-            result.z = np.concatenate(codes, 0)
-        return result.with_categories_of(references)
 
-    def sample_options(self):
-        return {"greedy": "pick the most likely component and pen state instead of sampling",
-                "sample_z": "condition on a draw from q(z|x) instead of its mean"}
+        def codes(lo: int, hi: int) -> torch.Tensor | None:
+            # drawn batch by batch from the sampling generator, between the batches' rollouts
+            if not c.conditional:
+                return None
+            if references is not None:
+                return self.reference_codes(references[np.arange(lo, hi)], opts.sample_z, gen)
+            return torch.randn(hi - lo, c.z_size, generator=gen, device=self.device)
+
+        result = self.decode_batches(n, codes, temperature, greedy, gen, opts.batch_size)
+        return self.label_samples(result, references)
+
+    @torch.no_grad()
+    def complete(self, prefix: Sketches, n_per_prefix: int = 1, *, seed: int = 0,
+                 options: Options | None = None, **overrides) -> Sketches:
+        """Continue each partial drawing (normalised sketches): z = mu of the prefix itself (a
+        draw with `sample_z`; none for the unconditional model), the decoder primed with the
+        prefix's rows and sampling on from its last row. Each result starts with its prefix."""
+        opts = self.make_options(options, **overrides)
+
+        def codes(repeated: Sketches, generator: torch.Generator) -> torch.Tensor | None:
+            if not self.config.conditional:
+                return None
+            bs = opts.batch_size
+            return torch.cat([self.reference_codes(repeated[np.arange(lo, min(lo + bs, len(repeated)))],
+                                                   opts.sample_z, generator)
+                              for lo in range(0, len(repeated), bs)], 0)
+
+        return self.complete_prefixes(prefix, n_per_prefix, codes, opts, seed)
 
 
-__all__ = ["Config", "SketchRNN"]
+__all__ = ["Config", "Options", "SketchRNN"]

@@ -12,7 +12,8 @@ variant), data (spec 2.2-2.4, pieces in `sketchlab.data.strokegrid`), encoder (2
   chunk's bounding box, noisy and clean, from which the nine graphs are built on the device.
 * "Reorganisation": in training each stroke but the first is moved rigidly by
   re_scale * bound * N(0, I); the decoder must still reconstruct the clean sketch. At sampling
-  time the same noise (`re_scale`) disrupts the references before encoding (healing).
+  time the same noise (the sampling option `displacement`; what `heal(strength=...)` and
+  `sketchlab sample --strength` set) disrupts the references before encoding (healing).
 * Encoder: a bi-LSTM over each chunk's absolute points (final states at the last valid step,
   concatenated, D = 2 enc_rnn_size), a 9-relation GCN, sum readout over the chunks,
   tanh(BatchNorm), mu and a log-variance s. No KL and no prior (spec 0.4, bug 9): z = mu +
@@ -48,7 +49,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -60,7 +62,7 @@ from sketchlab.data import strokes as S
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.models.base import SketchModel
-from sketchlab.models.code_decoder import CodeDecoder
+from sketchlab.models.code_decoder import CodeDecoder, DecoderOptions
 from sketchlab.models.sketch_rnn import last_valid, reverse_padded
 from sketchlab.nn.cells import make_cell
 from sketchlab.nn.conv import seed_linear
@@ -118,10 +120,29 @@ def root_config(**overrides) -> Config:
     return dataclasses.replace(base, **overrides)
 
 
+@dataclass
+class Options(DecoderOptions):
+    """SketchGloc's sampling options (the rebranch's `sample.py`)."""
+
+    batch_size: int = field(default=100, metadata={"help": "how many sketches are drawn at once"})
+    greedy: bool | None = field(default=None, metadata={
+        "help": "pick the most likely mixture component and pen state instead of sampling "
+                "(default: SketchGloc's config greedy_sampling, the root variant's choice)"})
+    displacement: float = field(default=0.0, metadata={
+        "help": "SketchGloc: move each reference stroke by this reorganisation noise scale "
+                "(re_scale * stroke bound * N(0, I)) before encoding (healing; paper: 0.1, 0.3)"})
+    gallery: Literal["z_ori", "z", "clean"] | None = field(default=None, metadata={
+        "help": "SketchGloc: which code the samples carry as z for Ret: z_ori (the original's), z "
+                "(the decoded code) or clean (the undisturbed reference's); default: the config's"})
+
+
 class SketchGloc(CodeDecoder, SketchModel):
     name = "sketchgloc"
     Config = Config
-    samples_from_prior = False
+    Options = Options
+    can_encode = True
+    can_heal = True
+    heal_option = "displacement"
     fp32_head = True        # the mixture models absolute positions: keep its means in float32
 
     def __init__(self, config: Config):
@@ -314,59 +335,49 @@ class SketchGloc(CodeDecoder, SketchModel):
         offsets (row 0 stays the start position)."""
         return S.to_offsets(S.stroke5_to_stroke3(seq5))
 
+    def greedy_by_default(self) -> bool:
+        return bool(self.config.greedy_sampling)      # bug 17: the root samples greedily
+
     @torch.no_grad()
-    def generate(self, n: int | None = None, *, references: Sketches | None = None,
-                 temperature: float | None = None, seed: int = 0, batch_size: int = 100,
-                 greedy: bool | None = None, re_scale: float = 0.0, strength: float | None = None,
-                 gallery: str | None = None) -> Sketches:
+    def generate(self, n: int | None = None, *, references: Sketches | None = None, seed: int = 0,
+                 options: Options | None = None, **overrides) -> Sketches:
         """Reconstruct (heal) `references` (normalised sketches): each is disrupted by the
-        reorganisation noise `re_scale` (`strength` is the CLI's name for it), encoded (z = mu),
-        and decoded at temperature tau (or greedily). SketchGloc has no prior, so it cannot
-        sample without references. The result carries the references' categories and, as `z`,
-        the Ret gallery code chosen by `gallery` (config `ret_gallery`; bug 14)."""
+        reorganisation noise `displacement` (`heal(strength=...)`), encoded (z = mu), and
+        decoded at temperature tau (or greedily). SketchGloc has no prior, so it cannot sample
+        without references. The result carries the references' categories and, as `z`, the Ret
+        gallery code chosen by `gallery` (config `ret_gallery`; bug 14)."""
         self.eval()
-        c = self.config
-        if references is None:
-            raise ConfigError("SketchGloc has no prior to sample from: condition on reference sketches "
-                              "(`sketchlab sample RUN --condition-on test|FILE`)")
-        if strength is not None:
-            re_scale = float(strength)
-        greedy = c.greedy_sampling if greedy is None else bool(greedy)
-        t = self._temperature(temperature, greedy)
-        gallery = c.ret_gallery if gallery is None else gallery
-        if gallery not in RET_GALLERIES:
-            raise ConfigError(f"gallery={gallery!r}: choose one of {RET_GALLERIES}")
-        if batch_size is None or int(batch_size) < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
+        self.require_references(references)
+        opts = self.make_options(options, **overrides)
+        greedy = self.sample_greedily(opts.greedy)
+        t = self._temperature(opts.temperature, greedy)
+        gallery = self.config.ret_gallery if opts.gallery is None else opts.gallery
+        displacement = float(opts.displacement)
         n = len(references) if n is None else min(int(n), len(references))
         if n < 1:
             raise DataError("no reference sketch to condition on")
         device = self.device
         rng = np.random.default_rng(int(seed))            # the disruption noise, reproducible
-        gen = torch.Generator(device=device).manual_seed(int(seed))
-        out, codes = [], []
-        for lo in range(0, n, int(batch_size)):
-            items = [references[i] for i in range(lo, min(n, lo + int(batch_size)))]
-            batch = {k: v.to(device) for k, v in self.make_batch(items, False, rng, re_scale=re_scale).items()}
+        gallery_codes = []
+
+        def codes(lo: int, hi: int) -> Tensor:
+            items = [references[i] for i in range(lo, hi)]
+            batch = {k: v.to(device) for k, v in
+                     self.make_batch(items, False, rng, re_scale=displacement).items()}
             z = self.encode_dist(batch)[0]
             if gallery == "z_ori":
                 code = self.encode_dist(batch, clean_boxes=True)[0]
-            elif gallery == "clean" and re_scale > 0:
+            elif gallery == "clean" and displacement > 0:
                 clean = {k: v.to(device) for k, v in self.make_batch(items, False, rng, re_scale=0.0).items()}
                 code = self.encode_dist(clean)[0]
             else:
                 code = z
-            codes.append(code.float().cpu().numpy())
-            out += self.decode_z(z, t, greedy, gen)
-        result = Sketches.from_list(out, scale_factor=self.scale_factor)
-        result.z = np.concatenate(codes, 0)
-        return result.with_categories_of(references)
+            gallery_codes.append(code.float().cpu().numpy())
+            return z
 
-    def sample_options(self):
-        return {"greedy": "pick the most likely component and pen state instead of sampling (the root's default)",
-                "re_scale": "reorganisation noise on the references' strokes before encoding (`--strength` "
-                            "on the command line): 0.1 / 0.3 are the paper's disruption levels",
-                "gallery": "which code the samples carry as z for Ret: z_ori (original), z or clean"}
+        result = self.decode_batches(n, codes, t, greedy, self.generator(seed), opts.batch_size)
+        result.z = np.concatenate(gallery_codes, 0)
+        return self.label_samples(result, references)
 
 
 def demo_config(**overrides) -> Config:
@@ -379,4 +390,4 @@ def demo_config(**overrides) -> Config:
     return dataclasses.replace(base, **overrides)
 
 
-__all__ = ["Config", "SketchGloc", "demo_config", "root_config"]
+__all__ = ["Config", "Options", "SketchGloc", "demo_config", "root_config"]

@@ -17,6 +17,11 @@ Two modes (`Config.faithful`):
   (dx, dy)), the sketch length is drawn from the training lengths at sampling time, the scale
   factor is the std of dx, dy only (as sketch-rnn), and x0_hat is not clamped unless asked.
 
+Sampling options (`Options`): the sampler and its steps, spacing, eta and clamp, the EMA weights,
+the pen threshold, the refinement noise level t0/T (`noise_level`, what `heal(strength=...)`
+sets), and the fast path (bf16 shadow weights, CUDA graphs, torch.compile). The r-Shortcut's
+recognizability predictor and its calibration live in `sketchlab.models.knitter_shortcut`.
+
 Both use the original's points-as-channels UNet (20.33M parameters at the defaults), which the
 speed comparison with the original needs anyway; `layout="sequence"` is an optional variant.
 
@@ -28,8 +33,8 @@ otherwise sample from nearly random weights. Samples use the EMA weights (A12).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -42,16 +47,16 @@ from sketchlab.data.strokes import (
     augment_strokes, random_scale, scale_factor as xy_scale_factor, validate_stroke3,
 )
 from sketchlab.errors import ConfigError, DataError
-from sketchlab.models.base import SketchModel, clip_and_limit
+from sketchlab.models.base import SampleOptions, SketchModel, clip_and_limit
 from sketchlab.nn.diffusion import (
     GaussianDiffusion, RecognizabilitySpacing, Sampler, StepCallback, StepRunner, bf16_shadow,
     make_sampler, reverse_loop, sync_shadow,
 )
 from sketchlab.nn.ema import EMA
-from sketchlab.nn.unet1d import UNet1D, timestep_embedding
+from sketchlab.nn.unet1d import UNet1D
 
-__all__ = ["Config", "config_from_original", "SketchKnitter", "RecognizabilityNet", "train_recognizability",
-           "recognizability_curve", "calibrate_shortcut", "decode_pen", "faithful_scale_factor"]
+__all__ = ["Config", "Options", "config_from_original", "SketchKnitter", "decode_pen",
+           "faithful_scale_factor", "length_mask"]
 
 
 @dataclass
@@ -111,6 +116,52 @@ class Config(TrainingConfig):
         if self.clip_x0 is None or float(self.clip_x0) <= 0:
             return None
         return float(self.clip_x0)
+
+
+@dataclass
+class Options(SampleOptions):
+    """SketchKnitter's sampling options (the original's `sample.py` flags, and more). `None`
+    takes the config's value (`sampler`, `sample_steps`, `spacing`, `clip_x0`, `use_ema`,
+    `pen_break`)."""
+
+    temperature: float | None = field(default=None, metadata={
+        "help": "sampling temperature (default: the model's configured one; SketchKnitter: the "
+                "scale of the initial and the injected noise, 1.0)"})
+    batch_size: int = field(default=256, metadata={"help": "how many sketches are drawn at once"})
+    sampler: Literal["ddpm", "ddim", "rshortcut"] | Sampler | None = field(default=None, metadata={
+        "help": "diffusion sampler (SketchKnitter): ddpm (ancestral), ddim, or rshortcut (DDIM "
+                "on the recognizability schedule; needs --classifier once); or a ready Sampler"})
+    steps: int | str | Sequence[int] | None = field(default=None, metadata={
+        "help": "diffusion sampling steps (SketchKnitter; default: all T for ddpm/ddim, 30 for "
+                "rshortcut); also the original's strings (ddim30, 10,10,10) or explicit timesteps"})
+    spacing: Literal["ddim", "even", "linear", "quadratic"] | Callable | None = field(
+        default=None, metadata={
+            "help": "how the diffusion steps are spread (SketchKnitter): ddim (the original's "
+                    "stride), even, linear, quadratic"})
+    eta: float = field(default=0.0, metadata={
+        "help": "DDIM's eta (SketchKnitter): 0 deterministic, 1 as stochastic as DDPM"})
+    clip_x0: float | None = field(default=None, metadata={
+        "help": "clamp the x0 estimate to [-c, c] at every reverse step (SketchKnitter; "
+                "default: the config's clip_x0; <= 0: no clamp)"})
+    use_ema: bool | None = field(default=None, metadata={
+        "help": "sample with the EMA weights (SketchKnitter; default: the config's, on)"})
+    pen_break: float | None = field(default=None, metadata={
+        "help": "pen lifted where P(lift) >= this (SketchKnitter; default: the config's 0.5)"})
+    noise_level: float = field(default=0.5, metadata={
+        "help": "SketchKnitter: refinement noise level t0/T in [0, 1] for the reference "
+                "sketches (SDEdit; 0 returns them unchanged)"})
+    extra_points: int = field(default=0, metadata={
+        "help": "free rows appended to each reference sketch for refinement (SketchKnitter)"})
+    fast: bool | None = field(default=None, metadata={
+        "help": "run each step on static buffers with low-precision shadow weights, as a CUDA "
+                "graph on CUDA (SketchKnitter; default: on CUDA only)"})
+    compile: bool | str = field(default=False, metadata={
+        "help": "torch.compile the fast path's step (SketchKnitter): true or a mode name, "
+                "e.g. max-autotune-no-cudagraphs"})
+    fast_dtype: Literal["bfloat16", "float16", "float32"] | torch.dtype | None = field(
+        default=None, metadata={
+            "help": "the fast path's weight precision (SketchKnitter; default: bfloat16 on CUDA, "
+                    "float32 on a CPU)"})
 
 
 # The original's flags (script_util / train.py / sample.py) that sketchlab ignores: they have no
@@ -196,6 +247,10 @@ def decode_pen(logits: torch.Tensor, pen_break: float = 0.5) -> torch.Tensor:
 class SketchKnitter(SketchModel):
     name = "sketchknitter"
     Config = Config
+    Options = Options
+    can_sample = True
+    can_heal = True         # SDEdit: noise references to noise_level, then denoise
+    heal_option = "noise_level"
 
     def __init__(self, config: Config | None = None):
         super().__init__(config or Config())
@@ -256,6 +311,7 @@ class SketchKnitter(SketchModel):
         return dataclasses.replace(config, clip_x0=round(float(np.abs(pts[:, :2]).max()), 4))
 
     def setup_from_data(self, data) -> None:
+        super().setup_from_data(data)
         self.set_data_stats(data.scale_factor, data.splits["train"].lengths)
 
     def set_data_stats(self, scale_factor: float, lengths: Sequence[int] | None = None) -> None:
@@ -380,8 +436,15 @@ class SketchKnitter(SketchModel):
             raise ConfigError(f"shortcut curve must have {self.diffusion.num_timesteps} values")
         self.shortcut_curve.copy_(curve)
 
+    def clip(self, clip_x0: float | None = None) -> float | None:
+        """The x0 clamp: the option's (<= 0: none), else the config's."""
+        if clip_x0 is None:
+            return self.config.clip
+        return float(clip_x0) if float(clip_x0) > 0 else None
+
     def make_sampler(self, sampler: str | Sampler | None = None, steps=None, spacing=None,
-                     eta: float = 0.0, max_timestep: int | None = None) -> Sampler:
+                     eta: float = 0.0, max_timestep: int | None = None,
+                     clip_x0: float | None = None) -> Sampler:
         """A sampler with its timesteps set; `sampler` may also be a ready Sampler object."""
         c = self.config
         if isinstance(sampler, Sampler):
@@ -392,12 +455,13 @@ class SketchKnitter(SketchModel):
         steps = steps if steps is not None else c.sample_steps
         if name == "rshortcut":
             if not bool((self.shortcut_curve != 0).any()):
-                raise ConfigError("r-Shortcut needs a recognizability curve: run "
-                                  "sketchlab.models.sketchknitter.calibrate_shortcut(model, "
-                                  "score_fn) first (it needs a trained classifier)")
+                raise ConfigError("r-Shortcut needs a recognizability curve: calibrate it once "
+                                  "(`sketchlab sample RUN --classifier CLF ...`, or "
+                                  "sketchlab.models.knitter_shortcut.calibrate_shortcut(model, "
+                                  "score_fn); it needs a trained classifier)")
             spacing = RecognizabilitySpacing(self.shortcut_curve.cpu().numpy())
             steps = 30 if steps is None else steps
-        s = make_sampler(name, self.diffusion, clip_x0=c.clip, eta=eta)
+        s = make_sampler(name, self.diffusion, clip_x0=self.clip(clip_x0), eta=eta)
         s.set_timesteps(steps, spacing or c.spacing, max_timestep=max_timestep)
         return s
 
@@ -405,10 +469,10 @@ class SketchKnitter(SketchModel):
         use_ema = self.config.use_ema if use_ema is None else use_ema
         return self.ema.module if use_ema else self.unet
 
-    def _runner(self, net: nn.Module, batch: int, device: torch.device, compile: bool,
-                dtype: torch.dtype):
+    def _runner(self, net: nn.Module, batch: int, device: torch.device, compile: bool | str,
+                dtype: torch.dtype, clip: float | None):
         """The bf16 + CUDA-graph step for `net`, cached per (net, batch, device, clip, dtype)."""
-        key = (id(net), batch, str(device), self.config.clip, compile, dtype)
+        key = (id(net), batch, str(device), clip, compile, dtype)
         entry = self._fast_cache.get(key)
         if entry is None:
             shadow = bf16_shadow(net, dtype)
@@ -417,13 +481,14 @@ class SketchKnitter(SketchModel):
             mode = compile if isinstance(compile, str) else None
             fn = torch.compile(shadow, dynamic=False, mode=mode) if compile else shadow
             runner = StepRunner(self._denoiser(fn), (batch, self.config.num_points, 2), device,
-                                self.config.clip, use_graph=device.type == "cuda")
+                                clip, use_graph=device.type == "cuda")
             entry = self._fast_cache[key] = (shadow, runner)
         shadow, runner = entry
         sync_shadow(shadow, net)
         return runner
 
-    def _draw_lengths(self, n: int, generator) -> np.ndarray:
+    def draw_lengths(self, n: int, generator) -> np.ndarray:
+        """n sketch lengths from the training length histogram (all num_points when faithful)."""
         if self.config.faithful:
             return np.full(n, self.config.num_points, np.int64)
         counts = self.length_counts.detach().cpu().double()
@@ -434,87 +499,85 @@ class SketchKnitter(SketchModel):
         return torch.multinomial(counts / counts.sum(), n, replacement=True, generator=g).numpy()
 
     @torch.no_grad()
-    def generate(self, n: int | None = None, *, sampler: str | Sampler | None = None, steps=None,
-                 spacing=None, eta: float = 0.0, temperature: float | None = 1.0, batch_size: int = 256,
-                 device=None, generator: torch.Generator | None = None, fast: bool | None = None,
-                 compile: bool | str = False, fast_dtype: torch.dtype | None = None,
-                 use_ema: bool | None = None, pen_break: float | None = None,
-                 lengths: Sequence[int] | None = None, condition: Sketches | Sequence | None = None,
-                 strength: float = 0.5, extra_points: int = 0,
-                 callback: StepCallback | None = None, progress: bool = False,
-                 references: Sketches | None = None, seed: int | None = None) -> Sketches:
-        """Sample `n` sketches, or refine/heal the sketches in `condition` (SDEdit).
+    def generate(self, n: int | None = None, *, references: Sketches | Sequence | None = None,
+                 seed: int = 0, options: Options | None = None,
+                 lengths: Sequence[int] | None = None, generator: torch.Generator | None = None,
+                 device=None, callback: StepCallback | None = None, progress: bool = False,
+                 **overrides) -> Sketches:
+        """Sample `n` sketches, or refine/heal `references` (SDEdit): they are noised to
+        t0 = noise_level * T, then denoised; their lengths are kept (+ `extra_points` free rows
+        in the default mode). References are Sketches in any units (their `scale_factor` says
+        which) or a list of stroke-3 arrays in the model's normalised units.
 
-        sampler: "ddpm" (ancestral, T steps unless `steps`), "ddim" (eta 0 by default),
-        "rshortcut" (DDIM on the recognizability schedule, S=30 by default), or a Sampler.
-        steps / spacing: how many steps and how they are spread ("ddim" stride as the original's
-        "ddimK", "even", "linear" = range(0, T, T//S), "quadratic"), or an explicit list.
-        temperature scales the initial and the injected noise. fast (default: on CUDA) runs a
-        `fast_dtype` copy of the weights (default bf16 on CUDA, fp32 on CPU, which has no fast
-        bf16), each step on static buffers, captured as a CUDA graph on CUDA (`compile` adds
-        torch.compile). condition: sketches in the model's normalised units (or any units with
-        their `scale_factor` set) noised to t0 = strength * T, then denoised; their lengths are
-        kept (+ `extra_points` free rows in the default mode). callback(i, t, x_prev, x0_hat,
-        eps_hat, pen_logits) sees every step (the buffers are reused: clone what you keep).
+        Options (`Options`, or its fields as keywords): sampler "ddpm" (ancestral, T steps
+        unless `steps`), "ddim" (eta 0 by default), "rshortcut" (DDIM on the recognizability
+        schedule, S=30 by default), or a Sampler; steps / spacing: how many steps and how they
+        are spread ("ddim" stride as the original's "ddimK", "even", "linear" = range(0, T,
+        T//S), "quadratic"), or an explicit list; temperature scales the initial and the
+        injected noise. `fast` (default: on CUDA) runs a `fast_dtype` copy of the weights
+        (default bf16 on CUDA, fp32 on CPU, which has no fast bf16), each step on static
+        buffers, captured as a CUDA graph on CUDA (`compile` adds torch.compile).
 
-        `references` (what `sketchlab sample --condition-on` passes) is `condition`; `seed` seeds a
-        generator when none is given.
+        Run-time arguments: `lengths` of the new sketches (default: drawn from the training
+        lengths), `generator` (default: a CPU generator seeded with `seed`), `device` (default:
+        the model's), callback(i, t, x_prev, x0_hat, eps_hat, pen_logits) sees every step (the
+        buffers are reused: clone what you keep), `progress` shows a bar.
 
-        Returns stroke-3 sketches in the data's normalised units, `scale_factor` set.
+        Returns stroke-3 sketches in the data's normalised units, `scale_factor` set, carrying
+        the references' categories (or the model's one category).
         """
         c = self.config
-        if references is not None:
-            if condition is not None:
-                raise ConfigError("give condition or references, not both")
-            condition = references
-            if n is not None:
-                condition = condition[np.arange(min(int(n), len(condition)))]
-                n = None
-        if batch_size is None:
-            batch_size = 256
-        if temperature is None:
-            temperature = 1.0
-        if generator is None and seed is not None:
+        opts = self.make_options(options, **overrides)
+        if references is not None and n is not None:
+            m = min(int(n), len(references))
+            references = (references[np.arange(m)] if isinstance(references, Sketches)
+                          else list(references)[:m])
+        temperature = 1.0 if opts.temperature is None else float(opts.temperature)
+        if generator is None:
             generator = torch.Generator().manual_seed(int(seed))
-        if device is None:
-            device = self.data_scale.device
-        device = torch.device(device)
+        device = torch.device(self.data_scale.device if device is None else device)
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
-        fast = device.type == "cuda" if fast is None else fast
+        fast = device.type == "cuda" if opts.fast is None else bool(opts.fast)
+        fast_dtype = opts.fast_dtype
         if fast_dtype is None:
             fast_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        pen_break = c.pen_break if pen_break is None else pen_break
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        elif isinstance(fast_dtype, str):
+            fast_dtype = getattr(torch, fast_dtype)
+        pen_break = c.pen_break if opts.pen_break is None else opts.pen_break
+        clip = self.clip(opts.clip_x0)
+        batch_size = int(opts.batch_size)
         if temperature < 0:
             raise ConfigError(f"temperature must be >= 0, got {temperature}")
-        net = self._net(use_ema)
+        net = self._net(opts.use_ema)
 
-        if condition is not None:
-            x_c, pen_c, lengths_arr, t0 = self._prepare_condition(condition, strength, extra_points)
-            if t0 < 0:  # strength 0: nothing to refine
-                return self._to_sketches(x_c, pen_c, lengths_arr)
-            smp = self.make_sampler(sampler, steps, spacing, eta, max_timestep=t0)
+        if references is not None:
+            x_c, pen_c, lengths_arr, t0 = self._prepare_condition(references, opts.noise_level,
+                                                                  opts.extra_points)
+            if t0 < 0:  # noise level 0: nothing to refine
+                return self.label_samples(self.to_sketches(x_c, pen_c, lengths_arr), _labelled(references))
+            smp = self.make_sampler(opts.sampler, opts.steps, opts.spacing, opts.eta,
+                                    max_timestep=t0, clip_x0=opts.clip_x0)
             n = len(lengths_arr)
         else:
             if n is None or n < 1:
                 raise ConfigError(f"generate: n must be >= 1, got {n}")
             lengths_arr = (np.asarray(lengths, dtype=np.int64) if lengths is not None
-                           else self._draw_lengths(n, generator))
+                           else self.draw_lengths(n, generator))
             if len(lengths_arr) != n or lengths_arr.min() < 1 or lengths_arr.max() > c.num_points:
                 raise ConfigError(f"lengths must be {n} values in [1, {c.num_points}]")
             x_c = None
-            smp = self.make_sampler(sampler, steps, spacing, eta)
+            smp = self.make_sampler(opts.sampler, opts.steps, opts.spacing, opts.eta,
+                                    clip_x0=opts.clip_x0)
         t_start = smp.timesteps[0]
 
         outs, pens = [], []
-        runner = self._runner(net, batch_size, device, compile, fast_dtype) if fast else None
+        runner = self._runner(net, batch_size, device, opts.compile, fast_dtype, clip) if fast else None
         for lo in range(0, n, batch_size):
             hi = min(lo + batch_size, n)
             rows = batch_size if runner is not None else hi - lo
             mask = torch.zeros(rows, c.num_points, device=device)
-            mask[:hi - lo] = _length_mask(lengths_arr[lo:hi], c.num_points).to(device)
+            mask[:hi - lo] = length_mask(lengths_arr[lo:hi], c.num_points).to(device)
             mask[hi - lo:] = 1.0  # padding sketches of a static-shape batch (discarded)
             if c.faithful:
                 mask.fill_(1.0)
@@ -537,42 +600,38 @@ class SketchKnitter(SketchModel):
                                        callback, progress)
             outs.append(x0[:hi - lo].float().cpu())
             pens.append(pen[:hi - lo].float().cpu())
-        return self._to_sketches(torch.cat(outs), decode_pen(torch.cat(pens), pen_break),
-                                 lengths_arr)
+        out = self.to_sketches(torch.cat(outs), decode_pen(torch.cat(pens), pen_break), lengths_arr)
+        return self.label_samples(out, _labelled(references))
 
-    def refine(self, sketches, strength: float = 0.5, **kwargs) -> Sketches:
-        """Refine or heal sketches (SDEdit); see `generate(condition=...)`."""
-        return self.generate(condition=sketches, strength=strength, **kwargs)
-
-    def _prepare_condition(self, condition, strength: float, extra_points: int):
+    def _prepare_condition(self, condition, noise_level: float, extra_points: int):
         c = self.config
-        if not 0.0 <= strength <= 1.0:
-            raise ConfigError(f"strength must lie in [0, 1], got {strength}")
+        if not 0.0 <= noise_level <= 1.0:
+            raise ConfigError(f"noise_level (healing strength) must lie in [0, 1], got {noise_level}")
         if isinstance(condition, Sketches):
             scale_in = condition.scale_factor
             items = list(condition)
         else:
             scale_in, items = float(self.scale_factor), list(condition)
         if not items:
-            raise DataError("condition: no sketches given")
+            raise DataError("references: no sketches given")
         # Sketches.scale_factor: offsets are in units of 1/scale of the raw data.
         ratio = scale_in / float(self.scale_factor)
         x_c = torch.zeros(len(items), c.num_points, 2)
         pen = torch.zeros(len(items), c.num_points)
         lengths = np.zeros(len(items), np.int64)
         for i, s in enumerate(items):
-            s = validate_stroke3(s, f"condition sketch {i}")
+            s = validate_stroke3(s, f"reference sketch {i}")
             if len(s) > c.num_points:
-                raise DataError(f"condition sketch {i} has {len(s)} points; this model takes at "
+                raise DataError(f"reference sketch {i} has {len(s)} points; this model takes at "
                                 f"most {c.num_points} (simplify it with sketchlab.data.strokes."
                                 f"simplify or drop it)")
             x_c[i, :len(s)] = torch.from_numpy(s[:, :2] * ratio)
             pen[i, :len(s)] = torch.from_numpy(s[:, 2])
             lengths[i] = c.num_points if c.faithful else min(len(s) + extra_points, c.num_points)
-        t0 = int(round(strength * self.diffusion.num_timesteps)) - 1
+        t0 = int(round(noise_level * self.diffusion.num_timesteps)) - 1
         return x_c, pen, lengths, min(t0, self.diffusion.num_timesteps - 1)
 
-    def _to_sketches(self, x: torch.Tensor, pen: torch.Tensor, lengths: np.ndarray) -> Sketches:
+    def to_sketches(self, x: torch.Tensor, pen: torch.Tensor, lengths: np.ndarray) -> Sketches:
         """(B, N, 2) offsets + (B, N) pen bits -> Sketches, each cut to its length."""
         arr = torch.cat([x.float(), pen.float()[..., None]], dim=-1).cpu().numpy()
         lengths = np.asarray(lengths, dtype=np.int64)
@@ -601,189 +660,16 @@ class SketchKnitter(SketchModel):
         return middle.float().mean(-1)
 
 
-def _length_mask(lengths: np.ndarray, n: int) -> torch.Tensor:
+def _labelled(references) -> Sketches | None:
+    """References that carry categories (Sketches), for the samples' labels."""
+    return references if isinstance(references, Sketches) else None
+
+
+def length_mask(lengths: np.ndarray, n: int) -> torch.Tensor:
+    """(B, n) float mask: 1 on the first lengths[b] rows of each sketch."""
     return (torch.arange(n)[None, :] < torch.as_tensor(lengths)[:, None]).float()
 
 
 def _randn(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     dev = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=dev).to(device)
-
-
-# --------------------------------------------------------------------------------------------
-# Recognizability and the r-Shortcut (spec 6.3, option A; reconstructed: the original's code
-# never trained its predictor, and the paper's shortcut function is not in the repository)
-# --------------------------------------------------------------------------------------------
-
-ScoreFn = Callable[[Sketches], np.ndarray]
-
-
-class RecognizabilityNet(nn.Module):
-    """R_phi(x_t, t) -> logit of recognizability: a bi-GRU over the points.
-
-    Per point: (dx, dy), predicted P(pen lift), the real-row mask and a sinusoidal embedding of
-    t; the outputs are mean-pooled over real rows, then an MLP gives one logit.
-    """
-
-    def __init__(self, hidden: int = 256, layers: int = 2, t_dim: int = 64):
-        super().__init__()
-        self.t_dim = t_dim
-        self.gru = nn.GRU(4 + t_dim, hidden, layers, batch_first=True, bidirectional=True)
-        self.head = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.SiLU(), nn.Linear(hidden, 1))
-
-    def forward(self, x, p_lift, mask, t_scaled):
-        b, n, _ = x.shape
-        temb = timestep_embedding(t_scaled, self.t_dim)[:, None].expand(b, n, self.t_dim)
-        feats = torch.cat([x, p_lift[..., None], mask[..., None], temb], dim=-1)
-        lengths = mask.sum(1).clamp_min(1).long().cpu()
-        packed = nn.utils.rnn.pack_padded_sequence(feats, lengths, batch_first=True,
-                                                   enforce_sorted=False)
-        out, _ = self.gru(packed)
-        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=n)
-        pooled = (out * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
-        return self.head(pooled).squeeze(-1)
-
-
-def _walk_trajectories(model: SketchKnitter, visit, *, n: int, batch_size: int, sampler: str,
-                       steps, record: int | None, target_on: str, device, generator, fast,
-                       progress: bool) -> None:
-    """Sample `n` sketches and call `visit(x, p_lift, mask, lengths, t)` at `record` evenly
-    spread steps (None: every step) with the step's *input* x_t (`target_on="x_t"`, skipping
-    the pure-noise first step) or its x0_hat, and that step's pen probabilities."""
-    if target_on not in ("x_t", "x0_hat"):
-        raise ConfigError(f"target_on must be 'x_t' or 'x0_hat', got {target_on!r}")
-    smp = model.make_sampler(sampler, steps)
-    first = 1 if target_on == "x_t" else 0
-    count = len(smp.timesteps)
-    picks = range(first, count) if record is None else np.linspace(first, count - 1, record)
-    keep = set(np.round(np.asarray(picks)).astype(int).tolist())
-    for lo in range(0, n, batch_size):
-        b = min(batch_size, n - lo)
-        lengths = model._draw_lengths(b, generator)
-        mask = _length_mask(lengths, model.config.num_points).to(device)
-        if model.config.faithful:
-            mask.fill_(1.0)
-        state: dict = {}
-
-        def cb(i, t, x_prev, x0, eps, pen):
-            if i in keep:
-                src = state["x_in"] if target_on == "x_t" else x0
-                visit(src, torch.softmax(pen.float(), -1)[..., 1], mask, lengths, t)
-            if i + 1 in keep and target_on == "x_t":
-                state["x_in"] = x_prev.clone()  # the input of the next step
-
-        model.generate(b, sampler=smp, lengths=lengths, generator=generator, device=device,
-                       batch_size=b, fast=fast, callback=cb, progress=progress)
-
-
-def train_recognizability(model: SketchKnitter, score_fn: ScoreFn, *, n_sketches: int = 512,
-                          batch_size: int = 256, trajectory_sampler: str = "ddpm",
-                          trajectory_steps=None, record_steps: int = 50, target_on: str = "x_t",
-                          epochs: int = 10, lr: float = 1e-3, device=None,
-                          generator: torch.Generator | None = None, fast: bool | None = None,
-                          progress: bool = False):
-    """Train R_phi on (x_t, t, score) tuples collected along the model's sampling trajectories.
-
-    `score_fn(Sketches) -> (n,)` gives each sketch's recognizability in [0, 1], e.g. a
-    classifier's probability of the true class (the original used one batch-level accuracy; a
-    per-sketch probability is a stronger target). `target_on="x_t"` scores the current noisy
-    sample as the original did; "x0_hat" scores the model's current estimate of the result.
-    Returns (predictor, info) with the BCE history.
-    """
-    from tqdm.auto import tqdm
-
-    device = torch.device(device) if device is not None else model.data_scale.device
-    feats, probs, masks, ts, targets = [], [], [], [], []
-
-    def visit(x, p, mask, lengths, t):
-        pen = (p >= model.config.pen_break).float()
-        score = np.asarray(score_fn(model._to_sketches(x, pen, lengths)), dtype=np.float32)
-        if score.shape != (x.shape[0],) or not np.all(np.isfinite(score)):
-            raise ConfigError(f"score_fn must return {x.shape[0]} finite scores, got "
-                              f"shape {score.shape}")
-        feats.append(x.float().cpu())
-        probs.append(p.cpu())
-        masks.append(mask.cpu())
-        ts.append(torch.full((x.shape[0],), float(t)))
-        targets.append(torch.from_numpy(np.clip(score, 0.0, 1.0)))
-
-    _walk_trajectories(model, visit, n=n_sketches, batch_size=batch_size,
-                       sampler=trajectory_sampler, steps=trajectory_steps, record=record_steps,
-                       target_on=target_on, device=device, generator=generator, fast=fast,
-                       progress=progress)
-    data = [torch.cat(a) for a in (feats, probs, masks, ts, targets)]
-    c = model.config
-    net = RecognizabilityNet(c.recognizer_hidden, c.recognizer_layers).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    total = len(data[0])
-    g = torch.Generator().manual_seed(0)
-    history = []
-    for _ in tqdm(range(epochs), disable=not progress, desc="recognizer"):
-        order = torch.randperm(total, generator=g)
-        run = 0.0
-        for lo in range(0, total, batch_size):
-            idx = order[lo:lo + batch_size]
-            x, p, m, t, y = (d[idx].to(device) for d in data)
-            logit = net(x, p, m, model.diffusion.scale_timesteps(t))
-            loss = F.binary_cross_entropy_with_logits(logit, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            run += loss.item() * len(idx)
-        history.append(run / total)
-    return net.eval(), {"tuples": total, "bce": history,
-                        "mean_target": float(data[4].mean())}
-
-
-@torch.no_grad()
-def recognizability_curve(model: SketchKnitter, predictor: RecognizabilityNet, *, n: int = 256,
-                          batch_size: int = 256, trajectory_sampler: str = "ddpm",
-                          trajectory_steps=None, target_on: str = "x_t", device=None,
-                          generator: torch.Generator | None = None, fast: bool | None = None,
-                          progress: bool = False) -> np.ndarray:
-    """Mean predicted recognizability r(t), t = 0..T-1, over a pilot batch of trajectories
-    (evaluated at every step of the trajectory sampler, interpolated in between)."""
-    device = torch.device(device) if device is not None else model.data_scale.device
-    sums: dict[int, list[float]] = {}
-
-    def visit(x, p, mask, lengths, t):
-        tt = torch.full((x.shape[0],), float(t), device=x.device)
-        r = torch.sigmoid(predictor(x.float(), p, mask, model.diffusion.scale_timesteps(tt)))
-        sums.setdefault(int(t), []).extend(r.float().cpu().tolist())
-
-    _walk_trajectories(model, visit, n=n, batch_size=batch_size, sampler=trajectory_sampler,
-                       steps=trajectory_steps, record=None, target_on=target_on, device=device,
-                       generator=generator, fast=fast, progress=progress)
-    ts = np.array(sorted(sums))
-    means = np.array([np.mean(sums[t]) for t in ts])
-    return np.interp(np.arange(model.diffusion.num_timesteps), ts, means)
-
-
-def calibrate_shortcut(model: SketchKnitter, score_fn: ScoreFn, *, pilot: int = 256, **kwargs):
-    """Train R_phi from `score_fn`, estimate r(t) on a pilot batch and store it in the model,
-    enabling `generate(sampler="rshortcut", steps=S)`. Returns (predictor, curve, info)."""
-    curve_keys = ("batch_size", "trajectory_sampler", "trajectory_steps", "target_on", "device",
-                  "generator", "fast", "progress")
-    predictor, info = train_recognizability(model, score_fn, **kwargs)
-    curve = recognizability_curve(model, predictor, n=pilot,
-                                  **{k: v for k, v in kwargs.items() if k in curve_keys})
-    model.set_shortcut_curve(curve)
-    return predictor, curve, info
-
-
-def classifier_score_fn(classifier, categories: Sequence[str]) -> ScoreFn:
-    """Recognizability targets from a sketchlab classifier: the probability it gives the class
-    the model was trained on (the mean over `categories` for a multi-category model). Sketches
-    arrive in the model's normalised units; rendering fits each to its box, so units do not
-    matter."""
-    missing = [c for c in categories if c not in classifier.categories]
-    if missing:
-        raise ConfigError(f"the classifier does not know {missing}; it knows "
-                          f"{', '.join(classifier.categories)}")
-    cols = [classifier.categories.index(c) for c in categories]
-
-    def score(sketches: Sketches) -> np.ndarray:
-        _, logits = classifier.extract(sketches)
-        p = torch.softmax(torch.as_tensor(logits, dtype=torch.float32), -1)
-        return p[:, cols].max(-1).values.numpy()
-    return score

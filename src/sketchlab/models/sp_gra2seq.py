@@ -28,7 +28,8 @@ encoder, decoder, losses, generation, and the small CPU demo configuration.
 * Validation: L_R with a SAMPLED z (1.11), masked pen CE, no patch masking; early stopping with
   patience 5 rewinding to the best checkpoint (`reload_best`).
 * Generation (1.12): z = mu of reference sketches, optionally corrupted by patch masking
-  (`mask_prob`, the original's `--prob`; `sketchlab sample --strength P`), tau = 0.24, T steps.
+  (the sampling option `mask_prob`, the original's `--prob`; it is what `heal(strength=P)` and
+  `sketchlab sample --strength P` set), tau = 0.24, T steps.
 
 Choices the spec leaves open or flags (section 4):
 * num_mixture (K, bug 8): 50, the `train.py` default that training actually uses and saves
@@ -65,7 +66,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -78,7 +79,7 @@ from sketchlab.data.patches import BatchPlan, PatchGeometry, node_mask, plan_bat
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.models.base import SketchModel, clip_and_limit
-from sketchlab.models.code_decoder import CodeDecoder
+from sketchlab.models.code_decoder import CodeDecoder, DecoderOptions
 from sketchlab.nn.cells import make_cell
 from sketchlab.nn.graph import PatchCNN, proximity_adjacency
 from sketchlab.nn.init import normal_linear
@@ -121,6 +122,16 @@ class Config(TrainingConfig):
     valid_metric: str = "recon"
 
 
+@dataclass
+class Options(DecoderOptions):
+    """SP-gra2seq's sampling options (`sample.py`)."""
+
+    batch_size: int = field(default=100, metadata={"help": "how many sketches are drawn at once"})
+    mask_prob: float = field(default=0.0, metadata={
+        "help": "SP-gra2seq: mask each reference patch with this probability before encoding "
+                "(healing; 0: plain reconstruction; paper: 0.1, 0.3)"})
+
+
 def all_column_std(points: np.ndarray, xy_scale: float = 1.0) -> float:
     """The original's `np.std(all_rows)`: population std of every value of the `(N, 3)` rows,
     dx, dy AND the pen column pooled; `xy_scale` multiplies dx, dy first."""
@@ -161,7 +172,10 @@ def zero_extent(sketches: Sketches) -> np.ndarray:
 class SPGra2Seq(CodeDecoder, SketchModel):
     name = "sp-gra2seq"
     Config = Config
-    samples_from_prior = False
+    Options = Options
+    can_encode = True
+    can_heal = True
+    heal_option = "mask_prob"
 
     def __init__(self, config: Config):
         super().__init__(config)
@@ -354,35 +368,26 @@ class SPGra2Seq(CodeDecoder, SketchModel):
         return torch.cat(codes, 0)
 
     @torch.no_grad()
-    def generate(self, n: int | None = None, *, references: Sketches | None = None,
-                 temperature: float | None = None, seed: int = 0, batch_size: int = 100,
-                 greedy: bool = False, mask_prob: float = 0.0, strength: float | None = None) -> Sketches:
+    def generate(self, n: int | None = None, *, references: Sketches | None = None, seed: int = 0,
+                 options: Options | None = None, **overrides) -> Sketches:
         """Sketches conditioned on `references` (normalised Sketches; z = mu of their graphs), as
         `sample.py`: each reference's patches are first masked with probability `mask_prob`
-        (0: plain reconstruction; 0.1 / 0.3: the paper's healing; `strength` is the command
-        line's name for it), then decoded at temperature tau for max_seq_len steps. Returns
-        normalised sketches carrying the references' categories and, as `z`, the Ret gallery
-        code: mu of the CLEAN reference (1.13; equal to the decoded code when mask_prob = 0)."""
-        if references is None:
-            raise ConfigError("SP-gra2seq has no prior to sample from: it generates from reference "
-                              "sketches (`sketchlab sample RUN --condition-on test`)")
-        if batch_size is None or int(batch_size) < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
-        t = self._temperature(temperature, greedy)
-        if strength is not None:
-            mask_prob = float(strength)
+        (0: plain reconstruction; 0.1 / 0.3: the paper's healing, `heal(strength=...)`), then
+        decoded at temperature tau for max_seq_len steps. Returns normalised sketches carrying
+        the references' categories and, as `z`, the Ret gallery code: mu of the CLEAN reference
+        (1.13; equal to the decoded code when mask_prob = 0)."""
+        self.require_references(references)
+        opts = self.make_options(options, **overrides)
+        greedy = self.sample_greedily(opts.greedy)
+        t = self._temperature(opts.temperature, greedy)
         n = len(references) if n is None else min(int(n), len(references))
         refs = references[np.arange(n)]
-        z = self.encode_references(refs, mask_prob, seed, int(batch_size))
-        out = self.decode_batches(z, t, greedy, seed, batch_size).with_categories_of(refs)
-        if mask_prob > 0:
-            out.z = self.encode_references(refs, 0.0, seed, int(batch_size)).cpu().numpy()
+        z = self.encode_references(refs, opts.mask_prob, seed, opts.batch_size)
+        out = self.decode_batches(n, z, t, greedy, self.generator(seed), opts.batch_size)
+        out = self.label_samples(out, refs)
+        if opts.mask_prob > 0:
+            out.z = self.encode_references(refs, 0.0, seed, opts.batch_size).cpu().numpy()
         return out
-
-    def sample_options(self):
-        return {"mask_prob": "mask each reference patch with this probability before encoding "
-                             "(healing; `--strength` on the command line; paper: 0.1, 0.3)",
-                "greedy": "pick the most likely component and pen state instead of sampling"}
 
 
 def demo_config(**overrides) -> Config:
@@ -396,4 +401,4 @@ def demo_config(**overrides) -> Config:
     return dataclasses.replace(base, **overrides)
 
 
-__all__ = ["Config", "SPGra2Seq", "all_column_std", "demo_config", "zero_extent"]
+__all__ = ["Config", "Options", "SPGra2Seq", "all_column_std", "demo_config", "zero_extent"]
