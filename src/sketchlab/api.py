@@ -89,6 +89,13 @@ class Model:
         return self.module.make_options()
 
     @property
+    def n_components(self) -> int | None:
+        """How many prior components `sample(component=k)` picks from (None: no mixture prior)."""
+        if not getattr(self.module, "has_components", False):
+            return None
+        return int(self.module.prior_weights().numel())
+
+    @property
     def scale_factor(self) -> float:
         return float(self.module.scale_factor)
 

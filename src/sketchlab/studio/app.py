@@ -24,6 +24,7 @@ bounded before parsing; nothing runs a shell.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import threading
@@ -49,8 +50,9 @@ from sketchlab.studio.gate import Busy, Gate
 log = logging.getLogger("sketchlab.studio")
 
 # What each action needs of a model (the API handle's capability names).
-ACTIONS = {"sample": "sample", "reconstruct": "encode", "interpolate": "encode", "heal": "heal",
-           "complete": "complete"}
+ACTIONS = {"sample": "can_sample", "reconstruct": "can_encode", "interpolate": "can_encode",
+           "heal": "can_heal", "complete": "can_complete"}
+COMPONENTS = "has_components"
 
 STATIC = {  # URL name -> (file in sketchlab/studio/static, media type)
     "studio.js": ("studio.js", "text/javascript; charset=utf-8"),
@@ -223,24 +225,31 @@ class Studio:
     # ---- facts -------------------------------------------------------------------------------
     def info(self, model_id: str) -> dict[str, Any]:
         m = self.models[model_id]
-        caps = sorted(m.capabilities)
         return {
             "id": model_id,
             "kind": m.name,
             "source": m.describe().get("source"),
             "categories": list(m.categories),
-            "capabilities": caps,
+            "capabilities": sorted(m.capabilities),
             "actions": [a for a, need in ACTIONS.items() if need in m.capabilities],
             "components": self.components(m),
+            # what `sample` can be steered by: a prior component, a category (a model whose
+            # sampling options take one)
+            "sample_by": [k for k, ok in (("component", COMPONENTS in m.capabilities),
+                                          ("category", self.takes_option(m, "category"))) if ok],
         }
 
     @staticmethod
     def components(m: Model) -> int | None:
-        """How many latent mixture components a model can sample from (None: not a mixture)."""
-        if "components" not in m.capabilities:
+        """How many latent mixture components a model samples from (None: not a mixture)."""
+        if COMPONENTS not in m.capabilities:
             return None
-        count = getattr(m, "n_components", None)
-        return int(count) if isinstance(count, int) else None
+        return m.n_components
+
+    @staticmethod
+    def takes_option(m: Model, name: str) -> bool:
+        options = getattr(m, "options", None)
+        return dataclasses.is_dataclass(options) and name in {f.name for f in dataclasses.fields(options)}
 
     def who(self, model_id: str) -> dict[str, Any]:
         m = self.models[model_id]
@@ -368,12 +377,16 @@ def create_app(studio: Studio | dict[str, Model], settings: StudioSettings | Non
         options = {}
         if req.component is not None:
             n = studio.components(m)
-            if "components" not in m.capabilities:
-                raise ApiError(422, f"{req.model} (a {m.name} model) has no latent components")
+            if COMPONENTS not in m.capabilities:
+                raise ApiError(422, f"component: {req.model} (a {m.name} model) has no latent "
+                                    f"components")
             if n is not None and req.component >= n:
                 raise ApiError(422, f"component: {req.model} has components 0..{n - 1}")
             options["component"] = req.component
         if req.category is not None:
+            if not studio.takes_option(m, "category"):
+                raise ApiError(422, f"category: {req.model} (a {m.name} model) does not sample by "
+                                    f"category")
             if req.category not in m.categories:
                 raise ApiError(422, f"category: {req.model} knows {', '.join(m.categories) or 'none'}")
             options["category"] = req.category

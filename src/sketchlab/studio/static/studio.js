@@ -274,12 +274,12 @@
     comp.innerHTML = "";
     comp.append(new Option("any", ""));
     if (m && m.components) for (let k = 0; k < m.components; k++) comp.append(new Option(String(k), String(k)));
-    $("component-label").hidden = !(m && m.capabilities.includes("components"));
+    $("component-label").hidden = !(m && m.sample_by.includes("component"));
     const cat = $("category");
     cat.innerHTML = "";
     cat.append(new Option("any", ""));
     if (m) for (const c of m.categories) cat.append(new Option(c, c));
-    $("category-label").hidden = !(m && m.sample_by && m.sample_by.includes("category"));
+    $("category-label").hidden = !(m && m.sample_by.includes("category"));
   }
 
   async function api(path, body) {
