@@ -6,6 +6,7 @@ then sends the requests from one asyncio client:
 
 * burst: 200 requests at once, one try each. The gate admits `workers + queue` model calls and
   answers the rest 429 at once, so every request gets an answer quickly;
+* no-model burst: 200 concurrent GET /api/health first: what the client and the machine cost;
 * retrying: 200 requests at once, each retried after its Retry-After until it is served (as the
   page's user would press again), so all 200 completions are eventually drawn.
 
@@ -74,7 +75,8 @@ def percentiles(values: list[float]) -> dict:
             "p95_ms": round(float(np.percentile(v, 95)), 1), "max_ms": round(float(v.max()), 1)}
 
 
-async def one(client: httpx.AsyncClient, body: dict, retry: bool, deadline: float) -> dict:
+async def one(client: httpx.AsyncClient, body: dict, retry: bool, deadline: float,
+              errors: dict) -> dict:
     t0 = time.perf_counter()
     tries = 0
     while True:
@@ -87,6 +89,7 @@ async def one(client: httpx.AsyncClient, body: dict, retry: bool, deadline: floa
                 status = 200 if ok else -2
         except httpx.HTTPError as e:
             status, r = -1, e
+            errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
         if not (retry and status == 429) or time.perf_counter() > deadline or tries >= 1000:
             return {"status": status, "seconds": time.perf_counter() - t0, "tries": tries}
         wait = float(r.headers.get("retry-after", "1")) if isinstance(r, httpx.Response) else 1.0
@@ -95,8 +98,11 @@ async def one(client: httpx.AsyncClient, body: dict, retry: bool, deadline: floa
 
 async def phase(base: str, model: str, n_requests: int, retry: bool, pid: int,
                 time_limit: float) -> dict:
-    limits = httpx.Limits(max_connections=n_requests + 10, max_keepalive_connections=n_requests)
-    memory = []
+    # Idle connections are dropped by the client before the server's 5 s keep-alive ends, so a
+    # request never races the server closing its connection.
+    limits = httpx.Limits(max_connections=n_requests + 10, max_keepalive_connections=n_requests,
+                          keepalive_expiry=2.0)
+    memory, page_s, errors = [], [], {}
     stop = asyncio.Event()
 
     async def sample_memory():
@@ -104,16 +110,28 @@ async def phase(base: str, model: str, n_requests: int, retry: bool, pid: int,
             memory.append(rss_mb(pid))
             await asyncio.sleep(0.05)
 
+    async def load_page():
+        # what a person opening the page meanwhile waits for (its own connection)
+        async with httpx.AsyncClient(base_url=base, timeout=60) as page:
+            while not stop.is_set():
+                t = time.perf_counter()
+                r = await page.get("/api/models")
+                if r.status_code == 200:
+                    page_s.append(time.perf_counter() - t)
+                await asyncio.sleep(0.25)
+
     sampler = asyncio.create_task(sample_memory())
+    pager = asyncio.create_task(load_page())
     deadline = time.perf_counter() + time_limit
     t0 = time.perf_counter()
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=time_limit) as client:
         bodies = [{"model": model, "sketch": DRAWING, "n": 2, "temperature": 0.4, "seed": i}
                   for i in range(n_requests)]
-        results = await asyncio.gather(*(one(client, b, retry, deadline) for b in bodies))
+        results = await asyncio.gather(*(one(client, b, retry, deadline, errors) for b in bodies))
     wall = time.perf_counter() - t0
     stop.set()
     await sampler
+    await pager
     statuses: dict[str, int] = {}
     for r in results:
         statuses[str(r["status"])] = statuses.get(str(r["status"]), 0) + 1
@@ -125,10 +143,26 @@ async def phase(base: str, model: str, n_requests: int, retry: bool, pid: int,
         "served_per_s": round(len(served) / wall, 2),
         "latency_served": percentiles(served), "latency_any_answer": percentiles(answered),
         "tries_max": max(r["tries"] for r in results),
+        "page_while_loaded": {"requests": len(page_s), **percentiles(page_s)},
+        "client_errors": errors,
         "server_rss_peak_mb": round(max(memory), 1) if memory else None,
         "five_xx": sum(v for k, v in statuses.items() if k.startswith("5")),
         "dropped": statuses.get("-1", 0), "wrong_answers": statuses.get("-2", 0),
     }
+
+
+async def no_model_burst(base: str, n_requests: int) -> dict:
+    """The same number of concurrent requests that need no model (GET /api/health): what the
+    client, the connections and this machine's load alone cost."""
+    limits = httpx.Limits(max_connections=n_requests + 10, keepalive_expiry=2.0)
+    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
+        async def get():
+            t = time.perf_counter()
+            r = await client.get("/api/health")
+            return r.status_code, time.perf_counter() - t
+        results = await asyncio.gather(*(get() for _ in range(n_requests)))
+    return {"requests": n_requests, "ok": sum(s == 200 for s, _ in results),
+            **percentiles([t for _, t in results])}
 
 
 def main() -> int:
@@ -167,6 +201,7 @@ def main() -> int:
             httpx.post(f"{base}/api/complete", json={"model": model["id"], "sketch": DRAWING},
                        timeout=120).raise_for_status()
             rss_start = rss_mb(server.pid)
+            baseline = asyncio.run(no_model_burst(base, args.requests))
             burst = asyncio.run(phase(base, model["id"], args.requests, False, server.pid,
                                       args.time_limit))
             retrying = asyncio.run(phase(base, model["id"], args.requests, True, server.pid,
@@ -184,7 +219,8 @@ def main() -> int:
         "benchmark": "studio_load",
         "model": {"id": model["id"], "kind": model["kind"]},
         "cores": os.cpu_count(), "workers": args.workers, "queue": args.queue,
-        "burst": burst, "retrying": retrying,
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "no_model_burst": baseline, "burst": burst, "retrying": retrying,
         "server_rss_mb": {"start": round(rss_start, 1), "peak": round(peak, 1),
                           "end": round(rss_end, 1), "growth_peak": round(peak - rss_start, 1)},
         "gate_after": alive["gate"],

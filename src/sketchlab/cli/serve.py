@@ -66,6 +66,10 @@ def cmd_serve(args) -> int:
     # Each worker thread gets its share of the cores: torch's own threads on top of ours would
     # oversubscribe a small machine.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.workers))
+    # The event loop shares the GIL with the model threads (sampling loops are Python-heavy):
+    # with the default 5 ms switch interval every socket call of the loop waited up to 5 ms per
+    # busy thread to get the GIL back, and a saturated studio took seconds to answer even a 429.
+    sys.setswitchinterval(0.0005)
     hosts = ("*",) if not _is_loopback(args.host) else \
         ("localhost", "127.0.0.1", "[::1]", "::1", args.host)
     settings = studio.StudioSettings(workers=args.workers, queue=args.queue, allowed_hosts=hosts)
