@@ -66,9 +66,9 @@ def cmd_serve(args) -> int:
     # Each worker thread gets its share of the cores: torch's own threads on top of ours would
     # oversubscribe a small machine.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.workers))
-    # The event loop shares the GIL with the model threads (sampling loops are Python-heavy):
-    # with the default 5 ms switch interval every socket call of the loop waited up to 5 ms per
-    # busy thread to get the GIL back, and a saturated studio took seconds to answer even a 429.
+    # The event loop shares the GIL with the model threads (sampling loops are Python-heavy);
+    # a short switch interval gives it the GIL back sooner after each of its socket calls, so
+    # the page and the 429s are answered while models run.
     sys.setswitchinterval(0.0005)
     hosts = ("*",) if not _is_loopback(args.host) else \
         ("localhost", "127.0.0.1", "[::1]", "::1", args.host)

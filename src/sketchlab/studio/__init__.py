@@ -29,7 +29,9 @@ def model_id(spec: str) -> str:
     if text.startswith(zoo.PREFIX):
         text = text[len(zoo.PREFIX):]
     elif Path(text).exists():
-        text = Path(text).resolve().name
+        # the folder's name as given (a link keeps its own name); "." and ".." by where they lead
+        name = Path(text).name
+        text = name if name not in ("", ".", "..") else Path(text).resolve().name
     return _SAFE.sub("-", text).strip("-.") or "model"
 
 

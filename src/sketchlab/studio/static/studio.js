@@ -358,7 +358,7 @@
   $("model").addEventListener("change", updateButtons);
 
   // ---- results -----------------------------------------------------------------------------------
-  const TILE = 180;
+  const TILE = 160;
 
   function describeSettings(data) {
     const s = data.settings || {};
