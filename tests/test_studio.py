@@ -389,6 +389,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow   # a new process: importing torch and loading two models takes ~20 s here
 def test_serve_command_starts_the_studio_on_localhost(studio_runs, tmp_path):
     port = _free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
