@@ -98,8 +98,8 @@ async def one(client: httpx.AsyncClient, body: dict, retry: bool, deadline: floa
 
 async def phase(base: str, model: str, n_requests: int, retry: bool, pid: int,
                 time_limit: float) -> dict:
-    # Idle connections are dropped by the client before the server's 5 s keep-alive ends, so a
-    # request never races the server closing its connection.
+    # Idle connections are dropped by the client long before the server's 30 s keep-alive ends,
+    # so a request never races the server closing its connection.
     limits = httpx.Limits(max_connections=n_requests + 10, max_keepalive_connections=n_requests,
                           keepalive_expiry=2.0)
     memory, page_s, errors = [], [], {}
@@ -112,12 +112,19 @@ async def phase(base: str, model: str, n_requests: int, retry: bool, pid: int,
 
     async def load_page():
         # what a person opening the page meanwhile waits for (its own connection)
-        async with httpx.AsyncClient(base_url=base, timeout=60) as page:
+        async with httpx.AsyncClient(base_url=base, timeout=60,
+                                     limits=httpx.Limits(keepalive_expiry=2.0)) as page:
             while not stop.is_set():
                 t = time.perf_counter()
-                r = await page.get("/api/models")
-                if r.status_code == 200:
-                    page_s.append(time.perf_counter() - t)
+                try:
+                    r = await page.get("/api/models")
+                    if r.status_code == 200:
+                        page_s.append(time.perf_counter() - t)
+                    else:
+                        errors[f"page {r.status_code}"] = errors.get(f"page {r.status_code}", 0) + 1
+                except httpx.HTTPError as e:
+                    name = f"page {type(e).__name__}"
+                    errors[name] = errors.get(name, 0) + 1
                 await asyncio.sleep(0.25)
 
     sampler = asyncio.create_task(sample_memory())
@@ -227,7 +234,8 @@ def main() -> int:
     }
     problems = []
     for name, p in (("burst", burst), ("retrying", retrying)):
-        if p["five_xx"] or p["dropped"] or p["wrong_answers"]:
+        if p["five_xx"] or p["dropped"] or p["wrong_answers"] or any(
+                k.startswith("page") for k in p["client_errors"]):
             problems.append(f"{name}: {p['statuses']}")
     if retrying["served"] != args.requests:
         problems.append(f"retrying: only {retrying['served']} of {args.requests} served")

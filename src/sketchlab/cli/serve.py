@@ -81,7 +81,9 @@ def cmd_serve(args) -> int:
     print(f"sketchlab studio: http://{shown}:{args.port}/  ({len(models)} models; Ctrl-C stops)",
           flush=True)
     # limit_concurrency bounds open connections (beyond it uvicorn answers 503 at once); the
-    # studio's own gate answers 429 long before that for model calls.
+    # studio's own gate answers 429 long before that for model calls. Idle connections are kept
+    # 30 s: a shorter keep-alive raced clients that reuse a connection just as it is closed
+    # ("server disconnected without a response" in the load check on a busy machine).
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                timeout_keep_alive=5, limit_concurrency=1000)
+                timeout_keep_alive=30, limit_concurrency=1000)
     return 0
