@@ -37,10 +37,12 @@ sys.path.insert(0, str(ROOT / "src"))
 from report import emit  # noqa: E402  (benchmarks/report.py)
 from sketchlab.data.sketches import Sketches  # noqa: E402
 from sketchlab.data.sketches import Sketches
-from sketchlab.eval import classifier as C  # noqa: E402
+from sketchlab.eval.judge import SketchANetFeatures  # noqa: E402
 from sketchlab.eval import evaluate as E  # noqa: E402
 from sketchlab.eval import metrics as M  # noqa: E402
 from sketchlab.eval.topology import default_workers  # noqa: E402
+from sketchlab.models.sketch_a_net import Config, SketchANet  # noqa: E402
+from sketchlab.runs import load_judge  # noqa: E402
 
 
 def renderer() -> str:
@@ -128,13 +130,14 @@ def main() -> None:
               "renderer": renderer()}
 
     if args.classifier:
-        judge = C.load_classifier(args.classifier, device=device)
+        judge = load_judge(args.classifier, device=device)
         cats = list(judge.categories)
     else:
         cats = [f"c{i}" for i in range(args.categories)]
         torch.manual_seed(0)
-        judge = C.SketchANetFeatures(C.SketchANet(len(cats)), C.ClassifierConfig(categories=cats),
-                                     device)
+        model = SketchANet(Config(num_classes=len(cats)))
+        model.categories = tuple(cats)
+        judge = SketchANetFeatures(model, device)
     report["classifier"] = args.classifier or "random Sketch-a-Net"
 
     if args.data_dir:

@@ -33,7 +33,7 @@ from sketchlab.data.sketches import Sketches
 from sketchlab.models.knitter_shortcut import calibrate_shortcut, classifier_score_fn  # noqa: E402
 from sketchlab.render import save_grid  # noqa: E402
 from sketchlab.train import checkpoint as ckpt  # noqa: E402
-from sketchlab.runs import load_model  # noqa: E402
+from sketchlab.runs import load_judge, load_model  # noqa: E402
 
 
 def progress(result: dict) -> None:
@@ -65,9 +65,7 @@ def evaluate(args) -> dict:
         samplers.append((f"ddim{S}_noclamp", dict(sampler="ddim", steps=S, clip_x0=None)))
     result["clip_x0"] = model.config.clip
     if args.classifier:
-        from sketchlab.eval.classifier import load_classifier
-
-        judge = load_classifier(args.classifier, device)
+        judge = load_judge(args.classifier, device)
         score_fn = classifier_score_fn(judge, list(reference.category_names))
 
         t = time.perf_counter()

@@ -105,3 +105,27 @@ def test_save_by_extension(run_dirs, tmp_path):
     assert len(back) == 2
     with pytest.raises(ConfigError, match="unknown format"):
         sketchlab.save(samples, tmp_path / "s.txt")
+
+
+def test_corrupt_shows_what_heal_is_shown(run_dirs, doodles):
+    """SketchGloc encodes exactly the sketch `corrupt` draws: its code under healing noise equals
+    the plain code of the corrupted sketch."""
+    gloc = sketchlab.load(run_dirs["sketchgloc"], device="cpu")
+    refs = doodles[:4]
+    moved = gloc.corrupt(refs, 0.3, seed=3)
+    assert moved.lengths.tolist() == refs.lengths.tolist()
+    assert not np.allclose(moved.points, refs.points)
+    assert np.allclose(gloc.corrupt(refs, 0.0, seed=3).points, refs.points, atol=1e-3)
+    module = gloc.module
+    healed = module.generate(references=gloc._in(refs), seed=3, displacement=0.3, gallery="z")
+    plain = module.generate(references=gloc._in(moved), seed=3, displacement=0.0, gallery="z")
+    assert np.allclose(healed.z, plain.z, atol=1e-4)
+
+
+def test_sketches_longer_than_a_model_takes_are_refused_by_index_not_dropped(run_dirs, doodles):
+    model = sketchlab.load(run_dirs["sketch-rnn"], device="cpu")     # max_seq_len 40
+    long = np.tile(np.array([[1.0, 0.0, 0.0]], np.float32), (60, 1))
+    mixed = Sketches.from_list([doodles[0], long, doodles[1]])
+    with pytest.raises(DataError, match=r"sketch 1 of 3 is longer than a sketch-rnn "
+                                        r"model takes \(40 points\)"):
+        model.encode(mixed)

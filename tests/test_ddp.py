@@ -20,8 +20,9 @@ def _worker(rank: int, world: int, port: int, run_dir: str, out_dir: str):
     torch.set_num_threads(1)
     import torch.distributed as dist
     from test_trainer import Tiny, TinyConfig, toy_splits
-    from sketchlab.train.trainer import Trainer, prepare_data
+    from sketchlab.train.trainer import Trainer, init_distributed, prepare_data
 
+    assert init_distributed(torch.device("cpu"))   # what `sketchlab train` does under torchrun
     torch.manual_seed(rank)        # different inits: DDP must broadcast rank 0's weights
     data = prepare_data(Tiny, TinyConfig(), toy_splits())
     model = Tiny(data.config)

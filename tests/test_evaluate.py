@@ -14,9 +14,13 @@ import raster_standin
 from sketchlab.data.npz import save_sketchrnn_npz
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import CheckpointError, DataError
-from sketchlab.eval import classifier as C
+from sketchlab import runs
 from sketchlab.cli import evaluate as commands
 from sketchlab.eval import evaluate as E
+from sketchlab.eval import judge as J
+from sketchlab.eval.features import FeatureExtractor
+from sketchlab.models.sketch_a_net import Config, SketchANet
+from sketchlab.train import checkpoint as ckpt
 
 raster_standin.install()
 
@@ -54,7 +58,7 @@ def stats_code(sketch: np.ndarray) -> np.ndarray:
                      sketch[:, 2].sum()], np.float64)
 
 
-class StatsJudge(C.FeatureExtractor):
+class StatsJudge(FeatureExtractor):
     """A fast stand-in judge: statistics as features, a fixed linear map as logits."""
 
     name = "stats"
@@ -69,7 +73,7 @@ class StatsJudge(C.FeatureExtractor):
         return images, torch.stack([5.5 - images[:, 0], images[:, 0] - 5.5], 1)
 
     def labels(self, sketches, where="x"):
-        return C.category_labels(sketches, CATS, where)
+        return J.category_labels(sketches, CATS, where)
 
 
 FAST = E.EvalConfig(gs_runs=3, gs_workers=1, is_splits=2,
@@ -155,9 +159,12 @@ def run_cli(argv):
 
 @pytest.fixture
 def clf_dir(tmp_path):
+    """An untrained judge's run directory, as the trainer writes it."""
     torch.manual_seed(0)
     path = tmp_path / "clf"
-    C.save_classifier(path, C.SketchANet(len(CATS)), C.ClassifierConfig(categories=CATS))
+    model = SketchANet(Config(num_classes=len(CATS)))
+    ckpt.write_run_config(path, SketchANet.name, model.config, 1.0, CATS)
+    ckpt.save_weights(path / "model.safetensors", model, {"model": SketchANet.name, "step": 0})
     return path
 
 
@@ -198,7 +205,7 @@ def test_cli_evaluate_real_split_and_errors(tmp_path, data_dir, clf_dir):
     other = tmp_path / "rnn"
     other.mkdir()
     (other / "config.json").write_text('{"model": "sketch-rnn"}')
-    with pytest.raises(CheckpointError, match="not a sketch-a-net classifier"):
+    with pytest.raises(CheckpointError, match="'sketch-rnn' model, not 'sketch-a-net'"):
         run_cli(["evaluate", "real:valid", "--classifier", str(other), "--data-dir",
                  str(data_dir), "--out", str(out), "--device", "cpu"])
 
@@ -208,9 +215,11 @@ def test_cli_classifier_train(tmp_path, data_dir):
     out = tmp_path / "clf"
     assert run_cli(["classifier", "train", "--data-dir", str(data_dir), "--categories",
                     "[square, zigzag]", "--out", str(out), "--epochs", "1", "--batch-size", "6",
-                    "--max-steps", "1", "--device", "cpu", "--quiet"]) == 0
-    judge = C.load_classifier(out, device="cpu")
-    assert judge.categories == CATS and judge.config.scale_factor > 0
+                    "--max-steps", "1", "--width", "0.25", "--device", "cpu", "--quiet"]) == 0
+    judge = runs.load_judge(out, device="cpu")
+    assert judge.categories == CATS and judge.model.scale_factor > 0
+    assert judge.config.width == 0.25 and judge.config.batch_size == 6
+    assert (out / "best.safetensors").is_file() and (out / "log.csv").is_file()
 
 
 def test_real_quickdraw_loader_through_load_split(tmp_path):

@@ -18,6 +18,7 @@ TABLE = {
     "sp-gra2seq":    (0, 1, 1, 0, 0, "mask_prob"),
     "sketchgloc":    (0, 1, 1, 0, 0, "displacement"),
     "sketchknitter": (1, 0, 1, 0, 0, "noise_level"),
+    "sketch-a-net": (0, 0, 0, 0, 0, None),          # the judge: trained, then only scores
 }
 
 

@@ -8,7 +8,7 @@ CHECK = """
 import os, sys, torch
 os.environ["SKETCHLAB_FUSE"] = "0"   # an old process-wide switch: must be ignored now
 before = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32, torch.get_num_threads())
-import sketchlab.nn.cells, sketchlab.nn.sampler, sketchlab.nn.cudagraph, sketchlab.eval.classifier
+import sketchlab.nn.cells, sketchlab.nn.sampler, sketchlab.nn.cudagraph, sketchlab.eval.judge, sketchlab.models.sketch_a_net, sketchlab.api
 from sketchlab.models.sketch_rnn import Config, SketchRNN
 m = SketchRNN(Config(enc_rnn_size=8, dec_rnn_size=8, z_size=4, max_seq_len=10, dec_model="hyper"))
 assert m.decoder.fusion.enabled and m.decoder.hyper_cell.fusion is m.decoder.fusion

@@ -323,3 +323,47 @@ def test_sigterm_stops_training_like_ctrl_c_with_a_checkpoint(tmp_path):
     assert "checkpoint written" in stdout
     state = torch.load(out / "state.pt", weights_only=True)
     assert state["step"] > 0
+
+
+def test_constructing_a_trainer_starts_no_process_group(tmp_path, monkeypatch):
+    """The process group is the entry point's (`init_distributed`); the trainer only reads it."""
+    import torch.distributed as dist
+
+    from sketchlab.errors import ConfigError
+    from sketchlab.train.trainer import init_distributed
+
+    model, data = build(tmp_path)
+    tr = Trainer(model, data, tmp_path / "run", progress=False, log=lambda m: None)
+    assert not tr.distributed and tr.world == 1 and not dist.is_initialized()
+    assert not init_distributed()             # no torchrun environment: nothing to join
+    monkeypatch.setenv("WORLD_SIZE", "2")     # torchrun's environment, but no group joined
+    with pytest.raises(ConfigError, match="init_distributed"):
+        Trainer(model, data, tmp_path / "run", progress=False, log=lambda m: None)
+    assert not dist.is_initialized()
+
+
+def test_batches_carry_categories_as_indices_into_the_runs_categories(tmp_path):
+    """A classifier's targets: `category` of each batch, matched by name to the training split's
+    categories even when another split lists them in another order."""
+    from sketchlab.errors import DataError
+    from sketchlab.train.data import category_labels
+
+    raw = toy_splits()
+    del raw["test"]
+    n = len(raw["train"])
+    raw["train"] = Sketches(raw["train"].points, raw["train"].offsets,
+                            category=np.arange(n) % 2, category_names=("a", "b"))
+    m = len(raw["valid"])
+    raw["valid"] = Sketches(raw["valid"].points, raw["valid"].offsets,
+                            category=np.arange(m) % 2, category_names=("b", "a"))
+    data = prepare_data(Tiny, TinyConfig(), raw)
+    tr = Trainer(Tiny(data.config), data, tmp_path / "run", progress=False, log=lambda m: None)
+    order = tr._epoch_order(0)
+    batch = tr._train_batch(order, 0, 0)
+    assert batch["category"].tolist() == (order[:8] % 2).tolist()
+    valid = next(tr.valid_batches())
+    assert valid["category"].tolist() == [1 - i % 2 for i in range(len(valid["category"]))]
+    assert category_labels(Sketches.from_list([np.zeros((2, 3), np.float32)]), ("a",)) is None
+    with pytest.raises(DataError, match=r"\['c'\]"):
+        category_labels(Sketches.from_list([np.zeros((2, 3), np.float32)], category=[0],
+                                           category_names=("c",)), ("a", "b"))

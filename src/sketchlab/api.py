@@ -26,7 +26,7 @@ import torch
 
 from sketchlab import runs
 from sketchlab.data.sketches import Sketches
-from sketchlab.data.strokes import check_finite
+from sketchlab.data.strokes import RAW_OFFSET_LIMIT, check_finite
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.latent.interpolate import interpolate as interpolate_codes
 from sketchlab.models.base import models_with
@@ -128,10 +128,30 @@ class Model:
         pen = sk.points[:, 2]
         if np.any((pen != 0) & (pen != 1)):
             raise DataError(f"{what}: the pen column must hold 0 or 1")
-        sk = type(self.module).filter_sketches(self.module.config, sk.in_units(1.0))
-        if len(sk) == 0:
-            raise DataError(f"{what}: every sketch is empty or longer than this model takes")
-        return sk.in_units(self.scale_factor)
+        raw = sk.in_units(1.0)
+        limit = self.max_points()
+        if isinstance(limit, int) and (raw.lengths > limit).any():
+            # Results line up with the inputs one to one: refuse rather than drop silently.
+            bad = np.nonzero(raw.lengths > limit)[0].tolist()
+            shown = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
+            raise DataError(f"{what}: sketch{'es' if len(bad) > 1 else ''} {shown} of {len(raw)} "
+                            f"{'are' if len(bad) > 1 else 'is'} longer than a {self.name} model "
+                            f"takes ({limit} points); leave {'them' if len(bad) > 1 else 'it'} "
+                            f"out or simplify {'them' if len(bad) > 1 else 'it'} "
+                            f"(sketchlab.data.strokes.simplify)")
+        points = raw.points.copy()     # the originals clip raw offsets to +-1000
+        points[:, :2] = np.clip(points[:, :2], -RAW_OFFSET_LIMIT, RAW_OFFSET_LIMIT)
+        return Sketches(points, raw.offsets, category=raw.category,
+                        category_names=raw.category_names).in_units(self.scale_factor)
+
+    def max_points(self) -> int | str:
+        """The longest sketch this model takes (points), or "any"."""
+        c = self.module.config
+        for field in ("num_points", "max_seq_len"):
+            value = getattr(c, field, 0)
+            if isinstance(value, int) and value > 0:
+                return value
+        return "any"
 
     @staticmethod
     def _out(sketches: Sketches) -> Sketches:
@@ -182,6 +202,14 @@ class Model:
             strength = getattr(self.module.make_options(), self.module.heal_option) or 0.0
         return self._out(self.module.heal(self._in(sketches), strength=float(strength), seed=seed,
                                           **self._given(dict(options, temperature=temperature))))
+
+    def corrupt(self, sketches, strength: float, *, seed: int = 0) -> Sketches:
+        """The sketches as `heal(sketches, strength, seed=seed)` corrupts them before redrawing
+        (SP-gra2seq: the points under masked patches removed; SketchGloc: strokes moved;
+        SketchKnitter: noised to t0), for pictures of healing: corrupted, then healed."""
+        self._need("can_heal")
+        return self._out(self.module.corrupt(self._in(sketches), strength=float(strength),
+                                             seed=seed))
 
     def complete(self, partial, n: int = 4, *, temperature: float | None = None,
                  seed: int = 0) -> Sketches:

@@ -16,20 +16,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 
 from sketchlab.config import from_dict
 from sketchlab.data.sources import load_splits, load_sketch_file
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import CheckpointError, DataError
-from sketchlab.eval.classifier import load_classifier
 from sketchlab.eval.evaluate import RunHooks
+from sketchlab.eval.judge import SketchANetFeatures
 from sketchlab.models import get_model_class
 from sketchlab.models.knitter_shortcut import calibrate_shortcut as calibrate_shortcut_curve
 from sketchlab.models.knitter_shortcut import classifier_score_fn, require_knitter
+from sketchlab.nn.device import pick_device
 from sketchlab.train import checkpoint as ckpt
 from sketchlab import zoo
 
 SPLIT_NAMES = ("test", "valid", "train")
+JUDGE_MODEL = "sketch-a-net"     # the evaluation's judge (sketchlab.models.sketch_a_net)
 
 
 @dataclass
@@ -72,7 +75,7 @@ def open_run(run_dir: str | Path, device: str | torch.device = "cpu", which: str
     """Rebuild the model of a run directory or pretrained name (see `resolve`) and load its
     weights (`best` if present, else the latest)."""
     run_dir = resolve(run_dir)
-    info = ckpt.read_run_config(run_dir, expect_model)
+    info = _run_info(run_dir, expect_model)
     cls = get_model_class(info["model"])
     config = from_dict(cls.Config, info["config"], where=str(run_dir / "config.json"))
     model = cls(config)
@@ -87,6 +90,17 @@ def open_run(run_dir: str | Path, device: str | torch.device = "cpu", which: str
     else:
         raise CheckpointError(f"{run_dir}: no weights yet (model.safetensors); has training started?")
     return Run(run_dir, info, model.to(device).eval())
+
+
+def _run_info(run_dir: Path, expect_model: str | None) -> dict[str, Any]:
+    """config.json of a run; a judge written by an earlier sketchlab is read as a sketch-a-net run."""
+    raw = ckpt.read_config_json(run_dir)
+    if raw.get("kind") == "classifier" and raw.get("model") == JUDGE_MODEL and "classifier" in raw:
+        if expect_model not in (None, JUDGE_MODEL):
+            raise CheckpointError(f"{run_dir / 'config.json'}: this run holds a {JUDGE_MODEL!r} "
+                                  f"model, not {expect_model!r}")
+        return _legacy_judge_info(raw, run_dir)
+    return ckpt.read_run_config(run_dir, expect_model)
 
 
 def load_model(run_dir: str | Path, device: str | torch.device = "cpu", which: str = "best",
@@ -143,15 +157,61 @@ def model_run_hooks(run_dir: Path, device=None, temperature: float | None = None
     return RunHooks(Path(run_dir).name, sample, encode)
 
 
+# ------------------------------------------------------------------------------------------------
+# Judges
+# ------------------------------------------------------------------------------------------------
+
+
+def load_judge(run_dir: str | Path, device: str | torch.device | None = None,
+               batch_size: int = 256, which: str = "best") -> SketchANetFeatures:
+    """A Sketch-a-Net run (`sketchlab classifier train`, or `sketchlab train sketch-a-net`) as the
+    judge of `sketchlab.eval`: Rec/IS logits and FID/P-R/GS features of raw or normalised sketches
+    (rendering fits every sketch to its box). `device` None picks the best available one.
+
+        judge = load_judge("runs/clf")
+        features, logits = judge.extract(sketches)      # (N, 512), (N, categories)
+        judge.accuracy(test_sketches)                    # needs their categories
+    """
+    run_dir = Path(run_dir)
+    try:
+        run = open_run(run_dir, pick_device(device), which, expect_model=JUDGE_MODEL)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} (a judge is the run directory that `sketchlab classifier "
+                              f"train` writes)") from e
+    model = run.model
+    if len(model.categories) != model.config.num_classes:
+        raise CheckpointError(f"{run_dir / 'config.json'}: {len(model.categories)} categories "
+                              f"for a network of {model.config.num_classes} outputs")
+    model.categories = tuple(model.categories)
+    return SketchANetFeatures(model, batch_size=batch_size, run_dir=run_dir)
+
+
+def _legacy_judge_info(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Judges written before Sketch-a-Net became a trainable model kept their own config.json
+    ("kind": "classifier", fields under "classifier" and "train") and the best weights in
+    model.safetensors under the same names as now: read them as a full-width sketch-a-net run."""
+    try:
+        clf, train = dict(raw["classifier"]), dict(raw.get("train") or {})
+        categories = [str(c) for c in clf.pop("categories")]
+        scale = float(clf.pop("scale_factor", 1.0))
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{run_dir / 'config.json'}: bad classifier config ({e})") from e
+    config = dict(clf, num_classes=len(categories))
+    renamed = {"lr": "learning_rate"}
+    for k in ("batch_size", "lr", "weight_decay", "stretch", "drop_prob", "flip", "seed"):
+        if k in train:
+            config[renamed.get(k, k)] = train[k]
+    return {"model": JUDGE_MODEL, "kind": "model", "categories": categories,
+            "scale_factor": scale, "config": config}
+
+
 def calibrate_shortcut(run: Run, classifier_dir: str | Path, log=print) -> None:
     """SketchKnitter's r-Shortcut: train the recognizability predictor on a judge's scores along
     sampling trajectories, and store the mean curve in the run's weights (atomically, into the
     file `open_run` loads: best, else latest, keeping its step)."""
-    from safetensors import safe_open
-
     model = run.model
     require_knitter(model)
-    clf = load_classifier(classifier_dir, model.device)
+    clf = load_judge(classifier_dir, model.device)
     score = classifier_score_fn(clf, run.categories or clf.categories)
     t0 = time.time()
     log("calibrating the r-Shortcut from the classifier's recognizability scores ...")
@@ -164,4 +224,5 @@ def calibrate_shortcut(run: Run, classifier_dir: str | Path, log=print) -> None:
     ckpt.save_weights(run.path / name, model, {**meta, "shortcut": "calibrated"})
 
 
-__all__ = ["Run", "resolve", "calibrate_shortcut", "model_run_hooks", "load_model", "load_references", "open_run", "run_split"]
+__all__ = ["Run", "calibrate_shortcut", "load_judge", "load_model", "load_references",
+           "model_run_hooks", "open_run", "resolve", "run_split"]

@@ -19,7 +19,7 @@ from sketchlab.errors import ConfigError, DataError
 from sketchlab.models import MODELS, get_model_class, model_classes, models_with
 from sketchlab.train import checkpoint as ckpt
 from sketchlab.nn.device import pick_device
-from sketchlab.train.trainer import Trainer, prepare_data
+from sketchlab.train.trainer import Trainer, init_distributed, prepare_data
 from sketchlab import runs
 
 TRAIN_EPILOG = """examples:
@@ -132,7 +132,9 @@ def cmd_train(args) -> int:
     run_info = {"data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
                 "limit_per_category": limit}
     max_seconds = None if args.max_minutes is None else 60.0 * args.max_minutes
-    trainer = Trainer(model, data, out, device=pick_device(args.device), max_steps=args.max_steps,
+    device = pick_device(args.device)
+    init_distributed(device)             # under torchrun: join the process group (else nothing)
+    trainer = Trainer(model, data, out, device=device, max_steps=args.max_steps,
                       max_epochs=args.max_epochs, max_seconds=max_seconds,
                       progress=not args.no_progress, run_info=run_info)
     print(f"device: {trainer.device}")

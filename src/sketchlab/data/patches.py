@@ -239,6 +239,27 @@ def plan_sketch(sketch: np.ndarray, geom: PatchGeometry = PatchGeometry(), mask_
     return SketchPlan(segments.astype(np.int64), side, centres, ok, masked, n, mask_id)
 
 
+def masked_points(sketch: np.ndarray, plan: SketchPlan, geom: PatchGeometry = PatchGeometry()
+                  ) -> np.ndarray:
+    """(n,) bool: the rows of `sketch` whose canvas position lies in a square that `plan`
+    masks (the S x S square around each masked centre), for drawing what masking hides."""
+    s = np.asarray(sketch, dtype=np.float32)
+    if len(s) == 0 or not plan.masked.any():
+        return np.zeros(len(s), bool)
+    q = np.cumsum(s[1:, :2], axis=0, dtype=np.float32)
+    h_f, w_f = _extent(q)
+    ext = float(max(int(h_f), int(w_f))) or max(h_f, w_f)
+    if ext == 0:
+        return np.zeros(len(s), bool)
+    d = _trunc_int16(s[:, :2] * np.float32(geom.render_size / ext))
+    qq = np.cumsum(d[1:], axis=0)
+    mn = qq.min(0) if len(qq) else np.zeros(2, np.int64)
+    pos = -mn - d[0] + geom.margin + np.cumsum(d, axis=0)   # as plan_sketch places the points
+    centres = plan.centres[plan.masked]
+    inside = (np.abs(pos[:, None, :] - centres[None, :, :]) < geom.half).all(-1)
+    return inside.any(1)
+
+
 def node_mask(n: int, mask_id: Sequence[int], n_patches: int = 20,
               faithful: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(Mk (P, P), v (P,)) of spec 1.4.

@@ -30,7 +30,8 @@ from sketchlab.data.sources import load_categories
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.eval import metrics as M
-from sketchlab.eval.classifier import FeatureExtractor, SketchANetFeatures
+from sketchlab.eval.features import FeatureExtractor
+from sketchlab.eval.judge import SketchANetFeatures
 
 
 @dataclass

@@ -21,9 +21,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
+from sketchlab.data.raster import pad_strokes, rasterize_batch
 from sketchlab.errors import CheckpointError
-from sketchlab.eval.classifier import FeatureExtractor, _render
+from sketchlab.eval.features import FeatureExtractor
 
 
 class BasicConv2d(nn.Module):
@@ -199,8 +201,6 @@ def load_inception_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor
             f"evaluate with the Sketch-a-Net classifier's features (the default)")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -237,7 +237,9 @@ class InceptionFeatures(FeatureExtractor):
         self.render_size, self.margin, self.line_width = render_size, margin, line_width
 
     def images(self, sketches):
-        grey = _render(list(sketches), self.render_size, self.margin, self.line_width, self.device)
+        strokes, lengths = pad_strokes(list(sketches))
+        grey = rasterize_batch(strokes.to(self.device), lengths.to(self.device), self.render_size,
+                               self.margin, self.line_width)
         x = (grey / 255.0)[:, None].expand(-1, 3, -1, -1)
         x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
         return 2.0 * x - 1.0

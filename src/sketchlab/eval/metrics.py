@@ -10,7 +10,7 @@
 * `geometry_score` -- GS (section 12; implemented in `sketchlab.eval.topology`).
 
 Feature-based metrics take plain `(N, D)` arrays: which network made them is the caller's choice
-(`sketchlab.eval.classifier.FeatureExtractor`). With sketchlab's default, a Sketch-a-Net trained on
+(`sketchlab.eval.features.FeatureExtractor`). With sketchlab's default, a Sketch-a-Net trained on
 the experiment's categories, FID/IS/P-R are *not* comparable with figures computed with the
 ImageNet Inception-v3 (spec section 10).
 """

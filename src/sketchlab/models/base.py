@@ -64,6 +64,7 @@ MODELS: dict[str, str] = {
     "sp-gra2seq": "sketchlab.models.sp_gra2seq:SPGra2Seq",
     "sketchgloc": "sketchlab.models.sketchgloc:SketchGloc",
     "sketchknitter": "sketchlab.models.sketchknitter:SketchKnitter",
+    "sketch-a-net": "sketchlab.models.sketch_a_net:SketchANet",   # the evaluation's judge
 }
 
 # The capability flags every model declares (see the table above).

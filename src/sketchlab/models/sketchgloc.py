@@ -222,11 +222,8 @@ class SketchGloc(CodeDecoder, SketchModel):
                     d = d.copy()
                     d[0, 0] += bx
                     d[0, 1] += by
-            if c.faithful_roundtrip:
-                d = G.faithful_roundtrip(d)
-            clean = S.to_absolute(d)                        # the decoder's target
+            clean, noisy = self.reorganised(d, bound, prob, rng)
             targets.append(clean)
-            noisy = G.reorganise(clean, clean[:, 2], prob * bound, rng)
             starts, lens = G.chunk_bounds(clean[:, 2], L)
             k = min(Sn, len(starts))
             starts, lens = starts[:k], lens[:k]
@@ -255,6 +252,30 @@ class SketchGloc(CodeDecoder, SketchModel):
             nxt[np.nonzero(valid)[0][:-1]] = packed[1:]
             batch["chunk_next"] = torch.from_numpy(nxt.reshape(B, Sn, 2))
         return batch
+
+    def reorganised(self, d: np.ndarray, bound: float, prob: float, rng) -> tuple[np.ndarray, np.ndarray]:
+        """(clean, noisy) absolute rows of stroke-3 `d`: the decoder's target, and the same
+        sketch with every stroke but the first moved by prob * bound * N(0, I) (the encoder's
+        input)."""
+        if self.config.faithful_roundtrip:
+            d = G.faithful_roundtrip(d)
+        clean = S.to_absolute(d)
+        return clean, G.reorganise(clean, clean[:, 2], prob * bound, rng)
+
+    def corrupt(self, references: Sketches, *, strength: float, seed: int = 0) -> Sketches:
+        """The references with their strokes moved as `heal(strength=displacement, seed=...)`
+        moves them before encoding (the same draws), as sketches."""
+        self.require("can_heal", "heal sketches")
+        rng = np.random.default_rng(int(seed))
+        out = []
+        for sketch in references:
+            d = np.asarray(sketch, dtype=np.float32)
+            if len(d) == 0:
+                out.append(d)
+                continue
+            _, noisy = self.reorganised(d, G.origin_bound(d), float(strength), rng)
+            out.append(S.to_offsets(noisy))
+        return Sketches.from_list(out, scale_factor=references.scale_factor).with_categories_of(references)
 
     # ---- encoder -------------------------------------------------------------------------------
     def stroke_embeddings(self, batch) -> Tensor:

@@ -74,6 +74,10 @@ class Config(TrainingConfig):
     num_res_blocks: int = 2             # code default 2 (20.33M); the scripts say 3 (26.53M)
     num_heads: int = 4
     dropout: float = 0.0
+    # Class-conditional (the original's `class_cond`, from improved-diffusion: a label embedding
+    # added to the timestep embedding); num_classes is filled in from the data's categories.
+    class_cond: bool = False
+    num_classes: int = 0
     # --- diffusion (spec 4) ---
     diffusion_steps: int = 1000
     noise_schedule: str = "linear"
@@ -150,6 +154,9 @@ class Options(SampleOptions):
     noise_level: float = field(default=0.5, metadata={
         "help": "SketchKnitter: refinement noise level t0/T in [0, 1] for the reference "
                 "sketches (SDEdit; 0 returns them unchanged)"})
+    category: int | str | None = field(default=None, metadata={
+        "help": "the category to draw (class-conditional SketchKnitter: a name or an index; "
+                "default: the categories in turn; references keep their own)"})
     extra_points: int = field(default=0, metadata={
         "help": "free rows appended to each reference sketch for refinement (SketchKnitter)"})
     fast: bool | None = field(default=None, metadata={
@@ -212,7 +219,9 @@ def config_from_original(flags: dict, **overrides) -> Config:
             out["sample_steps"] = str(value) or None
         elif key == "clip_denoised":
             out["clip_x0"] = 1.0 if as_bool(value) else None
-        elif key in ("learn_sigma", "class_cond", "use_kl", "predict_xstart"):
+        elif key == "class_cond":
+            out["class_cond"] = as_bool(value)
+        elif key in ("learn_sigma", "use_kl", "predict_xstart"):
             if as_bool(value):
                 raise ConfigError(f"--{key} True is not supported (the original cannot use it "
                                   "either: spec 4.2, B8, 1.4)")
@@ -262,7 +271,8 @@ class SketchKnitter(SketchModel):
             num_points=cfg.num_points, in_features=2 if cfg.faithful else 3,
             model_channels=cfg.model_channels, lift_dim=cfg.lift_dim,
             channel_mult=tuple(cfg.channel_mult), num_res_blocks=cfg.num_res_blocks,
-            num_heads=cfg.num_heads, dropout=cfg.dropout, layout=cfg.layout)
+            num_heads=cfg.num_heads, dropout=cfg.dropout, layout=cfg.layout,
+            num_classes=cfg.num_classes if cfg.class_cond else 0)
         self.ema = EMA(self.unet, cfg.ema_rate, cfg.ema_warmup)
         # Data statistics saved with the weights: the offset scale the data were divided by,
         # the training length histogram (lengths are drawn from it at sampling time) and the
@@ -302,7 +312,13 @@ class SketchKnitter(SketchModel):
 
     @classmethod
     def adapt_config(cls, config, splits):
-        """Fill in the data bound of clip_x0="auto" (clean mode) from the normalised train split."""
+        """Fill in the number of classes (class-conditional) and the data bound of
+        clip_x0="auto" (clean mode) from the normalised train split."""
+        if config.class_cond and "train" in splits:
+            n_classes = len(splits["train"].category_names)
+            if n_classes < 1:
+                raise DataError("class_cond: the training sketches carry no categories")
+            config = dataclasses.replace(config, num_classes=n_classes)
         if config.clip_x0 != "auto" or config.faithful or "train" not in splits:
             return config
         pts = splits["train"].points
@@ -361,15 +377,27 @@ class SketchKnitter(SketchModel):
     # ---------------------------------------------------------------------------------------
     # Network wrapper and loss
     # ---------------------------------------------------------------------------------------
-    def _denoiser(self, net: nn.Module):
-        """(x_t, original timesteps, mask) -> (eps, pen logits) for the UNet `net`."""
+    def _denoiser(self, net: nn.Module, labels: torch.Tensor | None = None):
+        """(x_t, original timesteps, mask) -> (eps, pen logits) for the UNet `net`; a
+        class-conditional net reads the class of each row from `labels` (read at call time, so a
+        captured step sees new labels copied into the same tensor)."""
         faithful = self.config.faithful
         scale = self.diffusion.scale_timesteps
 
         def denoise(x, t, mask):
             inp = x if faithful else torch.cat([x, mask[..., None].to(x.dtype)], dim=-1)
-            return net(inp, scale(t))
+            return net(inp, scale(t)) if labels is None else net(inp, scale(t), y=labels)
         return denoise
+
+    def batch_labels(self, batch: dict) -> torch.Tensor | None:
+        """The class of each sketch of a batch for a class-conditional model (the trainer's
+        `category`), None for an unconditional one."""
+        if not self.config.class_cond:
+            return None
+        if "category" not in batch:
+            raise DataError("a class-conditional SketchKnitter trains on sketches with categories "
+                            "(the batch has none)")
+        return batch["category"].to(self.data_scale.device, torch.long)
 
     def _loss_mask(self, valid: torch.Tensor) -> torch.Tensor:
         # Faithful: every row, padding included, is data (spec 1.4, 4.3).
@@ -392,7 +420,7 @@ class SketchKnitter(SketchModel):
         if noise is None:
             noise = torch.randn_like(x0)
         x_t = self.diffusion.q_sample(x0, t, noise) * m[..., None]
-        eps, logits = self._denoiser(self.unet)(x_t, t, m)
+        eps, logits = self._denoiser(self.unet, self.batch_labels(batch))(x_t, t, m)
         sq = (eps.float() - noise).square().sum(-1) * m
         mse = sq.sum(1) / (x0.shape[-1] * m.sum(1).clamp_min(1))
         ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), pen.reshape(-1),
@@ -471,7 +499,8 @@ class SketchKnitter(SketchModel):
 
     def _runner(self, net: nn.Module, batch: int, device: torch.device, compile: bool | str,
                 dtype: torch.dtype, clip: float | None):
-        """The bf16 + CUDA-graph step for `net`, cached per (net, batch, device, clip, dtype)."""
+        """The bf16 + CUDA-graph step for `net`, cached per (net, batch, device, clip, dtype),
+        and its static label tensor (class-conditional; copy each batch's labels into it)."""
         key = (id(net), batch, str(device), clip, compile, dtype)
         entry = self._fast_cache.get(key)
         if entry is None:
@@ -480,12 +509,44 @@ class SketchKnitter(SketchModel):
             # the step is captured as a CUDA graph here, so not "reduce-overhead"/"max-autotune")
             mode = compile if isinstance(compile, str) else None
             fn = torch.compile(shadow, dynamic=False, mode=mode) if compile else shadow
-            runner = StepRunner(self._denoiser(fn), (batch, self.config.num_points, 2), device,
-                                clip, use_graph=device.type == "cuda")
-            entry = self._fast_cache[key] = (shadow, runner)
-        shadow, runner = entry
+            labels = (torch.zeros(batch, dtype=torch.long, device=device)
+                      if self.config.class_cond else None)
+            runner = StepRunner(self._denoiser(fn, labels), (batch, self.config.num_points, 2),
+                                device, clip, use_graph=device.type == "cuda")
+            entry = self._fast_cache[key] = (shadow, runner, labels)
+        shadow, runner, labels = entry
         sync_shadow(shadow, net)
-        return runner
+        return runner, labels
+
+    def sample_labels(self, n: int, category, references) -> np.ndarray | None:
+        """Each new sketch's class (class-conditional): the references' own, the requested
+        `category` (a name or an index), or the categories in turn."""
+        if not self.config.class_cond:
+            if category is not None:
+                raise ConfigError("--category needs a class-conditional SketchKnitter "
+                                  "(trained with class_cond=1)")
+            return None
+        names = list(self.categories)
+        k = self.config.num_classes
+        if isinstance(references, Sketches) and references.category is not None:
+            lookup = {name: i for i, name in enumerate(names)}
+            own = [references.category_name(i) for i in range(len(references))]
+            unknown = sorted({c for c in own if c not in lookup})
+            if unknown:
+                raise DataError(f"references of categories {unknown} that this model was not "
+                                f"trained on ({', '.join(names)})")
+            return np.array([lookup[c] for c in own], np.int64)
+        if category is None:
+            return np.arange(n, dtype=np.int64) % k
+        if isinstance(category, str) and not category.lstrip("-").isdigit():
+            if category not in names:
+                raise ConfigError(f"--category {category!r}: this model draws "
+                                  f"{', '.join(names) or f'classes 0..{k - 1}'}")
+            return np.full(n, names.index(category), np.int64)
+        index = int(category)
+        if not 0 <= index < k:
+            raise ConfigError(f"--category {index}: choose 0..{k - 1} ({', '.join(names)})")
+        return np.full(n, index, np.int64)
 
     def draw_lengths(self, n: int, generator) -> np.ndarray:
         """n sketch lengths from the training length histogram (all num_points when faithful)."""
@@ -571,8 +632,10 @@ class SketchKnitter(SketchModel):
                                     clip_x0=opts.clip_x0)
         t_start = smp.timesteps[0]
 
+        y = self.sample_labels(n, opts.category, references)
         outs, pens = [], []
-        runner = self._runner(net, batch_size, device, opts.compile, fast_dtype, clip) if fast else None
+        runner, static_labels = ((self._runner(net, batch_size, device, opts.compile, fast_dtype,
+                                               clip)) if fast else (None, None))
         for lo in range(0, n, batch_size):
             hi = min(lo + batch_size, n)
             rows = batch_size if runner is not None else hi - lo
@@ -592,16 +655,52 @@ class SketchKnitter(SketchModel):
                 t = torch.full((rows,), t_start, device=device, dtype=torch.long)
                 x = self.diffusion.q_sample(xc, t, noise * temperature)
             x = x * mask[..., None]
+            labels = None
+            if y is not None:
+                labels = torch.zeros(rows, dtype=torch.long, device=device)
+                labels[:hi - lo] = torch.from_numpy(y[lo:hi]).to(device)
             if runner is not None:
+                if static_labels is not None:
+                    static_labels.copy_(labels)
                 x0, pen = runner.run(smp, x, mask, generator, temperature, callback, progress,
                                      rows=hi - lo)
             else:
-                x0, pen = reverse_loop(self._denoiser(net), smp, x, mask, generator, temperature,
-                                       callback, progress)
+                x0, pen = reverse_loop(self._denoiser(net, labels), smp, x, mask, generator,
+                                       temperature, callback, progress)
             outs.append(x0[:hi - lo].float().cpu())
             pens.append(pen[:hi - lo].float().cpu())
         out = self.to_sketches(torch.cat(outs), decode_pen(torch.cat(pens), pen_break), lengths_arr)
+        if y is not None and references is None:       # each new sketch is of the class drawn
+            out.category = y
+            out.category_names = tuple(self.categories) or tuple(
+                str(k) for k in range(self.config.num_classes))
+            return out
         return self.label_samples(out, _labelled(references))
+
+    @torch.no_grad()
+    def corrupt(self, references: Sketches, *, strength: float, seed: int = 0, options=None,
+                **overrides) -> Sketches:
+        """The references noised to t0 = strength * T, as `heal(strength=noise_level, seed=...)`
+        noises them before denoising (the same draws for the first `batch_size` references;
+        later batches' noise comes after the first batch's sampling steps), with their own pen
+        bits, as sketches."""
+        self.require("can_heal", "heal sketches")
+        opts = self.make_options(options, **overrides)
+        x_c, pen_c, lengths, t0 = self._prepare_condition(references, float(strength),
+                                                          opts.extra_points)
+        if t0 >= 0:
+            smp = self.make_sampler(opts.sampler, opts.steps, opts.spacing, opts.eta,
+                                    max_timestep=t0, clip_x0=opts.clip_x0)
+            generator = torch.Generator().manual_seed(int(seed))
+            temperature = 1.0 if opts.temperature is None else float(opts.temperature)
+            noise = _randn(tuple(x_c.shape), generator, torch.device("cpu"))
+            t = torch.full((len(x_c),), smp.timesteps[0], dtype=torch.long)
+            mask = length_mask(lengths, self.config.num_points)
+            diffusion = self.diffusion
+            x_c = diffusion.q_sample(x_c.to(self.data_scale.device), t.to(self.data_scale.device),
+                                     (noise * temperature).to(self.data_scale.device)).cpu()
+            x_c = x_c * mask[..., None]
+        return self.label_samples(self.to_sketches(x_c, pen_c, lengths), _labelled(references))
 
     def _prepare_condition(self, condition, noise_level: float, extra_points: int):
         c = self.config
@@ -656,7 +755,11 @@ class SketchKnitter(SketchModel):
         x_t = self.diffusion.q_sample(x0, tt, torch.zeros_like(x0)) * m[..., None]
         net = self._net(use_ema)
         inp = x_t if self.config.faithful else torch.cat([x_t, m[..., None]], -1)
-        _, _, middle = net(inp, self.diffusion.scale_timesteps(tt), return_features=True)
+        labels = None
+        if self.config.class_cond:   # features given the sketch's class when known (else class 0)
+            labels = (self.batch_labels(batch) if "category" in batch
+                      else torch.zeros(x0.shape[0], dtype=torch.long, device=device))
+        _, _, middle = net(inp, self.diffusion.scale_timesteps(tt), return_features=True, y=labels)
         return middle.float().mean(-1)
 
 

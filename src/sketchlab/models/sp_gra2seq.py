@@ -75,7 +75,9 @@ from torch import Tensor, nn
 
 from sketchlab.config import TrainingConfig
 from sketchlab.data import strokes as S
-from sketchlab.data.patches import BatchPlan, PatchGeometry, node_mask, plan_batch, render_nodes
+from sketchlab.data.corrupt import remove_points
+from sketchlab.data.patches import (BatchPlan, PatchGeometry, masked_points, node_mask, plan_batch,
+                                    plan_sketch, render_nodes)
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.models.base import SketchModel, clip_and_limit
@@ -366,6 +368,20 @@ class SPGra2Seq(CodeDecoder, SketchModel):
             batch = {k: v.to(self.device) for k, v in self.batch_from(items, mask_prob, rng).items()}
             codes.append(self.encode(batch).float())
         return torch.cat(codes, 0)
+
+    def corrupt(self, references: Sketches, *, strength: float, seed: int = 0) -> Sketches:
+        """The references with the points under each masked patch removed: the patches that
+        `heal(strength=mask_prob, seed=...)` masks (the same draws), drawn as sketches."""
+        self.require("can_heal", "heal sketches")
+        rng = np.random.default_rng(seed)
+        out = []
+        for i, sketch in enumerate(references):
+            plan = plan_sketch(sketch, self.geom, float(strength), rng, "blank",
+                               where=f"reference {i}")
+            hidden = masked_points(sketch, plan, self.geom)
+            out.append(remove_points(sketch, ~hidden) if hidden.any() else np.asarray(sketch))
+        result = Sketches.from_list(out, scale_factor=references.scale_factor)
+        return result.with_categories_of(references)
 
     @torch.no_grad()
     def generate(self, n: int | None = None, *, references: Sketches | None = None, seed: int = 0,

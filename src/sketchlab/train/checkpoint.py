@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save
 
 from sketchlab import __version__
-from sketchlab.config import from_dict, to_dict
+from sketchlab.config import to_dict
 from sketchlab.errors import CheckpointError
 from sketchlab.fileio import atomic_write, atomic_write_text
 
@@ -51,7 +53,8 @@ def write_run_config(run_dir, model_name: str, config, scale_factor: float,
     atomic_write_text(Path(run_dir) / "config.json", json.dumps(payload, indent=2, default=str) + "\n")
 
 
-def read_run_config(run_dir, expect_model: str | None = None) -> dict[str, Any]:
+def read_config_json(run_dir) -> dict[str, Any]:
+    """The JSON object in `run_dir/config.json`, as written (no check of its fields)."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{path}: no config.json here; is {run_dir} a sketchlab run directory "
@@ -60,13 +63,21 @@ def read_run_config(run_dir, expect_model: str | None = None) -> dict[str, Any]:
         cfg = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{path}: unreadable ({e})") from e
-    if not isinstance(cfg, dict) or "model" not in cfg or "config" not in cfg:
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{path}: not a sketchlab model run (expected a JSON object)")
+    return cfg
+
+
+def read_run_config(run_dir, expect_model: str | None = None) -> dict[str, Any]:
+    path = Path(run_dir) / "config.json"
+    cfg = read_config_json(run_dir)
+    if expect_model is not None and "model" in cfg and cfg["model"] != expect_model:
+        raise CheckpointError(f"{path}: this run holds a {cfg['model']!r} model, not {expect_model!r}")
+    if "model" not in cfg or "config" not in cfg:
         raise CheckpointError(f"{path}: not a sketchlab model run (missing 'model'/'config')")
     if cfg.get("format", 0) > RUN_FORMAT:
         raise CheckpointError(f"{path}: run format {cfg['format']} is newer than this sketchlab "
                               f"({__version__}) understands; upgrade sketchlab")
-    if expect_model is not None and cfg["model"] != expect_model:
-        raise CheckpointError(f"{path}: this run holds a {cfg['model']!r} model, not {expect_model!r}")
     return cfg
 
 
@@ -76,8 +87,6 @@ def read_run_config(run_dir, expect_model: str | None = None) -> dict[str, Any]:
 
 
 def save_weights(path, model: torch.nn.Module, metadata: dict[str, str]) -> None:
-    from safetensors.torch import save
-
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     blob = save(state, metadata={k: str(v) for k, v in metadata.items()})
     atomic_write(path, lambda fh: fh.write(blob))
@@ -85,9 +94,6 @@ def save_weights(path, model: torch.nn.Module, metadata: dict[str, str]) -> None
 
 def load_weights(path, model: torch.nn.Module, model_name: str) -> dict[str, str]:
     """Load weights and buffers into `model`; refuse files of another model or shape."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: missing weights file")

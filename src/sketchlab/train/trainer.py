@@ -4,7 +4,12 @@ It owns what the seeds scattered over their scripts: the data splits and the sca
 shuffled epochs, Adam and the learning-rate decay, both gradient-clipping modes, validation with
 early stopping (optionally rewinding to the best checkpoint, as the RPCL seeds do), atomic
 checkpoints that a killed run resumes from, NaN protection, AMP, CSV/TensorBoard logs, a progress
-bar, and multi-GPU data parallelism under `torchrun`.
+bar, and multi-GPU data parallelism under `torchrun` (the entry point first calls
+`init_distributed`, which starts the process group; the trainer only reads whether one exists).
+
+Batches are the model's `make_batch` of the sketches; when the data carries categories, each batch
+also holds `category`, the sketches' int64 indices into the run's categories (a classifier's
+targets; the other models ignore it).
 
 Reproducibility: the order of epoch `e` is `default_rng([seed, e]).permutation(N)` and the
 augmentation RNG of step `s` is `default_rng([seed, 1, s])`, so a resumed run sees exactly the
@@ -15,26 +20,27 @@ a word r, so retried epochs see a new order, as the seeds' do.
 from __future__ import annotations
 
 import copy
-import csv
 import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
 
-from sketchlab.data import strokes as S
-from sketchlab.data.sketches import Sketches
 from sketchlab.errors import CheckpointError, ConfigError, DataError
 from sketchlab.nn.device import pick_device
 from sketchlab.train import checkpoint as ckpt
 from sketchlab import zoo
+from sketchlab.train.data import PreparedData, category_labels, prepare_data
+from sketchlab.train.graphed import GraphedTrainer, load_optimizer_state_in_place
+from sketchlab.train.runlog import RunLog
 
 # Consecutive non-finite steps after which the trainer rewinds to the last checkpoint.
 MAX_BAD_STEPS = 5
@@ -74,90 +80,36 @@ def to_device(batch, device: torch.device):
 
 
 # ---------------------------------------------------------------------------------------------
-# Data preparation
+# Multi-process data parallelism
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class PreparedData:
-    splits: dict[str, Sketches]       # normalised by scale_factor
-    scale_factor: float
-    categories: tuple[str, ...]
-    config: object                    # the model config with data-dependent fields filled in
+def init_distributed(device: torch.device | None = None) -> bool:
+    """Join the process group that `torchrun` describes in the environment (WORLD_SIZE > 1);
+    nothing otherwise. Returns whether this process is now one of several.
+
+    A process-wide side effect, so the entry point (`sketchlab train`, a user's script) calls it
+    once, before building the `Trainer`. The backend is NCCL when the processes train on CUDA
+    (`device`, default the best available) and gloo otherwise; on CUDA each process also makes
+    its own GPU (LOCAL_RANK) the current one, as NCCL needs.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        cuda = (device if device is not None else pick_device()).type == "cuda"
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return _group_size() > 1
 
 
-def prepare_data(model_cls, config, raw: dict[str, Sketches]) -> PreparedData:
-    """Filter, compute the scale factor on train, normalise every split, adapt the config."""
-    for split in ("train", "valid"):
-        if split not in raw or len(raw[split]) == 0:
-            raise DataError(f"the {split!r} split is missing or empty")
-    filtered = {k: model_cls.filter_sketches(config, v) for k, v in raw.items()}
-    for split, sk in filtered.items():
-        if len(sk) == 0:
-            raise DataError(f"no {split} sketch is left after filtering (max_seq_len="
-                            f"{getattr(config, 'max_seq_len', None)}); raise max_seq_len")
-        S.check_finite(sk.points, f"{split} split")
-    factor = float(model_cls.compute_scale_factor(config, filtered["train"]))
-    splits = {k: sk.in_units(factor) for k, sk in filtered.items()}
-    config = model_cls.adapt_config(config, splits)
-    return PreparedData(splits, factor, tuple(filtered["train"].category_names), config)
+def _group_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-# ---------------------------------------------------------------------------------------------
-# Logging
-# ---------------------------------------------------------------------------------------------
-
-
-class RunLog:
-    """log.csv (wide: step, epoch, lr, elapsed, train terms, valid_ terms) + optional TensorBoard."""
-
-    def __init__(self, run_dir: Path, enabled: bool):
-        self.path = run_dir / "log.csv"
-        self.enabled = enabled
-        self.columns: list[str] | None = None
-        self.tb = None
-        if not enabled:
-            return
-        if self.path.is_file():
-            with open(self.path, newline="") as fh:
-                header = next(csv.reader(fh), None)
-            self.columns = header or None
-        try:
-            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-
-            self.tb = SummaryWriter(str(run_dir / "tb"))
-        except Exception:
-            self.tb = None
-
-    def write(self, row: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        if self.columns is None:
-            base = ["step", "epoch", "lr", "elapsed"]
-            # Train and valid rows report the same terms; whichever comes first names them.
-            terms = list(dict.fromkeys(k.removeprefix("valid_") for k in row if k not in base))
-            self.columns = base + terms + ["valid_" + t for t in terms]
-            with open(self.path, "w", newline="") as fh:
-                csv.writer(fh).writerow(self.columns)
-        with open(self.path, "a", newline="") as fh:
-            csv.writer(fh).writerow([_fmt(row.get(c)) for c in self.columns])
-        if self.tb is not None:
-            for k, v in row.items():
-                if k not in ("step", "epoch") and v is not None:
-                    self.tb.add_scalar(k.replace("valid_", "valid/") if k.startswith("valid_")
-                                       else f"train/{k}", v, int(row["step"]))
-
-    def close(self):
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _fmt(v):
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return v
+def _local_device(device: torch.device, distributed: bool) -> torch.device:
+    """Under a process group, a CUDA device without an index means this process's GPU."""
+    if distributed and device.type == "cuda" and device.index is None:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,17 +147,17 @@ class Trainer:
         self.model_name = model_name or model.name
         self.run_info = dict(run_info or {})   # extra config.json fields (e.g. the data source)
 
-        # Multi-GPU under torchrun: one process per device, gradients all-reduced by DDP.
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
+        # Multi-GPU under torchrun: one process per device, gradients all-reduced by DDP. The
+        # process group is the entry point's to start (`init_distributed`); the trainer only
+        # reads whether there is one.
+        self.world = _group_size()
         self.distributed = self.world > 1
-        if self.distributed and not dist.is_initialized():
-            backend = "nccl" if torch.cuda.is_available() and device is None else "gloo"
-            dist.init_process_group(backend)
-        if device is None:
-            device = pick_device()
-            if self.distributed and device.type == "cuda":
-                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        self.rank = dist.get_rank() if self.distributed else 0
+        if not self.distributed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} (torchrun?) but this process "
+                              f"joined no process group: call "
+                              f"sketchlab.train.trainer.init_distributed() before the Trainer")
+        device = _local_device(device if device is not None else pick_device(), self.distributed)
         self.device = device
         self.is_main = self.rank == 0
 
@@ -218,23 +170,22 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.graphed = None
         if self.graph_mode:
-            from sketchlab.train.graphed import GraphedTrainer
-
             self.graphed = GraphedTrainer(self.model, self.optimizer, self.params, self._graph_step_fn)
         self.ddp = None
         if self.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
             self.ddp = DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=getattr(self.cfg, "ddp_find_unused", False))
 
+        self._labels = {split: category_labels(sk, data.categories)
+                        for split, sk in data.splits.items()}
         n_train = len(data.splits["train"])
         per_rank = n_train // self.world
         self.batches_per_epoch = per_rank // self.cfg.batch_size
         if self.batches_per_epoch == 0:
             raise DataError(f"the training split has {n_train} sketches, fewer than one batch of "
-                            f"{self.cfg.batch_size} per process; lower batch_size with --hparams")
+                            f"{self.cfg.batch_size} per process; lower batch_size (--hparams "
+                            f"batch_size=N, or `sketchlab classifier train --batch-size N`)")
 
         # Counters (restored on resume).
         self.step = 0
@@ -272,8 +223,6 @@ class Trainer:
 
     def _load_optimizer(self, state_dict: dict) -> None:
         if self.graphed is not None and self.graphed.graphs:   # keep the captured tensors
-            from sketchlab.train.graphed import load_optimizer_state_in_place
-
             load_optimizer_state_in_place(self.optimizer, state_dict, self._fix_loaded_optimizer)
         else:
             self.optimizer.load_state_dict(state_dict)
@@ -401,12 +350,21 @@ class Trainer:
             len(self.data.splits["train"]))
         return perm[self.rank::self.world]
 
+    def _make_batch(self, split: str, idx, train: bool, rng: np.random.Generator):
+        """The model's batch of the sketches at `idx`, with their categories when the data has
+        them (`category`: int64 indices into the run's categories; a classifier's targets)."""
+        sk = self.data.splits[split]
+        batch = self.model.make_batch([sk[int(i)] for i in idx], train, rng)
+        labels = self._labels.get(split)
+        if labels is not None:
+            batch["category"] = torch.from_numpy(labels[np.asarray(idx, dtype=np.int64)])
+        return batch
+
     def _train_batch(self, order: np.ndarray, b: int, step: int):
         bs = self.cfg.batch_size
-        train = self.data.splits["train"]
         idx = order[b * bs:(b + 1) * bs]
         rng = np.random.default_rng([self.cfg.seed, 1, step, self.rank, *self._retry()])
-        return self.model.make_batch([train[int(i)] for i in idx], True, rng)
+        return self._make_batch("train", idx, True, rng)
 
     def valid_batches(self, split: str = "valid"):
         sk = self.data.splits[split]
@@ -416,8 +374,7 @@ class Trainer:
             n = min(n, self.cfg.max_valid_batches)
         rng = np.random.default_rng([self.cfg.seed, 2])
         for b in range(n):
-            items = [sk[i] for i in range(b * bs, min((b + 1) * bs, len(sk)))]
-            yield self.model.make_batch(items, False, rng)
+            yield self._make_batch(split, range(b * bs, min((b + 1) * bs, len(sk))), False, rng)
 
     # ---- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -446,104 +403,150 @@ class Trainer:
         return self.stopped_early
 
     def train(self) -> dict:
-        """Run until max_steps / max_epochs / early stopping. Returns a summary dict."""
+        """Run until max_steps / max_epochs / the time limit / early stopping. Returns a summary."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if (self.run_dir / "config.json").is_file():   # never write into another model's run
+            ckpt.read_run_config(self.run_dir, expect_model=self.model_name)
         self.maybe_resume()
         if self.max_seconds is not None:
             self._deadline = time.time() + self.max_seconds
         self.model.train()
-        cfg = self.cfg
-        runlog = RunLog(self.run_dir, self.is_main)
-        total = self.max_steps if self.max_steps is not None else None
-        bar = None
-        if self.progress and self.is_main:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total, initial=min(self.step, total or self.step), unit="step",
-                       dynamic_ncols=True, desc=self.model_name)
-        pool = ThreadPoolExecutor(max_workers=1)   # prepares the next batch while this one runs
-        bad_steps = 0
-        # Per-term sums and counts: a model may report a term only on some steps (RPCL-pix2seqH
-        # computes L_R only on its sequence steps), so each term is averaged over its own steps.
-        term_sums: dict[str, float] = {}
-        term_counts: dict[str, int] = {}
-        t_last = time.time()
-        forward = self.ddp if self.ddp is not None else self.model
+        self._open_session()
         try:
             while not self._should_stop():
-                order = self._epoch_order(self.epoch)
-                pending = None
-                while self.batch_in_epoch < self.batches_per_epoch and not self._should_stop():
-                    b, step = self.batch_in_epoch, self.step
-                    batch = (pending.result() if pending is not None
-                             else self._train_batch(order, b, step))
-                    pending = (pool.submit(self._train_batch, order, b + 1, step + 1)
-                               if b + 1 < self.batches_per_epoch else None)
-                    lr = learning_rate(cfg, step)
-                    batch["step"] = torch.tensor(float(step), dtype=torch.float64)  # schedules in the loss
-                    batch = to_device(batch, self.device)
-                    with torch.no_grad():
-                        batch = self.model.prepare_step(batch)
-                    terms = self._train_step(batch, step, lr, forward)
-                    if terms is None:
-                        # Skipped: the parameters stay at the last good state.
-                        bad_steps += 1
-                        self.say(f"step {step}: non-finite loss or gradient; update skipped "
-                                 f"({bad_steps} in a row)")
-                        if bad_steps >= MAX_BAD_STEPS:
-                            pending = None
-                            self._recover_from_nan()
-                            bad_steps = 0
-                            break
-                        self.batch_in_epoch += 1
-                        continue
-                    bad_steps = 0
-                    self.step += 1
-                    self.batch_in_epoch += 1
-                    for k, v in terms.items():
-                        term_sums[k] = term_sums.get(k, 0.0) + v
-                        term_counts[k] = term_counts.get(k, 0) + 1
-                    now = time.time()
-                    self.elapsed += now - t_last
-                    t_last = now
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{terms['loss']:.3f}", epoch=self.epoch)
-                    log_every = max(1, min(20, self.batches_per_epoch))
-                    if self.step % log_every == 0:
-                        row = {"step": self.step, "epoch": self.epoch, "lr": lr,
-                               "elapsed": round(self.elapsed, 2)}
-                        row.update({k: v / term_counts[k] for k, v in term_sums.items()})
-                        runlog.write(row)
-                        term_sums, term_counts = {}, {}
-                    if cfg.eval_every and self.step % cfg.eval_every == 0:
-                        self._validate(runlog)
-                    elif self.step % max(1, cfg.checkpoint_every) == 0:
-                        self.save()
-                else:
-                    if self.batch_in_epoch >= self.batches_per_epoch:
-                        self.epoch += 1
-                        self.batch_in_epoch = 0
-                        if not cfg.eval_every:
-                            self._validate(runlog)
-            if self._deadline is not None and time.time() >= self._deadline:
-                self.say(f"time limit of {self.max_seconds:.0f}s reached at step {self.step}")
-            if self.last_eval_step != self.step and not self.stopped_early:
-                self._validate(runlog)   # a run cut by max_steps still gets its best checkpoint
-            else:
-                self.save()
+                self._train_epoch()
+            self._finish()
         except KeyboardInterrupt:
             self.save()
             self.say(f"interrupted: checkpoint written at step {self.step}; run the same command "
                      f"to resume")
             raise
         finally:
-            pool.shutdown(wait=True)
-            if bar is not None:
-                bar.close()
-            runlog.close()
+            self._close_session()
         return {"step": self.step, "epoch": self.epoch, "best_valid": self.best_valid,
                 "stopped_early": self.stopped_early, "elapsed": self.elapsed}
+
+    def _open_session(self) -> None:
+        """What one `train()` call holds: the log, the progress bar, the prefetch thread, and the
+        running sums of the loss terms between two log rows."""
+        self._runlog = RunLog(self.run_dir, self.is_main)
+        self._bar = None
+        if self.progress and self.is_main:
+            total = self.max_steps
+            self._bar = tqdm(total=total, initial=min(self.step, total or self.step), unit="step",
+                             dynamic_ncols=True, desc=self.model_name)
+        self._pool = ThreadPoolExecutor(max_workers=1)   # prepares the next batch during a step
+        self._bad_steps = 0
+        # Per-term sums and counts: a model may report a term only on some steps (RPCL-pix2seqH
+        # computes L_R only on its sequence steps), so each term is averaged over its own steps.
+        self._term_sums: dict[str, float] = {}
+        self._term_counts: dict[str, int] = {}
+        self._t_last = time.time()
+
+    def _close_session(self) -> None:
+        self._pool.shutdown(wait=True)
+        if self._bar is not None:
+            self._bar.close()
+        self._runlog.close()
+
+    def _train_epoch(self) -> None:
+        """Train on the rest of the current epoch (from `batch_in_epoch`), then close the epoch.
+
+        Returns early when a stop condition holds, or after repeated non-finite steps restored the
+        last checkpoint (the caller's loop then carries on from the restored position)."""
+        order = self._epoch_order(self.epoch)
+        pending = None
+        while self.batch_in_epoch < self.batches_per_epoch and not self._should_stop():
+            step = self.step
+            batch, pending = self._next_batch(order, pending)
+            lr = learning_rate(self.cfg, step)
+            terms = self._train_step(self._step_input(batch, step), step, lr, self._forward)
+            if terms is None:
+                if self._skip_step(step):
+                    return
+                continue
+            self._bad_steps = 0
+            self.step += 1
+            self.batch_in_epoch += 1
+            self._log_step(terms, lr)
+            self._validate_or_checkpoint()
+        if self.batch_in_epoch >= self.batches_per_epoch:
+            self._end_epoch()
+
+    @property
+    def _forward(self):
+        """What computes the loss: the DDP wrapper (it all-reduces the gradients) or the model."""
+        return self.ddp if self.ddp is not None else self.model
+
+    def _next_batch(self, order: np.ndarray, pending):
+        """This position's batch (prefetched by the previous call when there was one) and the
+        future of the next batch of the epoch, started on the prefetch thread."""
+        b, step = self.batch_in_epoch, self.step
+        batch = pending.result() if pending is not None else self._train_batch(order, b, step)
+        pending = (self._pool.submit(self._train_batch, order, b + 1, step + 1)
+                   if b + 1 < self.batches_per_epoch else None)
+        return batch, pending
+
+    def _step_input(self, batch, step: int):
+        """The batch on the device, with the step for schedules computed in the loss, after the
+        model's eager preparation (e.g. rasterising)."""
+        batch["step"] = torch.tensor(float(step), dtype=torch.float64)
+        batch = to_device(batch, self.device)
+        with torch.no_grad():
+            return self.model.prepare_step(batch)
+
+    def _skip_step(self, step: int) -> bool:
+        """A non-finite step left the parameters as they were. After MAX_BAD_STEPS in a row, go
+        back to the last checkpoint and return True; otherwise move on to the next batch."""
+        self._bad_steps += 1
+        self.say(f"step {step}: non-finite loss or gradient; update skipped "
+                 f"({self._bad_steps} in a row)")
+        if self._bad_steps >= MAX_BAD_STEPS:
+            self._recover_from_nan()
+            self._bad_steps = 0
+            return True
+        self.batch_in_epoch += 1
+        return False
+
+    def _log_step(self, terms: dict[str, float], lr: float) -> None:
+        """Count the step's time and terms; a log.csv row of the averages every few steps."""
+        for k, v in terms.items():
+            self._term_sums[k] = self._term_sums.get(k, 0.0) + v
+            self._term_counts[k] = self._term_counts.get(k, 0) + 1
+        now = time.time()
+        self.elapsed += now - self._t_last
+        self._t_last = now
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(loss=f"{terms['loss']:.3f}", epoch=self.epoch)
+        log_every = max(1, min(20, self.batches_per_epoch))
+        if self.step % log_every == 0:
+            row = {"step": self.step, "epoch": self.epoch, "lr": lr,
+                   "elapsed": round(self.elapsed, 2)}
+            row.update({k: v / self._term_counts[k] for k, v in self._term_sums.items()})
+            self._runlog.write(row)
+            self._term_sums, self._term_counts = {}, {}
+
+    def _validate_or_checkpoint(self) -> None:
+        if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+            self._validate()
+        elif self.step % max(1, self.cfg.checkpoint_every) == 0:
+            self.save()
+
+    def _end_epoch(self) -> None:
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        if not self.cfg.eval_every:
+            self._validate()
+
+    def _finish(self) -> None:
+        """A run cut by max_steps or the time limit still validates and gets its best checkpoint."""
+        if self._deadline is not None and time.time() >= self._deadline:
+            self.say(f"time limit of {self.max_seconds:.0f}s reached at step {self.step}")
+        if self.last_eval_step != self.step and not self.stopped_early:
+            self._validate()
+        else:
+            self.save()
 
     def _train_step(self, batch, step: int, lr: float, forward) -> dict[str, float] | None:
         """One optimisation step; the loss terms as floats, or None if it was not finite."""
@@ -592,7 +595,7 @@ class Trainer:
         terms["_finite"] = finite
         return terms
 
-    def _validate(self, runlog: RunLog) -> None:
+    def _validate(self) -> None:
         self.last_eval_step = self.step
         metrics = self.evaluate("valid")
         key = self.cfg.valid_metric
@@ -603,7 +606,7 @@ class Trainer:
         row = {"step": self.step, "epoch": self.epoch, "lr": learning_rate(self.cfg, self.step),
                "elapsed": round(self.elapsed, 2)}
         row.update({f"valid_{k}": v for k, v in metrics.items()})
-        runlog.write(row)
+        self._runlog.write(row)
         improved = value < self.best_valid
         self.say(f"step {self.step} epoch {self.epoch}: valid {key} {value:.4f}"
                  + (" (best)" if improved else f" (best {self.best_valid:.4f})"))
@@ -636,3 +639,8 @@ class Trainer:
             raise DataError("the loss is non-finite from the first steps and there is no "
                             "checkpoint to go back to: check the data (NaN, huge offsets) or lower "
                             "learning_rate")
+
+
+# prepare_data and PreparedData are re-exported: callers build the trainer's input with them.
+__all__ = ["MAX_BAD_STEPS", "PreparedData", "Trainer", "clip_gradients", "init_distributed",
+           "learning_rate", "prepare_data", "to_device"]
