@@ -46,7 +46,8 @@ TINY = {
     "sketchgloc": "enc_rnn_size=8,dec_model=hyper,dec_rnn_size=16,hyper_num_units=8,"
                   "hyper_embedding_size=4,z_size=4,batch_size=8,max_valid_batches=1,re_scale=0.1",
     "sketchknitter": "num_points=32,model_channels=32,lift_dim=16,channel_mult=[1,2],"
-                     "num_res_blocks=1,diffusion_steps=30,batch_size=8,eval_every=0,ema_rate=0.9",
+                     "num_res_blocks=1,diffusion_steps=30,batch_size=8,eval_every=0,ema_rate=0.9,"
+                     "class_cond=1",
 }
 KINDS = list(TINY)
 ACTIONS = ["sample", "reconstruct", "heal", "complete", "interpolate"]
@@ -115,6 +116,8 @@ def test_models_lists_every_kind_with_what_it_can_do(client):
         assert any(action in m["actions"] for m in data["models"]), action
     assert by_id["rpcl-pix2seq"]["components"] == 3 * 2      # num_mixture x num_sub Gaussians
     assert by_id["rpcl-pix2seqh"]["components"] >= 1
+    assert "category" in by_id["sketchknitter"]["sample_by"]      # class-conditional
+    assert by_id["sketch-rnn"]["max_points"] == 60
     assert data["limits"]["max_points"] == schemas.MAX_POINTS
 
 
@@ -140,6 +143,8 @@ def _request(action: str, model: dict) -> dict:
         body["n"] = 3
         if model["components"]:
             body["component"] = model["components"] - 1
+        if "category" in model["sample_by"]:
+            body["category"] = "house"
     elif action in ("reconstruct", "complete"):
         body.update(sketch=DRAWING, n=2)
     elif action == "heal":
@@ -171,6 +176,8 @@ def test_every_action_of_every_model(client, kind):
             assert set(sk) == {"strokes", "category", "component"} and finite_drawing(sk["strokes"])
         if action == "sample" and model["components"]:
             assert {sk["component"] for sk in data["sketches"]} == {body["component"]}
+        if action == "sample" and "category" in body:
+            assert {sk["category"] for sk in data["sketches"]} == {"house"}
         if action == "reconstruct" and "has_components" in model["capabilities"]:
             # the redraw reports the RPCL component its code falls in
             assert all(0 <= sk["component"] < model["components"] for sk in data["sketches"])
@@ -181,6 +188,14 @@ def test_every_action_of_every_model(client, kind):
         if action == "heal":
             assert data["input"] == DRAWING and data["masked_points"] >= 1
             assert data["settings"]["masks"] == body["masks"]
+            # no strength asked: the model's own, echoed, and its corruption shown (SP-gra2seq
+            # and SketchGloc heal what they are given, SketchKnitter noises it first)
+            assert data["settings"]["strength"] == model["heal_strength"]
+            if model["heal_strength"] > 0:
+                assert len(data["corrupted"]) == 2
+                assert all(finite_drawing(c["strokes"]) for c in data["corrupted"])
+            else:
+                assert data["corrupted"] is None
 
 
 def test_heal_masks_cut_strokes_and_show_before(client, studio_models):
@@ -192,6 +207,7 @@ def test_heal_masks_cut_strokes_and_show_before(client, studio_models):
     data = r.json()
     assert data["before"] == [[[0.0, 10.0], [0.0, 0.0]], [[40.0, 50.0], [0.0, 0.0]]]
     assert data["masked_points"] == 2 and data["settings"]["strength"] == 0.0
+    assert data["corrupted"] is None           # strength 0: the masked drawing as it is
     everything = [{"x0": -1, "y0": -1, "x1": 60, "y1": 1}]
     r = post(client, "heal", model=healer, sketch=wall, masks=everything)
     assert r.status_code == 422 and "whole drawing" in r.json()["error"]
@@ -312,6 +328,10 @@ class SlowModel:
     name = "slow"
     categories = ["fish"]
     capabilities = {"can_sample"}
+    n_components = heal_strength = None
+
+    def max_points(self):
+        return "any"
 
     def __init__(self):
         self.started = threading.Event()
@@ -571,7 +591,8 @@ def test_browser_mask_then_heal(browser, live_studio, studio_models, tmp_path):
     assert len(result["settings"]["masks"]) == 1
     assert all(sk["strokes"] for sk in result["sketches"])
     labels = page.locator("#results .tile .label").all_inner_texts()
-    assert labels[0] == "before (masked)" and labels[1].startswith("after")
+    assert labels[0] == "before (masked)" and labels[1].startswith("corrupted 1")
+    assert labels[2].startswith("after 1")
     page.screenshot(path=str(_screenshot_dir(tmp_path) / "studio-heal.png"))
     assert not errors, errors
     page.close()

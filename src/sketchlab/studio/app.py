@@ -233,10 +233,12 @@ class Studio:
             "capabilities": sorted(m.capabilities),
             "actions": [a for a, need in ACTIONS.items() if need in m.capabilities],
             "components": self.components(m),
+            "max_points": m.max_points(),
+            "heal_strength": m.heal_strength,
             # what `sample` can be steered by: a prior component, a category (a model whose
             # sampling options take one)
             "sample_by": [k for k, ok in (("component", COMPONENTS in m.capabilities),
-                                          ("category", self.takes_option(m, "category"))) if ok],
+                                          ("category", self.by_category(m))) if ok],
         }
 
     @staticmethod
@@ -245,6 +247,13 @@ class Studio:
         if COMPONENTS not in m.capabilities:
             return None
         return m.n_components
+
+    @classmethod
+    def by_category(cls, m: Model) -> bool:
+        """Whether `sample(category=...)` draws that category: the option exists and the model
+        was trained class-conditional (SketchKnitter's `class_cond`; a config without the
+        switch is taken at its option's word)."""
+        return cls.takes_option(m, "category") and bool(getattr(m.config, "class_cond", True))
 
     @staticmethod
     def takes_option(m: Model, name: str) -> bool:
@@ -268,14 +277,17 @@ class Studio:
         return m
 
     # ---- running a model call -----------------------------------------------------------------
-    async def call(self, model_id: str, fn: Callable[[], Any], origin=None) -> list[dict]:
-        """`fn()` (a model call returning Sketches) through the gate, one at a time for this
-        model; its sketches as JSON, moved by `origin` (converted in the worker thread too)."""
+    async def call(self, model_id: str, fn: Callable[[], Any], origin=None) -> Any:
+        """`fn()` (model calls returning Sketches, or a dict of them) through the gate, one at a
+        time for this model; the sketches as JSON, moved by `origin` (converted in the worker
+        thread too)."""
         lock = self._locks[model_id]
 
         def locked():
             with lock:
                 out = fn()
+            if isinstance(out, dict):
+                return {k: _sketches_json(v, origin) for k, v in out.items()}
             return _sketches_json(out, origin)
 
         try:
@@ -384,7 +396,7 @@ def create_app(studio: Studio | dict[str, Model], settings: StudioSettings | Non
                 raise ApiError(422, f"component: {req.model} has components 0..{n - 1}")
             options["component"] = req.component
         if req.category is not None:
-            if not studio.takes_option(m, "category"):
+            if not studio.by_category(m):
                 raise ApiError(422, f"category: {req.model} (a {m.name} model) does not sample by "
                                     f"category")
             if req.category not in m.categories:
@@ -417,13 +429,21 @@ def create_app(studio: Studio | dict[str, Model], settings: StudioSettings | Non
             raise ApiError(422, "masks: they cover the whole drawing; nothing is left to heal")
         origin = D.origin_of(req.sketch)
         sk = D.to_sketches([before] * req.n, [origin] * req.n)
-        sketches = await studio.call(req.model, lambda: m.heal(
-            sk, strength=req.strength, temperature=req.temperature, seed=req.seed), origin)
+        # the strength actually used is echoed (None asks for the model's own)
+        strength = req.strength if req.strength is not None else m.heal_strength
+
+        def heal_and_show():
+            out = {"sketches": m.heal(sk, strength, temperature=req.temperature, seed=req.seed)}
+            if strength > 0:      # what the model was given: the drawing, corrupted its way
+                out["corrupted"] = m.corrupt(sk, strength, seed=req.seed)
+            return out
+
+        out = await studio.call(req.model, heal_and_show, origin)
         settings_ = _settings(req, "masks")
-        settings_["masks"] = [mask.model_dump() for mask in req.masks]
+        settings_.update(strength=strength, masks=[mask.model_dump() for mask in req.masks])
         return result("heal", req.model, settings_, t0, input=req.sketch, before=before,
                       masked_points=D.count_points(req.sketch) - D.count_points(before),
-                      sketches=sketches)
+                      corrupted=out.get("corrupted"), sketches=out["sketches"])
 
     @app.post("/api/complete")
     async def complete(request: Request):

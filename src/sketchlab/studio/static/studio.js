@@ -394,10 +394,14 @@
     };
     if (data.action === "heal") tiles.push({ strokes: data.before, label: "before (masked)", muted: true });
     if (data.action === "reconstruct") tiles.push({ strokes: data.input, label: "drawn", muted: true });
-    data.sketches.forEach((sk, i) => tiles.push({
-      strokes: sk.strokes, label: label(i, sk), category: sk.category,
-      prefix: data.action === "complete" ? data.prefix_strokes : 0,
-    }));
+    data.sketches.forEach((sk, i) => {
+      if (data.corrupted) {       // heal: what the model was given, its own corruption applied
+        tiles.push({ strokes: data.corrupted[i].strokes, muted: true,
+                     label: `corrupted ${i + 1} (strength ${data.settings.strength})` });
+      }
+      tiles.push({ strokes: sk.strokes, label: label(i, sk), category: sk.category,
+                   prefix: data.action === "complete" ? data.prefix_strokes : 0 });
+    });
     // Inputs and results that share the drawing's frame share one view, so they line up.
     const shared = ["complete", "heal", "reconstruct"].includes(data.action)
       ? bounds(tiles.map((t) => t.strokes).concat(data.input ? [data.input] : [])) : null;
