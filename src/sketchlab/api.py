@@ -240,9 +240,11 @@ class Model:
 
 
 def load(path_or_name: str | Path, device: str | torch.device | None = None,
-         which: str = "best") -> Model:
+         which: str | None = None) -> Model:
     """Load a run directory (made by `sketchlab train`) or a pretrained model by name
-    (`sketchlab zoo list`); a local path wins over a zoo name, `zoo:NAME` forces the zoo."""
+    (`sketchlab zoo list`); a local path wins over a zoo name, `zoo:NAME` forces the zoo.
+    `which`: "best" or "latest" weights; None: the model's choice (best; SketchKnitter's
+    faithful mode: the final weights, as the original samples them)."""
     run = runs.open_run(path_or_name, device=pick_device(device), which=which)
     return Model(run, str(path_or_name))
 
