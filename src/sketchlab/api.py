@@ -89,6 +89,20 @@ class Model:
         return self.module.make_options()
 
     @property
+    def n_components(self) -> int | None:
+        """How many prior components `sample(component=k)` picks from (None: no mixture prior)."""
+        if not getattr(self.module, "has_components", False):
+            return None
+        return int(self.module.prior_weights().numel())
+
+    @property
+    def heal_strength(self) -> float | None:
+        """The corruption `heal` applies when given no strength (None: not a `can_heal` model)."""
+        if not getattr(self.module, "can_heal", False):
+            return None
+        return float(getattr(self.module.make_options(), self.module.heal_option) or 0.0)
+
+    @property
     def scale_factor(self) -> float:
         return float(self.module.scale_factor)
 
@@ -192,7 +206,7 @@ class Model:
         redraw it. `strength=0` redraws the sketches as given (heal what is already broken)."""
         self._need("can_heal")
         if strength is None:
-            strength = getattr(self.module.make_options(), self.module.heal_option) or 0.0
+            strength = self.heal_strength
         return self._out(self.module.heal(self._in(sketches), strength=float(strength), seed=seed,
                                           **self._given(dict(options, temperature=temperature))))
 
