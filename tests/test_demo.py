@@ -1,17 +1,24 @@
 """`sketchlab demo` end to end: the zoo showcase on tiny stand-in entries of every kind, and
 `sketchlab demo --train` on a tiny budget."""
 
+import importlib.util
 import json
 
 import pytest
 
 from sketchlab.cli import main
 
+# The RPCL demo draws a t-SNE map of its codes (scikit-learn, the `latent` extra).
+needs_sklearn = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
+                                   reason="the RPCL demo's t-SNE map needs scikit-learn "
+                                          "(pip install scikit-learn, or sketchlab[latent])")
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model, hp", [
     ("sketch-rnn", "enc_rnn_size=8,dec_rnn_size=16,z_size=4,batch_size=8"),
-    ("rpcl-pix2seq", "dec_rnn_size=16,z_size=4,batch_size=8,cnn_channels=[4,4,4,4]"),
+    pytest.param("rpcl-pix2seq", "dec_rnn_size=16,z_size=4,batch_size=8,cnn_channels=[4,4,4,4]",
+                 marks=needs_sklearn),
     ("sp-gra2seq", "graph_picture_size=32,cnn_channels=[4,4,4,4],dec_rnn_size=16,z_size=4,"
                    "num_mixture=3,batch_size=4"),
     ("sketchgloc", "enc_rnn_size=8,dec_rnn_size=16,z_size=4,batch_size=4"),

@@ -89,6 +89,20 @@ class Model:
         return self.module.make_options()
 
     @property
+    def n_components(self) -> int | None:
+        """How many prior components `sample(component=k)` picks from (None: no mixture prior)."""
+        if not getattr(self.module, "has_components", False):
+            return None
+        return int(self.module.prior_weights().numel())
+
+    @property
+    def heal_strength(self) -> float | None:
+        """The corruption `heal` applies when given no strength (None: not a `can_heal` model)."""
+        if not getattr(self.module, "can_heal", False):
+            return None
+        return float(getattr(self.module.make_options(), self.module.heal_option) or 0.0)
+
+    @property
     def scale_factor(self) -> float:
         return float(self.module.scale_factor)
 
@@ -192,7 +206,7 @@ class Model:
         redraw it. `strength=0` redraws the sketches as given (heal what is already broken)."""
         self._need("can_heal")
         if strength is None:
-            strength = getattr(self.module.make_options(), self.module.heal_option) or 0.0
+            strength = self.heal_strength
         return self._out(self.module.heal(self._in(sketches), strength=float(strength), seed=seed,
                                           **self._given(dict(options, temperature=temperature))))
 
@@ -226,9 +240,11 @@ class Model:
 
 
 def load(path_or_name: str | Path, device: str | torch.device | None = None,
-         which: str = "best") -> Model:
+         which: str | None = None) -> Model:
     """Load a run directory (made by `sketchlab train`) or a pretrained model by name
-    (`sketchlab zoo list`); a local path wins over a zoo name, `zoo:NAME` forces the zoo."""
+    (`sketchlab zoo list`); a local path wins over a zoo name, `zoo:NAME` forces the zoo.
+    `which`: "best" or "latest" weights; None: the model's choice (best; SketchKnitter's
+    faithful mode: the final weights, as the original samples them)."""
     run = runs.open_run(path_or_name, device=pick_device(device), which=which)
     return Model(run, str(path_or_name))
 

@@ -174,6 +174,7 @@ _POINTWISE: dict[str, Callable] = {
     "hyper_main_bwd": _hyper_main_bwd,
 }
 
+
 # Each function is compiled once per input signature (shapes, dtypes, mask or not, ...), e.g. the
 # LayerNorm-LSTM step serves both the LayerNorm cell and the hyper cell at several sizes; dynamo's
 # default limit of 8 compilations per function would silently send the rest to eager.
