@@ -16,6 +16,7 @@ import gzip
 import json
 import multiprocessing
 import os
+import sys
 import time
 import zlib
 from collections import Counter
@@ -460,11 +461,12 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
             results = map(_run_chunk, jobs)
             pool = None
         else:
-            # fork where there is one: a spawned worker would import the caller's __main__ (for
-            # the `sketchlab` command: the CLI and torch, seconds per worker). The workers run
-            # json and numpy only, never torch, so its thread pools in the parent do not matter.
-            # map() hands the results back in task order.
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            # fork on Linux: a spawned worker would import the caller's __main__ (for the
+            # `sketchlab` command: the CLI and torch, seconds per worker). The workers run json
+            # and numpy only, never torch, so its thread pools in the parent do not matter.
+            # (macOS and Windows spawn: forking is unsafe or missing there.) map() hands the
+            # results back in task order.
+            method = "fork" if sys.platform.startswith("linux") else "spawn"
             pool = ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context(method))
             results = pool.map(_run_chunk, jobs)
         try:
