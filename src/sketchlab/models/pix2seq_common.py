@@ -115,8 +115,8 @@ def zero_touch(*modules: torch.nn.Module) -> Tensor:
 
     Added to a loss that skips a branch, it gives that branch's parameters zero (not None)
     gradients, so Adam still moves them by momentum as TF's Adam does (the originals'
-    `optimizer.apply_gradients` in `model.py` updates every variable, zero gradient or not), from the very
-    first step and with the same per-parameter step count as the rest."""
+    `optimizer.apply_gradients` in `model.py` updates every variable, zero gradient or not),
+    from the very first step and with the same per-parameter step count as the rest."""
     params = [p for m in modules for p in m.parameters()]
     return torch.stack([p.reshape(-1)[0].float() for p in params]).sum() * 0.0
 

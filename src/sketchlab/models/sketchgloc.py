@@ -21,8 +21,8 @@ Reads top to bottom: config (the `rebranch/` code, whose hyper-parameters the RE
 * Encoder: a bi-LSTM over each chunk's absolute points (final states at the last valid step,
   concatenated, D = 2 enc_rnn_size), a 9-relation GCN, sum readout over the chunks,
   tanh(BatchNorm), mu and a log-variance s. No KL and no prior (the original's loss is
-  `lil_loss` alone, so nothing regularises s): z = mu +
-  exp(s/2) eps in training, z = mu in validation and when encoding.
+  `lil_loss` alone, so nothing regularises s): z = mu + exp(s/2) eps in training, z = mu in
+  validation and when encoding.
 * Decoder: HyperLSTM(512) from tanh(Linear(z)) fed [x_abs, y_abs, p1, p2, p3, z]; the
   20-component mixture head models absolute positions. Loss = L_R only (sum over time / B, pen
   cross-entropy unmasked in training, masked in evaluation).
@@ -58,10 +58,10 @@ Choices on the original's quirks and open points (each a config field):
   original's shift to the queries (`retrieval_queries`, used by `sketchlab evaluate --run` and
   `sketchlab compare`).
 * Known parity gap: grid cells use inclusive box boundaries exactly (`DataLoader.get_relgrid`:
-  strictly below / above the box is outside). The original
-  re-accumulates each chunk's offsets in float64, so two box edges that are equal in float32
-  can fall on either side there (12 of 150 sheep validation sketches get a different graph
-  entry); this cannot be matched without copying its arithmetic.
+  strictly below / above the box is outside). The original re-accumulates each chunk's offsets
+  in float64, so two box edges that are equal in float32 can fall on either side there (12 of
+  150 sheep validation sketches get a different graph entry); this cannot be matched without
+  copying its arithmetic.
 
 What differs from the rebranch code by default, and the switch (`paper_config` sets each to the
 original's): the learning rate 1e-3 instead of its 9.999901e-4 (`learning_rate`), chunk lengths
@@ -111,18 +111,18 @@ class Config(TrainingConfig):
     z_size: int = 128                    # root: 64
     use_recurrent_dropout: bool = True   # encoder LSTMs and decoder main cell (root: off)
     recurrent_dropout_prob: float = 0.90  # keep probability
-    random_scale_factor: float = 0.10    # both gated by augment_stroke_prob > 0 (`_get_batch_from_indices`)
+    random_scale_factor: float = 0.10    # both gated by augment_stroke_prob > 0, as the original
     augment_stroke_prob: float = 0.10
     re_scale: float = 0.0                # training reorganisation noise PROB (paper: 0.1 / 0.3)
     stroke_pbias: bool = True            # the inverted translation interval, see the module docstring
     pbias_canvas: float = G.PBIAS_CANVAS
-    faithful_roundtrip: bool = True      # single-point first/last stroke quirk, see the module docstring
+    faithful_roundtrip: bool = True      # single-point first/last strokes, see the module docstring
     clamp_stroke_len: bool = True        # chunks of L+1 points, see the module docstring
     temperature: float = 0.24
     greedy_sampling: bool = False        # the root's `sample_abs.py` samples greedily
     fuse_pointwise: bool = True          # torch.compile the cells' per-step pointwise math on CUDA
     ret_gallery: str = "z_ori"           # `sample_abs.py`'s gallery code, see the module docstring
-    ret_query_shift: bool = False        # True: `retrieval.py`'s shift of the queries by -(last offset)
+    ret_query_shift: bool = False        # True: `retrieval.py`'s -(last offset) shift of the queries
     # training (train.py): Adam, per-variable clip_by_norm 1.0, constant LR, patience 5
     batch_size: int = 100                # root: 300
     learning_rate: float = 1e-3
@@ -138,8 +138,8 @@ class Config(TrainingConfig):
 
 def root_config(**overrides) -> Config:
     """The repository root's variant (root `train.py` / `utils.py` instead of `rebranch/`):
-    6-point chunks (`max_part_len` = 5), no reorganisation noise, smaller
-    encoder and code, no dropout or augmentation, batch 300, greedy sampling."""
+    6-point chunks (`max_part_len` = 5), no reorganisation noise, smaller encoder and code, no
+    dropout or augmentation, batch 300, greedy sampling."""
     base = Config(max_stroke_len=5, enc_rnn_size=256, z_size=64, use_recurrent_dropout=False,
                   random_scale_factor=0.0, augment_stroke_prob=0.0, re_scale=0.0, batch_size=300,
                   greedy_sampling=True)
@@ -211,8 +211,8 @@ class SketchGloc(CodeDecoder, SketchModel):
 
     def make_batch(self, sketches, train, rng, re_scale: float | None = None):
         """One batch (`utils.py` `DataLoader._get_batch_from_indices`). `re_scale` is the
-        reorganisation noise PROB: the config's in
-        training, 0 in evaluation, or the caller's (sampling). Keys:
+        reorganisation noise PROB: the config's in training, 0 in evaluation, or the caller's
+        (sampling). Keys:
 
         strokes (B, T+1, 5)    decoder sequence, ABSOLUTE x, y (row 0 = S0)
         chunks (B, S, L, 2)    each kept chunk's first L noisy absolute points, zero-padded

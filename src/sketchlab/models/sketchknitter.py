@@ -93,7 +93,7 @@ CHECKPOINTS = ("best", "latest")
 @dataclass
 class Config(TrainingConfig):
     # --- data ---
-    num_points: int = 96                # N: sketches with 0 < L <= N are kept (`SketchDataset.purify`)
+    num_points: int = 96                # N: 0 < L <= N are kept (`SketchDataset.purify`)
     faithful: bool = False              # reproduce the original's data/loss/sampling quirks
     random_scale: float = 0.0           # training augmentation (none in the original): stretch
     augment_prob: float = 0.0           # dx, dy by U(1 +- s); sketch-rnn's point dropping

@@ -24,8 +24,9 @@ encoder, decoder, losses, generation, and the small CPU demo configuration.
   unmasked in training, masked in evaluation) plus 0.25 L_C, a hard-assignment k-means loss of
   the valid patch embeddings against K centroids (`latent_mu`, a buffer): assignment by cosine
   to the OLD centroids, new centroids 0.75 old + 0.25 batch mean (staged in `loss`, written in
-  `on_step_end` after the optimiser step), L_C = mean over valid patches of 1/2 ||e - mu'_a||^2. The centroids start as the first K patch
-  embeddings of the first training batch (`train.py` `_train`, epoch 0). No KL term: s is free.
+  `on_step_end` after the optimiser step), L_C = mean over valid patches of 1/2 ||e - mu'_a||^2.
+  The centroids start as the first K patch embeddings of the first training batch (`train.py`
+  `_train`, epoch 0). No KL term: s is free.
 * Validation: L_R with a SAMPLED z (`train.py` `evaluate_model` feeds no z, so the eval graph
   samples its own `batch_z`), masked pen CE, no patch masking; early stopping with patience 5
   rewinding to the best checkpoint (`reload_best`).

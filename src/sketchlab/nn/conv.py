@@ -12,10 +12,10 @@ differs from PyTorch's defaults in ways that shift every feature map by a pixel 
   biased variance), including the final 1-channel deconv before `tanh`.
 * Weights are "xavier_init", which is really He-normal `N(0, sqrt(2/size[0]))`. For FC layers
   size[0] is fan-in; for conv filters `[kh, kw, in, out]` it is the kernel height, so EVERY conv
-  filter gets std sqrt(2/3) = 0.816 whatever its channel count (most likely unintended). We keep it by
-  default (`init="seed"`): InstanceNorm cancels the scale in the forward pass, but Adam's steps
-  are the same size for any weight scale, so the scale sets the effective learning rate of the
-  convs. `init="he"` gives the textbook sqrt(2/fan_in).
+  filter gets std sqrt(2/3) = 0.816 whatever its channel count (most likely unintended). We keep
+  it by default (`init="seed"`): InstanceNorm cancels the scale in the forward pass, but Adam's
+  steps are the same size for any weight scale, so the scale sets the effective learning rate of
+  the convs. `init="he"` gives the textbook sqrt(2/fan_in).
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 Two layouts of the same network body:
 
 * ``layout="points"`` (the original, wangqiang9/SketchKnitter `sketch_diffusion/unet.py`
-  `UNetModel`): each point's features are lifted by a shared
-  ``Linear(F_in -> lift_dim)`` and the **points are the Conv1d channels**; the 1-D "sequence" the
-  convolutions slide over is the lifted feature axis (128 -> 64 -> 32 -> 16). Every point index
+  `UNetModel`): each point's features are lifted by a shared ``Linear(F_in -> lift_dim)`` and
+  the **points are the Conv1d channels**; the 1-D "sequence" the convolutions slide over is the
+  lifted feature axis (128 -> 64 -> 32 -> 16). Every point index
   has its own weights, so the number of points must equal ``model_channels`` (96) and be a
   multiple of 32 (GroupNorm(32)). With the defaults the network has 20.33M parameters.
 * ``layout="sequence"`` (optional, not in the paper): the usual layout, features are channels and
@@ -111,8 +111,8 @@ class AttentionBlock(nn.Module):
     """Self-attention over the length axis with guided-diffusion's *legacy* head-then-qkv order.
 
     `qkv (B, 3C, L)` is viewed as `(B*heads, 3*C/heads, L)` and split into q, k, v (`unet.py`
-    `AttentionBlock._forward` / `QKVAttention`), so a
-    ported checkpoint's weights mean the same thing here.
+    `AttentionBlock._forward` / `QKVAttention`), so a ported checkpoint's weights mean the same
+    thing here.
     """
 
     def __init__(self, channels: int, num_heads: int = 4):
