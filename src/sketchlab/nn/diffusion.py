@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from sketchlab.errors import ConfigError
 from sketchlab.nn.cudagraph import capture, warm_up
+from sketchlab.progress import track
 
 # --------------------------------------------------------------------------------------------
 # Noise schedules and the forward process
@@ -132,7 +133,7 @@ def stride_spacing(num_timesteps: int, steps: int) -> np.ndarray:
         if len(range(0, num_timesteps, stride)) == steps:
             return np.arange(0, num_timesteps, stride)
     raise ConfigError(f"cannot make exactly {steps} steps out of {num_timesteps} with an integer "
-                      "stride; use spacing='even'")
+                      "stride; spread them evenly: --spacing even (Python: spacing='even')")
 
 
 def even_spacing(num_timesteps: int, steps: int) -> np.ndarray:
@@ -438,14 +439,12 @@ def reverse_loop(denoiser: Denoiser, sampler: Sampler, x: torch.Tensor, mask: to
                  generator: torch.Generator | None = None, temperature: float = 1.0,
                  callback: StepCallback | None = None, progress: bool = False):
     """The plain eager loop: returns (x_0, pen logits of the last denoiser call)."""
-    from tqdm.auto import tqdm
-
     m = mask[..., None].to(x.dtype)
     table = sampler.table.to(device=x.device, dtype=x.dtype)  # once: no host sync per step
     noisy = (sampler.table[:, SIGMA_COL] > 0).tolist()
     pen = None
-    for i, t in enumerate(tqdm(sampler.timesteps, disable=not progress, desc="sampling",
-                               leave=False)):
+    for i, t in enumerate(track(sampler.timesteps, desc="sampling", unit="steps",
+                                enabled=progress, leave=False)):
         tt = torch.full((x.shape[0],), float(t), device=x.device)
         eps, pen = denoiser(x, tt, mask)
         eps = eps.float()
@@ -553,8 +552,6 @@ class StepRunner:
         """Sample from `x` (the static batch); noise is drawn for the first `rows` sketches
         only (the rest pad a short last batch), so the random stream matches `reverse_loop`
         run on those rows."""
-        from tqdm.auto import tqdm
-
         table = sampler.table.to(device=self.device, dtype=torch.float32)
         table[:, SIGMA_COL] *= temperature
         self.x.copy_(x)
@@ -570,8 +567,8 @@ class StepRunner:
                 self._loop_body(static_table)
             return self.x.clone(), self.pen.clone()
         noise = self.noise[:rows] if rows is not None else self.noise
-        for i, t in enumerate(tqdm(sampler.timesteps, disable=not progress, desc="sampling",
-                                   leave=False)):
+        for i, t in enumerate(track(sampler.timesteps, desc="sampling", unit="steps",
+                                    enabled=progress, leave=False)):
             self.row.copy_(table[i])
             if noisy[i]:
                 if generator is None or generator.device == self.device:
