@@ -18,6 +18,7 @@ A capability a model lacks raises a `ConfigError` that names the models that hav
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,10 @@ def as_sketches(items: Any, what: str = "sketches") -> Sketches:
         if isinstance(first, (list, tuple)) and len(first) == 2 and not np.isscalar(first[0]):
             return Sketches.from_strokes(items)
     raise DataError(f"{what}: give Sketches, a stroke-3 array (n, 3), or strokes [[xs, ys], ...]")
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message.removeprefix("note: "), stacklevel=4)
 
 
 class Model:
@@ -121,9 +126,9 @@ class Model:
         pen = sk.points[:, 2]
         if np.any((pen != 0) & (pen != 1)):
             raise DataError(f"{what}: the pen column must hold 0 or 1")
-        sk = type(self.module).filter_sketches(self.module.config, sk.in_units(1.0))
-        if len(sk) == 0:
-            raise DataError(f"{what}: every sketch is empty or longer than this model takes")
+        # The same rule and report as `sketchlab sample --condition-on`: sketches the model
+        # cannot take are left out, with a warning that says how many.
+        sk = runs.take_usable(self.module, sk, what, log=_warn)
         return sk.in_units(self.scale_factor)
 
     @staticmethod
