@@ -26,6 +26,7 @@ CLI_MODULES: list[str] = [
     "sketchlab.cli.latent",
     "sketchlab.cli.zoo",
     "sketchlab.cli.demo",
+    "sketchlab.cli.serve",
 ]
 
 

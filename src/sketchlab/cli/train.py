@@ -18,7 +18,9 @@ from sketchlab.config import TrainingConfig, apply_hparams, field_help, from_dic
 from sketchlab.data.sources import load_splits, parse_categories
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
-from sketchlab.models import MODELS, get_model_class, model_classes, models_with
+from sketchlab.models import (
+    MODELS, PRESETS, get_model_class, model_classes, models_with, paper_categories, preset,
+)
 from sketchlab.train import checkpoint as ckpt
 from sketchlab.nn.device import pick_device
 from sketchlab.train.trainer import Trainer, init_distributed, prepare_data
@@ -28,10 +30,11 @@ TRAIN_DESCRIPTION = """\
 Train MODEL into a run directory (--out): config.json, weights (model.safetensors, the best as
 best.safetensors), log.csv and loss.png. Data: per-category sketch-rnn .npz files (--data-dir +
 --categories; `sketchlab data import|download` makes them) or, without --data-dir, the built-in
-doodles. Each model starts from its paper's code defaults: `--list-hparams` prints every
-hyperparameter with its default and meaning, `--hparams "name=value,..."` changes them (the
-original repositories' syntax). Training stops at --max-steps / --max-epochs / --max-minutes or
-by early stopping; running the same command again resumes from the last checkpoint.
+doodles. Each model starts from its defaults (the original code's values, bugs corrected) or a
+--preset (paper, cpu); `--list-hparams` prints every hyperparameter with its default (or the
+preset's value) and meaning, `--hparams "name=value,..."` changes them (the original
+repositories' syntax). Training stops at --max-steps / --max-epochs / --max-minutes or by early
+stopping; running the same command again resumes from the last checkpoint.
 """
 
 TRAIN_EPILOG = """examples:
@@ -41,6 +44,20 @@ TRAIN_EPILOG = """examples:
       --hparams "dec_model=layer_norm,dec_rnn_size=512"
   sketchlab train rpcl-pix2seq --data-dir data/spg --out runs/rpcl \\
       --hparams "categories=[airplane,apple,butterfly,cactus,pig],batch_size=200"
+  sketchlab train sketchknitter --preset paper --data-dir data/qd --out runs/moon   # as the original
+  sketchlab train sp-gra2seq --preset cpu --data-dir data/spg --categories apple,pig --out runs/sp
+
+Presets (--hparams apply on top; the preset is recorded in config.json):
+  paper  the original code as released: the paper's sizes, data settings and every quirk the
+         original has (listed in each model's docstring and the README), float32 throughout
+         (no bf16 autocast in training, validation or sampling). Without --categories it trains
+         on the original's own category list.
+  cpu    a small configuration that trains in under an hour on 2 CPU cores.
+Without --preset each model starts from its defaults: the original's values, with the corrected
+behaviour where sketchlab corrects a bug and bf16 autocast on CUDA.
+
+SketchKnitter's r-Shortcut sampler is sketchlab's reconstruction: the released code never trains
+its recognizability predictor (`h_model` gets no gradient) and has no shortcut function.
 
 Running the same command again resumes from the run's last checkpoint.
 """
@@ -69,6 +86,10 @@ SAMPLE_EPILOG = """examples:
 The model options are each model's sampling Options; a flag the run's model does not take is
 refused. --out FILE.npz writes FILE.png beside it; --out FILE.png (or .svg) writes FILE.npz
 beside it.
+
+SketchKnitter's r-Shortcut (--sampler rshortcut) is sketchlab's reconstruction of the paper's
+recognizability shortcut: the released code never trains its predictor (`h_model` gets no
+gradient) and has no shortcut function; --classifier calibrates sketchlab's predictor once.
 """
 
 
@@ -84,6 +105,9 @@ def register_cli(sub) -> None:
     p.add_argument("--out", default=None,
                    help="run directory (created; resumed if it holds a checkpoint); required unless "
                         "--list-hparams")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="start from a preset configuration: " + "; ".join(
+                       f"{k}: {v}" for k, v in PRESETS.items()) + " (--hparams apply on top)")
     p.add_argument("--hparams", default=None,
                    help='overrides in the originals\' syntax: "k=v,k=[x,y]" (see --list-hparams)')
     p.add_argument("--list-hparams", action="store_true",
@@ -114,15 +138,18 @@ def register_cli(sub) -> None:
     s.add_argument("--strength", type=float, default=None, help=_strength_help())
     s.add_argument("--classifier", default=None,
                    help="a `sketchlab classifier train` run: calibrates SketchKnitter's r-Shortcut "
-                        "(--sampler rshortcut) from its recognizability scores, saved into RUN")
+                        "(--sampler rshortcut; sketchlab's reconstruction, the released code never "
+                        "trains its predictor) from its recognizability scores, saved into RUN")
     s.add_argument("--calibration-sketches", type=int, default=runs.CALIBRATION_SKETCHES,
                    help="with --classifier: sampling chains the r-Shortcut calibration walks (default "
                         "%(default)s; the curve reads half as many more); fewer is faster and noisier")
     s.add_argument("--seed", type=int, default=0,
                    help="random seed: the same seed and options give the same sketches (default 0)")
     add_option_flags(s.add_argument_group("model options (each model's sampling Options)"))
-    s.add_argument("--which", choices=["best", "latest"], default="best",
-                   help="which checkpoint: best (lowest validation loss, default) or latest")
+    s.add_argument("--which", choices=["best", "latest"], default=None,
+                   help="which weights: best (lowest validation loss) or latest (the final ones); "
+                        "default: the model's choice (best; SketchKnitter's faithful mode and "
+                        "paper preset: latest, as the original samples its last checkpoint)")
     s.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
     s.set_defaults(func=cmd_sample)
 
@@ -132,21 +159,27 @@ def register_cli(sub) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _config_for_run(cls, out: Path, hparams: str | None):
-    """A fresh config with --hparams applied, or the saved one when resuming `out`."""
+def _config_for_run(cls, out: Path, hparams: str | None, preset_name: str | None = None):
+    """A fresh config (the preset's, or the model's defaults) with --hparams applied, or the
+    saved one when resuming `out`."""
     if (out / "state.pt").is_file():
         info = ckpt.read_run_config(out, expect_model=cls.name)
         cfg = from_dict(cls.Config, info["config"], where=str(out / "config.json"))
         if hparams and apply_hparams(cfg, hparams) != cfg:
             print(f"note: resuming {out}: its saved hyperparameters are used; --hparams ignored")
+        if preset_name and preset_name != info.get("preset"):
+            print(f"note: resuming {out}: its saved configuration (preset "
+                  f"{info.get('preset') or 'none'}) is used; --preset {preset_name} ignored")
         return cfg, info
-    return apply_hparams(cls.Config(), hparams), None
+    base = preset(cls.name, preset_name) if preset_name else cls.Config()
+    return apply_hparams(base, hparams), None
 
 
 def cmd_train(args) -> int:
     cls = get_model_class(args.model)
     if args.list_hparams:
-        print(hparams_table(cls), end="")
+        config = preset(cls.name, args.preset) if args.preset else None
+        print(hparams_table(cls, config=config, preset_name=args.preset), end="")
         return 0
     if args.out is None:
         raise ConfigError("--out is required: the run directory to train into (or resume)")
@@ -158,13 +191,20 @@ def cmd_train(args) -> int:
             categories = parse_categories(v, flag="--hparams categories")
         else:
             rest.append(f"{k}={v}")
-    cfg, saved = _config_for_run(cls, out, ",".join(rest))
+    cfg, saved = _config_for_run(cls, out, ",".join(rest), args.preset)
+    preset_name = args.preset
     if saved is not None:
         categories = saved.get("categories") or categories
         data_dir = saved.get("data_dir", args.data_dir)
         limit = saved.get("limit_per_category", args.limit_per_category)
+        preset_name = saved.get("preset")
     else:
         data_dir, limit = args.data_dir, args.limit_per_category
+        if preset_name == "paper" and data_dir is not None and not categories:
+            categories = list(paper_categories(cls.name))
+            if categories:
+                print(f"preset paper: the original's categories {','.join(categories)} (give "
+                      f"--categories to choose others)")
     if data_dir is None:
         print("no --data-dir: training on the built-in doodles")
     t0 = time.time()
@@ -175,11 +215,17 @@ def cmd_train(args) -> int:
     print(f"data: {', '.join(f'{k} {len(v)}' for k, v in data.splits.items())} sketches; "
           f"categories {', '.join(data.categories)}; scale factor {data.scale_factor:.4f} "
           f"({time.time() - t0:.1f}s)")
+    left_out = {k: len(raw[k]) - len(v) for k, v in data.splits.items() if k in raw}
+    if any(left_out.values()):
+        print("left out by the model's data filter (empty, too long or degenerate sketches): "
+              + ", ".join(f"{k} {n}" for k, n in left_out.items()))
+    if getattr(data.config, "max_seq_len", 0) > 0:
+        print(f"max_seq_len {data.config.max_seq_len}")
     model = cls(data.config)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{cls.name}: {n_params / 1e6:.2f}M parameters")
     run_info = {"data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
-                "limit_per_category": limit}
+                "limit_per_category": limit, "preset": preset_name}
     max_seconds = None if args.max_minutes is None else 60.0 * args.max_minutes
     device = pick_device(args.device)
     init_distributed(device)             # under torchrun: join the process group (else nothing)
@@ -195,12 +241,13 @@ def cmd_train(args) -> int:
     return 0
 
 
-def hparams_table(cls, width: int | None = None) -> str:
-    """Every field of a model's Config: name, default and meaning (the comments in the Config
-    classes), the model's own fields first, then the training fields every model shares."""
+def hparams_table(cls, width: int | None = None, config=None, preset_name: str | None = None) -> str:
+    """Every field of a model's Config: name, default (or `config`'s value, e.g. a preset's) and
+    meaning (the comments in the Config classes), the model's own fields first, then the
+    training fields every model shares."""
     width = width or min(110, max(80, shutil.get_terminal_size((100, 24)).columns))
     help_text = field_help(cls.Config)
-    defaults = cls.Config()
+    defaults = config if config is not None else cls.Config()
     shared = {f.name for f in dataclasses.fields(TrainingConfig)}
     fields = dataclasses.fields(cls.Config)
     groups = [(f"{cls.name}", [f for f in fields if f.name not in shared]),
@@ -209,8 +256,9 @@ def hparams_table(cls, width: int | None = None) -> str:
             for f in fields]
     name_w = max(len(r[0]) for r in rows) + 2
     value_w = min(max(len(r[1]) for r in rows), 22) + 2
-    lines = [f"{cls.name} hyperparameters: set them with --hparams \"name=value,...\" (defaults: "
-             f"the paper's code)", ""]
+    source = f"preset {preset_name}" if preset_name else "the original code's, bugs corrected"
+    lines = [f"{cls.name} hyperparameters: set them with --hparams \"name=value,...\" (values: "
+             f"{source})", ""]
     for title, group in groups:
         if not group:
             continue
@@ -320,7 +368,7 @@ def _caption_settings(model, overrides: dict, seed: int) -> list[str]:
         parts.append("greedy")
     elif temperature is not None:
         parts.append(f"temperature {temperature:g}")
-    for key in ("component", "unit", "prior"):
+    for key in ("category", "component", "unit", "prior"):
         if getattr(opts, key, None) is not None:
             parts.append(f"{key} {getattr(opts, key)}")
     parts.append(f"seed {seed}")

@@ -44,8 +44,9 @@ def conditioned_cells(outputs, inputs, corrupted=None, *, input_titles: Sequence
                       cols: int | None = None):
     """The cells of a conditioned grid in drawing order: `(sketches, titles, colours, cols,
     group_rows)` for `save_grid`. Output i sits under input i (and corrupted input i): blocks
-    of 2 (or 3) rows, `cols` blocks across (default: a near-square picture with evenly filled
-    block rows); empty cells pad the last block row."""
+    of 2 (or 3) rows, `cols` blocks across (default: as many as a grid of the outputs alone
+    has, so the picture is that grid with each cell's input drawn above it); empty cells pad
+    the last block row."""
     layers = [as_sketch_list(inputs)]
     if corrupted is not None:
         layers.append(as_sketch_list(corrupted))
@@ -57,8 +58,8 @@ def conditioned_cells(outputs, inputs, corrupted=None, *, input_titles: Sequence
     layers = [layer[:n] for layer in layers]
     k = len(layers)
     if cols is None or cols <= 0:
-        # About as many cell rows (k per block) as columns, and block rows evenly filled.
-        cols = math.ceil(n / max(1, round(math.sqrt(n / k))))
+        # The columns of a grid of the outputs alone: the inputs make it taller, not different.
+        cols = math.ceil(math.sqrt(n))
     cols = max(1, min(cols, n))
     in_titles = list(input_titles) if input_titles is not None else ["input"] * n
     out_titles = list(output_titles) if output_titles is not None else ["output"] * n
