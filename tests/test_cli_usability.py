@@ -287,7 +287,6 @@ def test_long_commands_report_progress_in_logs_and_quiet_silences_them(world, tm
     assert "sketch-rnn: 2/2 steps (100%)" in captured.err and "\r" not in captured.err
 
 
-@pytest.mark.slow
 def test_calibration_has_a_size_and_reports_progress(world, tmp_path, capsys, monkeypatch):
     import shutil
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,10 @@ def usable_references(model, sketches: Sketches) -> np.ndarray:
     # sketch's position through, so the rule stays the model's own.
     tagged = Sketches(sketches.points, sketches.offsets, component=np.arange(len(sketches)),
                       scale_factor=sketches.scale_factor)
-    kept = type(model).filter_sketches(model.config, tagged.in_units(1.0))
+    with warnings.catch_warnings():
+        # The filter warns about what it leaves out; the callers report it themselves.
+        warnings.simplefilter("ignore")
+        kept = type(model).filter_sketches(model.config, tagged.in_units(1.0))
     mask = np.zeros(len(sketches), bool)
     if len(kept):
         mask[kept.component] = True

@@ -21,7 +21,7 @@ from sketchlab import runs
 
 def _load(args):
     run = runs.open_run(args.run, device=pick_device(args.device), which=args.which)
-    return run.model, runs.load_references(args.split, run, flag="--split")
+    return run.model, runs.load_references(args.split, run, flag="--split", log=print)
 
 
 def _subset(refs: Sketches, n: int | None, seed: int) -> Sketches:
