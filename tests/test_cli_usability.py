@@ -332,7 +332,8 @@ def test_every_command_has_a_description_help_for_every_option_and_quiet():
         if path == "sketchlab":
             continue
         assert parser.description, path
-        assert "--quiet" in parser._option_string_actions, path
+        leaf = not any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+        assert "--quiet" in parser._option_string_actions or not leaf, path
         for action in parser._actions:
             if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
                 continue
@@ -349,3 +350,10 @@ def test_unknown_category_in_a_big_folder_shows_the_closest_names(tmp_path, caps
     err = err_of(capsys)
     assert "15 categories; closest to 'aple': apple" in err and "zebra" not in err
 
+
+
+def test_the_data_folder_of_the_tour_is_ignored_by_git():
+    from conftest import REPO
+
+    ignored = (REPO / ".gitignore").read_text().split()
+    assert "/data/" in ignored and "/runs/" in ignored

@@ -49,14 +49,21 @@ QUIET_HELP = ("no progress display (on a terminal a bar, in a log a line every "
               "$SKETCHLAB_PROGRESS_EVERY seconds, default 30)")
 
 
+def _has_subcommands(parser: argparse.ArgumentParser) -> bool:
+    return any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+
+
 def _add_quiet(parser: argparse.ArgumentParser) -> None:
-    """Give every command `--quiet` (the commands that define their own keep theirs)."""
+    """Give every command `--quiet` (the commands that define their own keep theirs). Only the
+    commands that run something take it: a group's own flag would be overwritten by its
+    subcommand's default."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in dict.fromkeys(action.choices.values()):
-                if "--quiet" not in child._option_string_actions:
+                if _has_subcommands(child):
+                    _add_quiet(child)
+                elif "--quiet" not in child._option_string_actions:
                     child.add_argument("--quiet", action="store_true", help=QUIET_HELP)
-                _add_quiet(child)
 
 
 def _stop_on_sigterm(signum, frame):
