@@ -96,11 +96,11 @@ def draw_demo_figures(model, test: Sketches, out: Path, seed: int = 0, temperatu
     titles = [refs.category_name(i) for i in range(len(refs))]
 
     def pairs(redrawn: Sketches, caption: str, path: Path, corrupted: Sketches | None = None):
+        how = "" if corrupted is None else "corrupted at strength 0.3, "
         save_conditioned_grid(redrawn.in_units(1.0), path, refs.in_units(1.0),
                               corrupted=None if corrupted is None else corrupted.in_units(1.0),
                               input_titles=titles, output_titles=[caption] * len(refs), cols=6,
-                              caption=f"{model.name} demo: {caption} test doodles ("
-                                      f"{'corrupted at strength 0.3, ' if corrupted is not None else ''}"
+                              caption=f"{model.name} demo: {caption} test doodles ({how}"
                                       f"temperature {temperature:g}, seed {seed})")
 
     pairs(model.generate(references=refs, temperature=temperature, seed=seed), "redrawn",
