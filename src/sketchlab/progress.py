@@ -6,7 +6,8 @@ extraction, imports and downloads), shown the same way everywhere:
   default 30) with the count, the rate, the elapsed time and the ETA, and a closing line when the
   work took long enough to have printed one, instead of carriage-return bar updates that fill a
   log with kilobytes of redraws and glue the next message onto a half-drawn bar;
-* nothing under `quiet()` (`--quiet` on the command line) or with `enabled=False`.
+* nothing under `quiet()` (`--quiet` on the command line) or with `enabled=False`; with
+  `enabled=None`, a bar on a terminal and nothing in a log.
 
     with Progress(total=1000, desc="sampling", unit="step") as bar:
         for _ in range(1000):
@@ -79,19 +80,22 @@ def format_duration(seconds: float) -> str:
 class Progress:
     """Count units of work toward `total` (None: unknown) and show it (see the module docstring).
 
-    `stream` defaults to stderr; `every` overrides `interval()` for the line mode; `leave=False`
-    removes a terminal bar once it closes (inner loops)."""
+    `enabled=None` shows a bar on a terminal and nothing elsewhere (a library's default: a
+    notebook or a terminal sees the bar, a log stays clean). `stream` defaults to stderr;
+    `every` overrides `interval()` for the line mode; `leave=False` removes a terminal bar once
+    it closes (inner loops)."""
 
     def __init__(self, total: int | None = None, desc: str = "", unit: str = "it", *,
-                 enabled: bool = True, initial: int = 0, stream: TextIO | None = None,
+                 enabled: bool | None = True, initial: int = 0, stream: TextIO | None = None,
                  every: float | None = None, leave: bool = True, unit_scale: bool = False):
         self.total = total
         self.desc = desc
         self.unit = unit
         self.unit_scale = unit_scale
         self.n = int(initial)
-        self.enabled = bool(enabled) and not is_quiet()
         self.stream = stream if stream is not None else sys.stderr
+        terminal = _is_terminal(self.stream)
+        self.enabled = (terminal if enabled is None else bool(enabled)) and not is_quiet()
         self.every = interval() if every is None else float(every)
         self.postfix: dict[str, object] = {}
         self._t0 = time.monotonic()
@@ -100,7 +104,7 @@ class Progress:
         self._lines = 0
         self._closed = False
         self._bar = None
-        if self.enabled and _is_terminal(self.stream):
+        if self.enabled and terminal:
             self._bar = tqdm(total=total, initial=self.n, desc=desc or None, unit=unit,
                              dynamic_ncols=True, leave=leave, file=self.stream,
                              unit_scale=unit_scale)
@@ -195,7 +199,8 @@ def _short(value) -> str:
 
 
 def track(iterable: Iterable[T], total: int | None = None, desc: str = "", unit: str = "it", *,
-          enabled: bool = True, leave: bool = True, every: float | None = None) -> Iterator[T]:
+          enabled: bool | None = True, leave: bool = True,
+          every: float | None = None) -> Iterator[T]:
     """Iterate over `iterable`, counting each item with a `Progress`."""
     if total is None:
         try:

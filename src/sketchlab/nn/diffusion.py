@@ -437,8 +437,10 @@ def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 @torch.no_grad()
 def reverse_loop(denoiser: Denoiser, sampler: Sampler, x: torch.Tensor, mask: torch.Tensor,
                  generator: torch.Generator | None = None, temperature: float = 1.0,
-                 callback: StepCallback | None = None, progress: bool = False):
-    """The plain eager loop: returns (x_0, pen logits of the last denoiser call)."""
+                 callback: StepCallback | None = None, progress: bool | None = False):
+    """The plain eager loop: returns (x_0, pen logits of the last denoiser call). `progress`:
+    progress per step (True: a bar on a terminal, lines in a log), none (False), or a bar only
+    when stderr is a terminal (None)."""
     m = mask[..., None].to(x.dtype)
     table = sampler.table.to(device=x.device, dtype=x.dtype)  # once: no host sync per step
     noisy = (sampler.table[:, SIGMA_COL] > 0).tolist()
@@ -547,7 +549,7 @@ class StepRunner:
     @torch.no_grad()
     def run(self, sampler: Sampler, x: torch.Tensor, mask: torch.Tensor,
             generator: torch.Generator | None = None, temperature: float = 1.0,
-            callback: StepCallback | None = None, progress: bool = False,
+            callback: StepCallback | None = None, progress: bool | None = False,
             rows: int | None = None):
         """Sample from `x` (the static batch); noise is drawn for the first `rows` sketches
         only (the rest pad a short last batch), so the random stream matches `reverse_loop`
