@@ -17,7 +17,7 @@ import torch
 from sketchlab.config import TrainingConfig, apply_hparams, field_help, from_dict, split_hparams
 from sketchlab.data.sources import load_splits, parse_categories
 from sketchlab.data.sketches import Sketches
-from sketchlab.errors import ConfigError, DataError
+from sketchlab.errors import ConfigError
 from sketchlab.models import (
     MODELS, PRESETS, get_model_class, model_classes, models_with, paper_categories, preset,
 )
