@@ -208,7 +208,7 @@ def cmd_compare(args) -> int:
     real, real_split = _load_real(args, cats, counts, None)
     result = compare_runs(
         args.runs, lambda run: model_run_hooks(run, device=device, temperature=args.temperature,
-                                               progress=not args.quiet),
+                                               seed=args.seed, progress=not args.quiet),
         reference, clf, real=real, extractor=extractor, config=_eval_config(args),
         reference_name=f"real {args.reference_split} (reference)", real_name=f"real {real_split}",
         progress=not args.quiet, allow_category_mismatch=args.allow_category_mismatch, log=print)
@@ -326,7 +326,7 @@ def register_cli(subparsers) -> None:
         "compare", help="sample several runs on the same references and score them in one table",
         formatter_class=_FMT,
         description=_wrap("For each RUN, generate one sketch per reference sketch (conditioned on "
-                    "it; a model without an encoder draws as many free samples), re-encode for "
+                    "it; a model that takes no references draws as many free samples), re-encode for "
                     "Ret, and score all runs with `sketchlab evaluate`'s protocol. Each run's "
                     "categories are checked against the references' (a mismatch is refused "
                     "unless --allow-category-mismatch, which marks the row). References some "
