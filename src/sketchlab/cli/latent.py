@@ -51,6 +51,10 @@ def cmd_map(args) -> int:
     print(f"{'t-SNE' if args.method == 'tsne' else 'PCA'} of {summary['n']} codes"
           + (f" and {summary['centres']} prior means" if summary["centres"] else "")
           + f", coloured by {drawn} -> {args.out}")
+    if "n_alive" in summary:
+        print(f"live prior components: {summary['n_alive']}")
+    for key, agree in summary.get("agreement", {}).items():
+        print(f"{key} vs category: NMI {agree['nmi']:.3f}, purity {agree['purity']:.3f}")
     return 0
 
 
