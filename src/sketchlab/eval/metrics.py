@@ -7,12 +7,12 @@
 * `fid` / `frechet_distance` -- FID (sketchknitter-and-metrics.md 11).
 * `inception_score` -- IS on a classifier's softmax (section 14).
 * `precision_recall` -- improved precision and recall, k = 3 (section 13).
-* `geometry_score` -- GS (section 12; implemented in `sketchlab.eval.topology`).
+* `geometry_score` -- GS (Khrulkov & Oseledets 2018; implemented in `sketchlab.eval.topology`).
 
 Feature-based metrics take plain `(N, D)` arrays: which network made them is the caller's choice
 (`sketchlab.eval.features.FeatureExtractor`). With sketchlab's default, a Sketch-a-Net trained on
 the experiment's categories, FID/IS/P-R are *not* comparable with figures computed with the
-ImageNet Inception-v3 (spec section 10).
+ImageNet Inception-v3 that the papers' FID and IS use.
 """
 
 from __future__ import annotations
