@@ -1,4 +1,4 @@
-"""Geometry Score (Khrulkov & Oseledets, ICML 2018), spec sketchknitter-and-metrics.md section 12.
+"""Geometry Score (Khrulkov & Oseledets, ICML 2018), as SketchKnitter reports it.
 
 GS compares the topology of two point clouds: for each cloud, build a witness complex on a few
 random landmarks (all points are witnesses), read off how long the complex has i one-dimensional
