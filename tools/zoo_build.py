@@ -71,7 +71,7 @@ def evaluate(name: str, recipe: dict, judge: str, data_dir: str, tmp: Path) -> t
                 ",".join(recipe["categories"])]
         run_cli(argv)
         commands.append(command(argv[:7] + ["judge.json"] + argv[8:]))
-        metrics["test_accuracy"] = round(float(row(tmp / "judge.json", "test")["rec@1"]), 4)
+        metrics["test_accuracy"] = round(float(row(tmp / "judge.json", "real test (reference)")["rec@1"]), 4)
         return metrics, commands
     if model == "sketch-rnn" and recipe["categories"] == ["aaron_sheep"]:
         return metrics, commands
