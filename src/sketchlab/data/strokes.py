@@ -141,7 +141,7 @@ def parse_drawing(drawing, *, extra_lists: bool = False) -> list[np.ndarray]:
             continue  # an empty stroke draws nothing
         try:
             line = np.array((xs, ys), dtype=np.float64).T
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):   # OverflowError: an int beyond float64
             raise BadDrawing("non-numeric coordinates", f"stroke {j}") from None
         if line.ndim != 2:  # nested lists: not one number per coordinate
             raise BadDrawing("non-numeric coordinates", f"stroke {j}: nested lists")
