@@ -69,19 +69,6 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb"):
         if isinstance(e, OSError) and not isinstance(e, OutputError):
             raise _cannot_write(path, e) from e
         raise
-    _sync_folder(path.parent)
-
-
-def _sync_folder(folder: Path) -> None:
-    """Make a rename durable (a power cut after it keeps the new file); best effort."""
-    if os.name != "posix":
-        return
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:

@@ -26,7 +26,7 @@ from sketchlab.data import strokes as S
 from sketchlab.data.npz import SPLITS, save_sketchrnn_npz
 from sketchlab.data.sources import category_filename, expand_paths, parse_categories
 from sketchlab.data.strokes import BadDrawing, from_polylines
-from sketchlab.errors import ConfigError, DataError
+from sketchlab.errors import ConfigError, DataError, OutputError
 from sketchlab.fileio import atomic_open
 
 IMPORT_FORMATS = ("auto", "simplified", "raw", "spg")
@@ -116,7 +116,9 @@ def _file_category(path: Path) -> str:
 def read_splits_file(path: str | os.PathLike) -> dict[str, dict[str, str]]:
     """`{category: {split: [key_id, ...]}}` (SPG's splits.json) -> `{category: {key_id: split}}`."""
     try:
-        raw = json.loads(Path(path).read_text())
+        raw = json.loads(Path(path).read_bytes())
+    except RecursionError:
+        raise DataError(f"{path}: cannot read the splits file (JSON nested too deeply)") from None
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read the splits file ({e})") from None
     if not isinstance(raw, dict):
@@ -222,7 +224,10 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     splits file (`splits_file="auto"` uses a `splits.json` beside the ndjson, `None` uses none),
     otherwise from a seeded split by `split` fractions. Bad lines are dropped and counted.
     Each npz is written atomically, also holds `<split>_key_ids` and a `sketchlab_import` JSON
-    string, and `import_report.json` in `out_dir` sums everything up. Returns that report.
+    string, and `import_report.json` in `out_dir` sums everything up, with the line numbers of
+    every dropped line per file (`dropped_lines`) and of the lines that held several JSON objects
+    glued together (`joined_lines`, as raw QuickDraw exports have; each object is imported).
+    Returns that report.
     """
     t0 = time.perf_counter()
     if fmt not in IMPORT_FORMATS:
@@ -234,6 +239,9 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     if max_points < 2:
         raise ConfigError(f"max_points must be >= 2, got {max_points}")
     files = _ndjson_files(sources)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: a file, not a folder; give a folder for the npz files")
     wanted = ({_category_key(c): c for c in parse_categories(categories, "categories")}
               if categories else None)
 
@@ -254,13 +262,21 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     examples: dict[str, list[str]] = {}
     formats: Counter = Counter()
     lines_read = 0
+    # Every dropped line by file and reason, and the lines that held several glued objects
+    # (each recovered): import_report.json lists their line numbers.
+    dropped_lines: dict[str, dict[str, list[int]]] = {}
+    joined_lines: dict[str, list[int]] = {}
 
-    def drop(cat: _Category | None, reason: str, where: str):
+    def drop(cat: _Category | None, reason: str, where: tuple[str, int]):
         dropped[reason] += 1
         if cat is not None:
             cat.dropped[reason] += 1
+        file_name, lineno = where
+        lines = dropped_lines.setdefault(file_name, {}).setdefault(reason, [])
+        if not lines or lines[-1] != lineno:
+            lines.append(lineno)
         if len(examples.setdefault(reason, [])) < 3:
-            examples[reason].append(where)
+            examples[reason].append(f"{file_name}:{lineno}")
 
     # Drawings wait here until `batch_size` of them can be simplified in one vectorised RDP pass.
     pending: list[tuple] = []
@@ -292,6 +308,39 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     # disable=None lets tqdm switch itself off when stderr is not a terminal (logs, tests).
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="import",
                disable=None if progress else True)
+    def take(obj, where: tuple[str, int], stem_category: str, table) -> None:
+        """One parsed object of a line: to its category's pending drawings, or dropped."""
+        if not isinstance(obj, dict) or "drawing" not in obj:
+            drop(None, "no drawing field", where)
+            return
+        name = obj.get("word") if isinstance(obj.get("word"), str) else stem_category
+        key = _category_key(name)
+        seen_names.setdefault(key, name)
+        if wanted is not None and key not in wanted:
+            return
+        cat = cats.get(key)
+        if cat is None:
+            cat = cats[key] = _Category(seen_names[key])
+        cat.sources.add(where[0])
+        key_id = obj.get("key_id")
+        key_id = None if key_id is None else str(key_id)[:200]
+        if key_id is not None and key_id in cat.seen_keys:
+            drop(cat, "duplicate key_id", where)
+            return
+        line_fmt = detect_format(obj) if fmt == "auto" else fmt
+        try:
+            lines = _parse_drawing(obj["drawing"], line_fmt, max_points)
+        except BadDrawing as e:
+            drop(cat, e.reason, where)
+            return
+        given = None
+        if table is not None and key in table[1]:
+            cat.splits_file = table[0]
+            given = table[1][key].get(key_id)
+        pending.append((cat, key_id, given, where, line_fmt, lines))
+        if len(pending) >= batch_size:
+            finish_pending()
+
     for file in files:
         stem_category = _file_category(file)
         table = splits_for(file)
@@ -304,43 +353,15 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
                     if not raw_line.strip():
                         continue
                     lines_read += 1
-                    where = f"{file}:{lineno}"
-                    try:
-                        obj = json.loads(raw_line)
-                    except ValueError:
+                    where = (os.fspath(file), lineno)
+                    objs, problem = S.json_values(raw_line)
+                    if len(objs) > 1:   # objects glued on one line (raw QuickDraw exports)
+                        joined_lines.setdefault(where[0], []).append(lineno)
+                    for obj in objs:
+                        take(obj, where, stem_category, table)
+                    if problem is not None:
                         drop(None, "invalid JSON", where)
-                        continue
-                    if not isinstance(obj, dict) or "drawing" not in obj:
-                        drop(None, "no drawing field", where)
-                        continue
-                    name = obj.get("word") if isinstance(obj.get("word"), str) else stem_category
-                    key = _category_key(name)
-                    seen_names.setdefault(key, name)
-                    if wanted is not None and key not in wanted:
-                        continue
-                    cat = cats.get(key)
-                    if cat is None:
-                        cat = cats[key] = _Category(seen_names[key])
-                    cat.sources.add(os.fspath(file))
-                    key_id = obj.get("key_id")
-                    key_id = None if key_id is None else str(key_id)
-                    if key_id is not None and key_id in cat.seen_keys:
-                        drop(cat, "duplicate key_id", where)
-                        continue
-                    line_fmt = detect_format(obj) if fmt == "auto" else fmt
-                    try:
-                        lines = _parse_drawing(obj["drawing"], line_fmt, max_points)
-                    except BadDrawing as e:
-                        drop(cat, e.reason, where)
-                        continue
-                    given = None
-                    if table is not None and key in table[1]:
-                        cat.splits_file = table[0]
-                        given = table[1][key].get(key_id)
-                    pending.append((cat, key_id, given, where, line_fmt, lines))
-                    if len(pending) >= batch_size:
-                        finish_pending()
-        except (OSError, EOFError, zlib.error) as e:
+        except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
             raise DataError(f"{file}: cannot read ({e})") from None
         if opener is not open:  # compressed: count the file once it is read
             bar.update(file.stat().st_size)
@@ -354,8 +375,11 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
                             f"{', '.join(unknown)}; the sources hold: "
                             f"{', '.join(sorted(seen_names.values())) or '(none)'}")
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{out_dir}: cannot create the output folder ({e.strerror or e})") \
+            from None
     report_cats = {cats[key].name: _write_category(cats[key], out_dir, fractions, seed, epsilon,
                                                    max_points) for key in sorted(cats)}
     report = {
@@ -366,6 +390,11 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         "imported": int(sum(len(c.sketches) for c in cats.values())),
         "dropped": dict(dropped),
         "dropped_examples": examples,
+        # {file: {reason: [line numbers]}}: every line (or object of a line) left out
+        "dropped_lines": {f: {r: sorted(set(n)) for r, n in by.items()}
+                          for f, by in dropped_lines.items()},
+        # {file: [line numbers]}: lines holding several glued JSON objects, each imported
+        "joined_lines": joined_lines,
         "seed": seed, "split_fractions": list(fractions), "epsilon": epsilon,
         "max_points": max_points,
         "categories": report_cats,

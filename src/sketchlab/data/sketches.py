@@ -12,6 +12,7 @@ import gzip
 import json
 import math
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -19,8 +20,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from sketchlab.data.safezip import npy_members, open_zip, read_plain_array
-from sketchlab.data.strokes import (BadDrawing, check_finite, from_polylines, parse_drawing,
-                                    to_polylines)
+from sketchlab.data.strokes import (BadDrawing, check_finite, from_polylines, json_values,
+                                    parse_drawing, to_polylines)
 from sketchlab.errors import DataError
 from sketchlab.fileio import atomic_open, atomic_savez
 
@@ -194,7 +195,7 @@ class Sketches:
             try:
                 with opener(path, "rb") as fh:
                     return cls._from_ndjson_lines(fh, str(path))
-            except (OSError, EOFError) as e:
+            except (OSError, EOFError, zlib.error) as e:
                 raise DataError(f"{path}: cannot read ({e})") from None
         return cls._from_ndjson_lines(source, "ndjson line")
 
@@ -204,19 +205,22 @@ class Sketches:
         for lineno, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise DataError(f"{where}:{lineno}: invalid JSON ({e})") from None
-            if not isinstance(obj, dict) or "drawing" not in obj:
-                raise DataError(f"{where}:{lineno}: no \"drawing\" field; expected QuickDraw "
-                                f"ndjson, {{\"word\": ..., \"drawing\": [[xs, ys], ...]}} a line")
-            word = obj.get("word")
-            if word is not None and not isinstance(word, str):
-                raise DataError(f"{where}:{lineno}: \"word\" must be a string, got {word!r}")
-            drawings.append(obj["drawing"])
-            words.append(word)
-            linenos.append(lineno)
+            # several objects glued on one line (raw QuickDraw exports) are each read
+            objs, problem = json_values(line)
+            if problem is not None:
+                raise DataError(f"{where}:{lineno}: {problem}")
+            for obj in objs:
+                if not isinstance(obj, dict) or "drawing" not in obj:
+                    raise DataError(f"{where}:{lineno}: no \"drawing\" field; expected QuickDraw "
+                                    f"ndjson, {{\"word\": ..., \"drawing\": [[xs, ys], ...]}} "
+                                    f"a line")
+                word = obj.get("word")
+                if word is not None and not isinstance(word, str):
+                    raise DataError(f"{where}:{lineno}: \"word\" must be a string, got "
+                                    f"{str(word)[:60]!r}")
+                drawings.append(obj["drawing"])
+                words.append(word)
+                linenos.append(lineno)
         if not drawings:
             raise DataError(f"{where}: no drawings")
         missing = [n for n, w in zip(linenos, words) if w is None]

@@ -37,6 +37,7 @@ from sketchlab import __version__
 from sketchlab.config import to_dict
 from sketchlab.errors import CheckpointError
 from sketchlab.fileio import atomic_write, atomic_write_text
+from sketchlab.models.base import MODELS
 
 if os.name == "posix":
     import fcntl
@@ -105,6 +106,9 @@ def read_run_config(run_dir, expect_model: str | None = None) -> dict[str, Any]:
         raise CheckpointError(f"{path}: this run holds a {model!r} model, not {expect_model!r}")
     if model is None or "config" not in cfg:
         raise CheckpointError(f"{path}: not a sketchlab model run (missing 'model'/'config')")
+    if expect_model is None and model not in MODELS:
+        raise CheckpointError(f"{path}: 'model' is {_short(model)}, which this sketchlab does "
+                              f"not know (models: {', '.join(MODELS)})")
     fmt = cfg.get("format", 0)
     if isinstance(fmt, bool) or not isinstance(fmt, int) or fmt < 0:
         raise CheckpointError(f"{path}: 'format' is {_short(fmt)}, not a run format number")
@@ -473,6 +477,11 @@ def check_state(state, path) -> None:
 # checkpoints: state + weights as one unit
 # ---------------------------------------------------------------------------------------------
 
+class InconsistentCheckpoint(CheckpointError):
+    """A state file and a weights file of different steps (a run directory written before the
+    weights moved into the state file, killed between its two renames)."""
+
+
 # which -> (state file, weights file)
 CHECKPOINT_FILES = {"latest": ("state.pt", "model.safetensors"),
                     "best": ("best_state.pt", "best.safetensors")}
@@ -517,7 +526,7 @@ def load_checkpoint(run_dir, which: str, model: torch.nn.Module,
         return state
     meta = _weights_metadata(weights_path)
     if str(meta.get("step")) != str(state["step"]):
-        raise CheckpointError(f"{run_dir}: {weights_name} is at step {meta.get('step')} but "
+        raise InconsistentCheckpoint(f"{run_dir}: {weights_name} is at step {meta.get('step')} but "
                               f"{state_name} at step {state['step']} (a training killed between "
                               f"the two writes); this pair cannot be resumed")
     load_weights(weights_path, model, model_name)
@@ -535,7 +544,7 @@ def _weights_metadata(path: Path) -> dict[str, str]:
             from None
 
 
-__all__ = ["CHECKPOINT_FILES", "LOCK_FILE", "RUN_FORMAT", "RunLock", "check_state",
+__all__ = ["CHECKPOINT_FILES", "InconsistentCheckpoint", "LOCK_FILE", "RUN_FORMAT", "RunLock", "check_state",
            "has_checkpoint", "load_checkpoint", "load_state", "load_state_dict_checked",
            "load_weights", "non_finite", "read_config_json", "read_run_config",
            "save_checkpoint", "save_state", "save_weights", "weights_of", "write_run_config"]

@@ -195,6 +195,9 @@ class Trainer:
         self.graph_mode = (device.type == "cuda" and getattr(self.cfg, "cuda_graph", False)
                            and self.world == 1 and model.graph_key(0) is not None)
         self.optimizer = self._make_optimizer()
+        if self.cfg.clip_mode not in ("value", "norm", "global_norm", "none"):
+            raise ConfigError(f"clip_mode={self.cfg.clip_mode!r}: choose value, norm, global_norm "
+                              f"or none")
         self.graphed = None
         if self.graph_mode:
             self.graphed = GraphedTrainer(self.model, self.optimizer, self.params, self._graph_step_fn)
@@ -378,7 +381,14 @@ class Trainer:
             raise CheckpointError(f"{self.run_dir}: this run was trained on categories "
                                   f"{', '.join(saved_cats)}, not {', '.join(self.data.categories)}; "
                                   f"resume with the run's categories, or choose a new --out")
-        self._load("latest")
+        try:
+            self._load("latest")
+        except ckpt.InconsistentCheckpoint as e:
+            # an older run directory killed between its two renames: its best pair may be whole
+            if not ckpt.has_checkpoint(self.run_dir, "best"):
+                raise
+            self._load("best")
+            self.say(f"note: {e}; resuming from the best checkpoint instead")
         self.say(f"resumed {self.run_dir} at step {self.step} (epoch {self.epoch}, "
                  f"batch {self.batch_in_epoch}/{self.batches_per_epoch})")
         return True
