@@ -126,6 +126,8 @@ def load_references(spec: str, run: Run, flag: str = "--condition-on") -> Sketch
         sk = run_split(run, spec)
     else:
         path = Path(spec)
+        if path.is_dir():
+            raise DataError(f"{flag} {spec}: is a folder; give a .npz file of sketches")
         if not path.is_file():
             raise DataError(f"{flag} {spec}: not a split name ({', '.join(SPLIT_NAMES)}) and no "
                             f"such file")

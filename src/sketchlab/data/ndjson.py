@@ -355,7 +355,7 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
                     lines_read += 1
                     where = (os.fspath(file), lineno)
                     objs, problem = S.json_values(raw_line)
-                    if len(objs) > 1:   # objects glued on one line (raw QuickDraw exports)
+                    if len(objs) > 1 or (objs and problem):   # glued objects (raw exports)
                         joined_lines.setdefault(where[0], []).append(lineno)
                     for obj in objs:
                         take(obj, where, stem_category, table)
@@ -393,7 +393,8 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         # {file: {reason: [line numbers]}}: every line (or object of a line) left out
         "dropped_lines": {f: {r: sorted(set(n)) for r, n in by.items()}
                           for f, by in dropped_lines.items()},
-        # {file: [line numbers]}: lines holding several glued JSON objects, each imported
+        # {file: [line numbers]}: lines holding several glued JSON objects (each readable one
+        # is imported; a torn one after them is in dropped_lines too)
         "joined_lines": joined_lines,
         "seed": seed, "split_fractions": list(fractions), "epsilon": epsilon,
         "max_points": max_points,

@@ -234,10 +234,15 @@ class RunLock:
         raise CheckpointError(self._held_message({}))
 
     def _write(self, fd: int) -> None:
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, self._record())
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, self._record())
+            os.fsync(fd)
+        except OSError as e:
+            os.close(fd)
+            raise CheckpointError(f"{self.path}: cannot write the run's lock file "
+                                  f"({e.strerror or e})") from None
 
     def _held_message(self, holder: dict, other_host: bool = False) -> str:
         who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since "
@@ -403,8 +408,10 @@ def _state_load_problem(e: BaseException) -> str:
     text = str(e)
     if "Weights only load failed" in text or "WeightsUnpickler" in text:
         detail = ""
-        for line in text.splitlines():
-            if "WeightsUnpickler error" in line or "Unsupported global" in line:
+        for line in text.splitlines():   # torch's wording varies between versions
+            low = line.lower()
+            if "global" in low and ("unsupported" in low or "blocked" in low
+                                    or "unpickler error" in low):
                 detail = line.split("error:", 1)[-1].strip()
                 break
         return (f"refused: it names Python objects a checkpoint never holds"
