@@ -15,7 +15,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[test,latent,metrics]"
+	$(PY) -m pip install -q -e ".[test,latent,metrics,studio]"
 	touch $@
 
 demo: $(VENV)/.installed

@@ -120,3 +120,12 @@ def test_corrupt_shows_what_heal_is_shown(run_dirs, doodles):
     healed = module.generate(references=gloc._in(refs), seed=3, displacement=0.3, gallery="z")
     plain = module.generate(references=gloc._in(moved), seed=3, displacement=0.0, gallery="z")
     assert np.allclose(healed.z, plain.z, atol=1e-4)
+
+
+def test_sketches_longer_than_a_model_takes_are_refused_by_index_not_dropped(run_dirs, doodles):
+    model = sketchlab.load(run_dirs["sketch-rnn"], device="cpu")     # max_seq_len 40
+    long = np.tile(np.array([[1.0, 0.0, 0.0]], np.float32), (60, 1))
+    mixed = Sketches.from_list([doodles[0], long, doodles[1]])
+    with pytest.raises(DataError, match=r"sketch 1 of 3 is longer than a sketch-rnn "
+                                        r"model takes \(40 points\)"):
+        model.encode(mixed)

@@ -169,6 +169,8 @@ def clf_dir(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("gudhi") is None,
+                    reason="the Geometry Score needs gudhi (pip install gudhi, or sketchlab[metrics])")
 def test_cli_evaluate_samples_file(tmp_path, data_dir, clf_dir, capsys):
     rng = np.random.default_rng(5)
     samples = Sketches.from_list([make_sketch(c, rng) for c in CATS for _ in range(4)],

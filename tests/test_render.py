@@ -228,3 +228,21 @@ def test_huge_pictures_are_refused_before_any_memory_is_taken(run_cli, sketch_fi
     err = capsys.readouterr().err
     assert "over the limit of 64 megapixels" in err and "smaller --size" in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_drawing_animation_draws_each_sketch_in_place_and_ends_on_the_whole_grid(tmp_path):
+    from PIL import Image
+
+    from sketchlab.render.animation import drawing_frames, save_drawing_gif
+
+    sk = synthetic.make_doodles(2, ["fish", "house"], 0, "valid")
+    frames = drawing_frames(sk, frames=6, cols=2, cell=96)
+    full = png.render_grid(sk, cols=2, cell=96)
+    ink = [int((np.asarray(f.convert("L")) < 128).sum()) for f in frames]
+    assert ink == sorted(ink) and ink[0] < ink[-1]                  # more ink frame by frame
+    assert np.array_equal(np.asarray(frames[-1]), np.asarray(full))  # the last frame is the grid
+    save_drawing_gif(sk, tmp_path / "a.gif", frames=6, cols=2, cell=96)
+    gif = Image.open(tmp_path / "a.gif")
+    assert gif.n_frames == 6 and gif.info["loop"] == 0
+    with pytest.raises(ConfigError, match="frames=500"):
+        drawing_frames(sk, frames=500)

@@ -2,6 +2,7 @@
 the prior's update discipline, resume, sampling, the latent tools and the command line."""
 
 import dataclasses
+import importlib.util
 import json
 import math
 
@@ -28,9 +29,15 @@ from sketchlab.runs import load_model
 from sketchlab.train import checkpoint as ckpt
 from sketchlab.train.trainer import Trainer, prepare_data
 
+HAVE_SKLEARN = importlib.util.find_spec("sklearn") is not None
+needs_sklearn = pytest.mark.skipif(not HAVE_SKLEARN, reason="the t-SNE latent map needs scikit-learn "
+                                   "(pip install scikit-learn, or sketchlab[latent])")
+
 TINY = dict(dec_model="lstm", dec_rnn_size=16, z_size=8, batch_size=8, max_valid_batches=1)
 TINY_P = dict(TINY, num_mixture=2, num_sub=2)
 TINY_H = dict(TINY, num_layer_j=4, num_layer_i=4)
+# RPCL-pix2seqH's KL terms in the training-mode case of `test_pix2seqh_training_path_uses_the_sampled_z`
+KL_IJ_PINNED, KL_G_PINNED = 0.74633, 4.99967
 MODELS = [(RPCLPix2Seq, PConfig, TINY_P), (RPCLPix2SeqH, HConfig, TINY_H)]
 IDS = ["pix2seq", "pix2seqh"]
 
@@ -195,6 +202,39 @@ def test_pix2seqh_kl_terms_follow_the_updated_prior(doodles):
     assert out["kl_ij"].item() == pytest.approx(structural_kl(post.p_j, post.p_ji, new.q_i, new.q_j_given_i).item(), rel=1e-5)
     assert out["kl_gauss"].item() == pytest.approx(gaussian_kl(post.p_j, mu, var, new.mean, new.var).item(), rel=1e-5)
     assert out["n_alive"].item() == 4 and out["n_alive_units"].item() == 4
+
+
+def test_pix2seqh_training_path_uses_the_sampled_z(doodles):
+    """In training the E-steps of the hierarchy's update run on z = mu + sqrt(var) eps, the
+    M-steps on mu and var (spec 5.3): the KL terms and the staged prior follow that z, drawn
+    right after the encoder from torch's RNG; computed with z = mu they differ."""
+    m = build(RPCLPix2SeqH, HConfig, TINY_H, doodles, use_recurrent_dropout=False)
+    m.train()
+    batch = m.prepare_step(m.make_batch(list(doodles), True, np.random.default_rng(0)))
+    step = 1000                       # a sequence step after the image phase, an EM step
+    state = m.prior.state()
+    torch.manual_seed(7)
+    out = m.loss(batch, step)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        _, mu, var = m.encode_dist(batch)
+        z = mu + var.sqrt() * torch.randn_like(mu)
+        new, post = hierarchy_update(z, mu, var, state, rpcl=False)
+        kl_ij = structural_kl(post.p_j, post.p_ji, new.q_i, new.q_j_given_i)
+        kl_g = gaussian_kl(post.p_j, mu, var, new.mean, new.var)
+        _, post_mu = hierarchy_update(mu, mu, var, state, rpcl=False)
+    assert out["kl_ij"].item() == pytest.approx(kl_ij.item(), rel=1e-5)
+    assert out["kl_gauss"].item() == pytest.approx(kl_g.item(), rel=1e-5)
+    w = 0.1 * (1 - 0.999 * 0.9999 ** step)
+    assert out["loss"].item() == pytest.approx(w * (kl_ij + kl_g).item() + out["recon"].item(), rel=1e-5)
+    assert not torch.allclose(post.p_j, post_mu.p_j, atol=1e-4)      # the noise matters here
+    # pinned values of this case (tiny model, seed 0 weights, 4+4 doodles, torch seed 7)
+    assert out["kl_ij"].item() == pytest.approx(KL_IJ_PINNED, rel=1e-4)
+    assert out["kl_gauss"].item() == pytest.approx(KL_G_PINNED, rel=1e-4)
+    # the staged update is the one computed from that z, written only after the step
+    m.on_step_end(step)
+    for name, value in zip(("mean", "var", "q_i", "q_j_given_i"), new):
+        torch.testing.assert_close(getattr(m.prior, name), value, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("cls,cfg,tiny", MODELS, ids=IDS)
@@ -375,6 +415,11 @@ def test_standard_prior_and_completion(doodles, cls, cfg, tiny):
     std = m.generate(5, seed=3, prior="standard")
     z = torch.randn(5, 8, generator=torch.Generator().manual_seed(3))
     np.testing.assert_allclose(std.z, z.numpy(), atol=1e-6)
+    # pinned: torch's CPU generator seeded 3 gives these N(0, 1) draws (the first two codes' head)
+    np.testing.assert_allclose(std.z[:2, :4], [[-0.0766, 0.3599, -0.7820, 0.0715],
+                                               [-0.0517, -0.3060, 0.2485, -0.2226]], atol=1e-4)
+    # the sketches are those codes decoded (the decoder's own generator, seeded alike)
+    np.testing.assert_array_equal(std.points, m.decode_codes(z, seed=3).points)
     label = "component" if cls is RPCLPix2Seq else "level_k"
     assert np.array_equal(std.component, m.latent_labels(z)[label])
     with pytest.raises(ConfigError, match="N\\(0, I\\)"):
@@ -432,17 +477,26 @@ def test_label_agreement_by_hand():
     assert label_agreement([0, 1, 2], [4, 5, 6])["nmi"] == pytest.approx(1.0)
 
 
-def test_latent_tools_for_rpcl_and_sketch_rnn(tmp_path, doodles):
+@needs_sklearn
+def test_tsne_latent_map_of_rpcl(tmp_path, doodles):
     from PIL import Image
 
-    from sketchlab.latent.maps import analogy_strip, interpolation_strip, latent_map
-    from sketchlab.models.sketch_rnn import Config as SConfig
-    from sketchlab.models.sketch_rnn import SketchRNN
+    from sketchlab.latent.maps import latent_map
 
     rpcl = build(RPCLPix2SeqH, HConfig, TINY_H, doodles)
     info = latent_map(rpcl, doodles, tmp_path / "map.png", thumbnails=4)
     assert info["labels"].keys() == {"category", "level_k", "level_l"} and info["centres"] == 4
     assert Image.open(tmp_path / "map.png").size[0] > 1000
+
+
+def test_latent_tools_for_rpcl_and_sketch_rnn(tmp_path, doodles):
+    from sketchlab.latent.maps import analogy_strip, interpolation_strip, latent_map
+    from sketchlab.models.sketch_rnn import Config as SConfig
+    from sketchlab.models.sketch_rnn import SketchRNN
+
+    rpcl = build(RPCLPix2SeqH, HConfig, TINY_H, doodles)
+    info = latent_map(rpcl, doodles, tmp_path / "map.png", thumbnails=4, method="pca")
+    assert info["labels"].keys() == {"category", "level_k", "level_l"} and info["centres"] == 4
     torch.manual_seed(0)
     srnn = SketchRNN(SConfig(enc_rnn_size=8, dec_rnn_size=8, z_size=8, max_seq_len=int(doodles.lengths.max())))
     assert latent_map(srnn, doodles, tmp_path / "map2.png", thumbnails=2, method="pca")["method"] == "pca"
@@ -492,11 +546,32 @@ def test_cli_train_sample_and_latent_tools(tmp_path, model):
     else:
         assert main(["sample", str(run), "--out", str(tmp_path / "i.npz"), "--n", "3", "--unit", "2",
                      "--device", "cpu"]) == 2          # no units in RPCL-pix2seq: a clear error
+    method = "tsne" if HAVE_SKLEARN else "pca"          # t-SNE needs scikit-learn (`latent` extra)
     assert main(["latent", "map", str(run), "--out", str(tmp_path / "map.png"), "--n", "30",
-                 "--thumbnails", "5", "--device", "cpu"]) == 0
+                 "--thumbnails", "5", "--method", method, "--device", "cpu"]) == 0
     assert main(["latent", "interpolate", str(run), "--out", str(tmp_path / "i.png"), "--a", "0",
                  "--b", "3", "--steps", "3", "--device", "cpu"]) == 0
     assert main(["latent", "analogy", str(run), "--a", "0", "--b", "1", "--c", "2", "--samples", "1",
                  "--out", str(tmp_path / "a.svg"), "--device", "cpu"]) == 0
     for f in ("map.png", "i.png", "a.svg", "c.png"):
         assert (tmp_path / f).is_file(), f
+
+
+@pytest.mark.parametrize("cls,cfg,tiny", MODELS, ids=IDS)
+def test_paper_preset_samples_the_standard_prior_by_default(doodles, cls, cfg, tiny):
+    """sample.py's unconditional codes are N(0, I): the paper preset's default (`sample_prior`);
+    a chosen component or `prior="learned"` still samples the learned mixture."""
+    from sketchlab.models import preset
+
+    name = "rpcl-pix2seq" if cls is RPCLPix2Seq else "rpcl-pix2seqh"
+    assert preset(name, "paper").sample_prior == "standard" and cfg().sample_prior == "learned"
+    m = build(cls, cfg, tiny, doodles, sample_prior="standard")
+    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(4))
+    np.testing.assert_allclose(m.generate(3, seed=4).z, z.numpy(), atol=1e-6)
+    learned = m.generate(3, seed=4, prior="learned")
+    assert not np.allclose(learned.z, z.numpy())
+    assert m.generate(3, seed=4, component=1).component.tolist() == [1, 1, 1]
+    refs = m.generate(references=doodles[np.arange(2)], seed=4)          # conditional: unaffected
+    np.testing.assert_allclose(refs.z, m.encode_sketches(doodles[np.arange(2)]).numpy(), atol=1e-6)
+    with pytest.raises(ConfigError, match="sample_prior"):
+        build(cls, cfg, tiny, doodles, sample_prior="uniform")

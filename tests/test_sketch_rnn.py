@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from sketchlab.data.sources import load_splits
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import CheckpointError, ConfigError, DataError
 from sketchlab.models.sketch_rnn import Config, SketchRNN, last_valid, reverse_padded
-from sketchlab.nn.mixture import draw_noise, sample_step
+from sketchlab.nn.mixture import draw_noise, mixture_loss_terms, sample_step
 from sketchlab.runs import load_model
 from sketchlab.train.trainer import Trainer, prepare_data
 
@@ -212,3 +213,132 @@ def test_complete_continues_each_prefix_like_a_hand_rolled_loop(conditional):
     np.testing.assert_array_equal(m.complete(full, greedy=True)[0], full[0])
     with pytest.raises(DataError, match="empty"):
         m.complete(Sketches.from_list([np.zeros((0, 3), np.float32)]))
+
+
+# --------------------------------------------------------------------------------------------
+# Against hand-computed values: the KL term, the KL weights, the bidirectional encoder, and
+# max_seq_len from the data (magenta `model.py` / `sketch_rnn_train.py`)
+# --------------------------------------------------------------------------------------------
+
+
+def test_kl_term_and_the_training_vs_validation_kl_weights_hand_values(monkeypatch):
+    m, data = tiny_model("use_recurrent_dropout=0")            # z_size 4
+    batch = m.make_batch([data.splits["train"][i] for i in range(2)], False, np.random.default_rng(0))
+    mu = torch.tensor([[1.0, 0.0, -2.0, 0.5], [0.0, 0.0, 0.0, 0.0]])
+    presig = torch.tensor([[0.0, math.log(2.0), 0.0, -1.0], [0.0, 0.0, 0.0, 0.0]])
+    monkeypatch.setattr(m, "encode_dist", lambda b: (mu, presig))
+    # -0.5 (1 + presig - mu^2 - exp(presig)) per element: 0.5, (1 - ln 2) / 2, 2, (0.25 + e^-1) / 2
+    # in row 0, zeros in row 1; magenta takes the mean over batch x z
+    kl = (0.5 + (1 - math.log(2.0)) / 2 + 2.0 + (0.25 + math.exp(-1.0)) / 2) / 8
+    assert kl == pytest.approx(0.370296, abs=1e-6)
+    step = 10000
+    batch["step"] = torch.tensor(float(step), dtype=torch.float64)   # as the trainer passes it
+    w_train = 0.5 - (0.5 - 0.01) * 0.99995 ** step                     # 0.202804
+    assert w_train == pytest.approx(0.202804, abs=1e-6)
+    m.train()
+    tr = m.loss(batch, step)
+    assert float(tr["kl"]) == pytest.approx(kl, rel=1e-6)
+    # loss - recon is float32 arithmetic on a loss of order 1: an absolute tolerance
+    assert float(tr["loss"] - tr["recon"]) == pytest.approx(w_train * kl, abs=2e-6)
+    m.eval()                                  # validation: magenta's never-assigned kl_weight 0.01
+    ev = m.loss(batch, step)
+    assert float(ev["loss"] - ev["recon"]) == pytest.approx(0.01 * kl, abs=2e-6)
+    # below kl_tolerance the KL cost is the tolerance (max(KL, 0.2)) and carries no gradient
+    monkeypatch.setattr(m, "encode_dist", lambda b: (torch.zeros(2, 4), torch.zeros(2, 4)))
+    m.train()
+    low = m.loss(batch, step)
+    assert float(low["kl"]) == 0.0
+    assert float(low["loss"] - low["recon"]) == pytest.approx(w_train * 0.2, abs=2e-6)
+
+
+def _lstm_by_hand(xs, W_xh, W_hh, b):
+    """magenta's LSTMCell with one unit, in scalar Python: gates (i, j, f, o), forget bias +1."""
+    sig = lambda v: 1.0 / (1.0 + math.exp(-v))  # noqa: E731
+    c = h = 0.0
+    for x in xs:
+        g = [sum(x[k] * W_xh[k][n] for k in range(5)) + h * W_hh[n] + b[n] for n in range(4)]
+        c = c * sig(g[2] + 1.0) + sig(g[0]) * math.tanh(g[1])
+        h = math.tanh(c) * sig(g[3])
+    return h
+
+
+def test_bidirectional_encoder_hand_computed():
+    m = SketchRNN(Config(enc_rnn_size=1, dec_rnn_size=4, z_size=1, max_seq_len=5,
+                         use_recurrent_dropout=False))
+    fw = [[0.5, 1.0, -0.5, 0.25], [0.3, -0.7, 0.2, 0.1], [0.1, 0.2, 0.0, -0.3], [-0.2, 0.4, 0.1, 0.0],
+          [0.0, 0.0, 0.0, 0.0]]
+    bw = [[-0.4, 0.6, 0.3, 0.2], [0.9, 0.1, -0.2, 0.5], [0.0, -0.3, 0.4, 0.1], [0.2, 0.2, 0.2, 0.2],
+          [0.0, 0.0, 0.0, 0.0]]
+    with torch.no_grad():
+        m.enc_fw.W_xh.copy_(torch.tensor(fw))
+        m.enc_fw.W_hh.copy_(torch.tensor([[0.1, 0.2, 0.3, 0.4]]))
+        m.enc_fw.bias.copy_(torch.tensor([0.05, -0.05, 0.1, 0.0]))
+        m.enc_bw.W_xh.copy_(torch.tensor(bw))
+        m.enc_bw.W_hh.copy_(torch.tensor([[-0.3, 0.5, 0.2, -0.1]]))
+        m.enc_bw.bias.zero_()
+        m.fc_mu.weight.copy_(torch.tensor([[1.0, -2.0]]))
+        m.fc_mu.bias.fill_(0.5)
+        m.fc_presig.weight.copy_(torch.tensor([[0.5, 0.25]]))
+        m.fc_presig.bias.fill_(-1.0)
+    a = np.array([[1.0, 0.5, 0], [-0.5, 1.0, 1]], np.float32)                  # 2 points
+    b = np.array([[0.2, -0.3, 0], [0.4, 0.1, 0], [-1.0, 0.5, 1]], np.float32)  # 3 points
+    m.eval()
+    batch = m.make_batch([a, b], False, np.random.default_rng(0))
+    mu, presig = m.encode_dist(batch)
+    for row, s in enumerate((a, b)):
+        xs = [[p[0], p[1], 1.0 - p[2], p[2], 0.0] for p in s.tolist()]          # stroke-5, S0 excluded
+        h_fw = _lstm_by_hand(xs, fw, [0.1, 0.2, 0.3, 0.4], [0.05, -0.05, 0.1, 0.0])
+        h_bw = _lstm_by_hand(xs[::-1], bw, [-0.3, 0.5, 0.2, -0.1], [0.0] * 4)    # the real points only
+        assert float(mu[row, 0]) == pytest.approx(h_fw - 2.0 * h_bw + 0.5, abs=1e-6)
+        assert float(presig[row, 0]) == pytest.approx(0.5 * h_fw + 0.25 * h_bw - 1.0, abs=1e-6)
+    # the padding after a short sketch changes nothing: alone, a encodes to the same code
+    alone = m.encode_dist(m.make_batch([a], False, np.random.default_rng(0)))[0]
+    assert float(alone[0, 0]) == pytest.approx(float(mu[0, 0]), abs=1e-6)
+
+
+def test_max_seq_len_comes_from_the_data_and_no_sketch_is_left_out():
+    raw = load_splits(None, ["star", "fish"], limit_per_category=24)
+    cfg = apply_hparams(Config(), "enc_rnn_size=8,dec_rnn_size=16,z_size=4,batch_size=8")
+    assert cfg.max_seq_len == -1 and cfg.max_seq_len_cap == 0
+    with pytest.raises(ConfigError, match="max_seq_len=-1"):
+        SketchRNN(cfg)                                   # T must come from the data first
+    data = prepare_data(SketchRNN, cfg, raw)
+    longest = max(int(sk.lengths.max()) for sk in raw.values())
+    assert data.config.max_seq_len == longest            # over train, valid and test together
+    assert {k: len(v) for k, v in data.splits.items()} == {k: len(v) for k, v in raw.items()}
+    m = SketchRNN(data.config)
+    batch = m.make_batch([data.splits["train"][i] for i in range(8)], False, np.random.default_rng(0))
+    assert batch["strokes"].shape == (8, longest + 1, 5)
+    # r_cost is the mean over batch x T with T the data's longest sketch (magenta)
+    m.eval()
+    torch.manual_seed(0)
+    out = m.loss(batch, 0)
+    torch.manual_seed(0)
+    mu, presig = m.encode_dist(batch)
+    z = mu + torch.exp(presig / 2) * torch.randn_like(mu)
+    per_step = mixture_loss_terms(m.decode(batch["strokes"][:, :-1], z), batch["strokes"][:, 1:],
+                                  training=True, reduction="none")
+    assert float(out["offset"]) == pytest.approx(float(per_step["offset"].sum()) / (8 * longest), rel=1e-5)
+    assert float(out["pen"]) == pytest.approx(float(per_step["pen"].sum()) / (8 * longest), rel=1e-5)
+    # sampling rolls out T steps
+    assert m.generate(2, seed=0, temperature=0.1).lengths.max() <= longest
+    # a cap below the longest sketch leaves the longer ones out, counted in a warning
+    lengths = np.concatenate([sk.lengths for sk in raw.values()])
+    cap = int(np.sort(lengths)[-5]) - 1
+    n_over = int((lengths > cap).sum())
+    with pytest.warns(UserWarning, match=f"longer than max_seq_len_cap={cap} points") as rec:
+        capped = prepare_data(SketchRNN, apply_hparams(cfg, f"max_seq_len_cap={cap}"), raw)
+    warned = sum(int(str(w.message).split(" of ")[0]) for w in rec.list if "max_seq_len_cap" in str(w.message))
+    assert warned == n_over
+    assert capped.config.max_seq_len == int(lengths[lengths <= cap].max())
+    assert sum(len(v) for v in capped.splits.values()) == len(lengths) - n_over
+
+
+@pytest.mark.realdata
+def test_omniglot_max_seq_len_is_its_longest_sketch(shared_data):
+    """magenta's sketch_rnn_train.py on omniglot: T = 157, the longest of its 32,000 sketches,
+    where sketchlab used to pad to 250 (the offset term scaled by 157/250)."""
+    raw = load_splits(shared_data / "sketchrnn", ["omniglot"])
+    data = prepare_data(SketchRNN, apply_hparams(Config(), "enc_rnn_size=8,dec_rnn_size=8,z_size=4"), raw)
+    assert data.config.max_seq_len == max(int(sk.lengths.max()) for sk in raw.values())
+    assert {k: len(v) for k, v in data.splits.items()} == {k: len(v) for k, v in raw.items()}

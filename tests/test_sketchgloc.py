@@ -517,6 +517,42 @@ def test_cli_train_sample_heal_and_retrieval_hooks(tmp_path):
     assert retrieval_metrics(gen.z, gen.z, ks=(1,))["ret@1"] == 1.0      # spec 3.8 (e)
 
 
+def _original_retrieval_offsets(absolute: np.ndarray) -> np.ndarray:
+    """retrieval.py's conversion of a generated absolute sketch back to offsets, as written: the
+    loop runs one iteration too many, so at ii = n-1 row 0 subtracts row -1 (by then an offset)."""
+    seq = absolute.copy()[None]
+    n = seq.shape[1]
+    for ii in range(n):
+        seq[0, n - ii - 1, :2] -= seq[0, n - ii - 2, :2]
+    return seq[0]
+
+
+def test_ret_query_shift_is_the_original_retrieval_loop():
+    m = build(ret_query_shift=True)
+    absolute = [np.array([[3.0, 4.0, 0], [5.0, 4.5, 0], [6.0, 7.0, 1], [2.0, 1.0, 0], [2.5, 0.0, 1]], np.float32),
+                np.array([[-1.0, 2.0, 1]], np.float32),                      # one point: start -> 0
+                np.array([[0.5, 0.5, 0], [1.5, -0.5, 1]], np.float32)]
+    generated = Sketches.from_list([S.to_offsets(a) for a in absolute], scale_factor=10.0)
+    shifted = m.retrieval_queries(generated)
+    for a, q in zip(absolute, shifted):
+        np.testing.assert_allclose(q, _original_retrieval_offsets(a), atol=1e-6)
+    # by hand for the first: start (3, 4) minus the last offset (0.5, -1.0)
+    np.testing.assert_allclose(shifted[0][0], [2.5, 5.0, 0.0])
+    np.testing.assert_allclose(shifted[0][1:], generated[0][1:])             # the rest unchanged
+    assert shifted.scale_factor == 10.0
+    # the whole query is translated by -(last offset)
+    np.testing.assert_allclose(S.to_absolute(shifted[0])[:, :2], absolute[0][:, :2] - [0.5, -1.0], atol=1e-6)
+    # off by default; the Ret queries are the (shifted) sketches encoded
+    plain = build()
+    assert plain.retrieval_queries(generated) is generated
+    plain.load_state_dict(m.state_dict())
+    np.testing.assert_allclose(m.encode_queries(generated).numpy(),
+                               plain.encode_sketches(shifted).numpy(), atol=1e-6)
+    assert not np.allclose(m.encode_queries(generated).numpy(), plain.encode_queries(generated).numpy())
+    from sketchlab.models.sketchgloc import paper_config
+    assert paper_config().ret_query_shift and not Config().ret_query_shift
+
+
 def test_demo_config_is_small():
     c = demo_config()
     assert (c.enc_rnn_size, c.dec_rnn_size, c.z_size) == (64, 128, 32)

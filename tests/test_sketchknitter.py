@@ -194,6 +194,9 @@ def test_config_from_the_original_flags():
     assert cfg.faithful and cfg.num_points == cfg.model_channels == 96 and cfg.num_res_blocks == 3
     assert cfg.diffusion_steps == 100 and cfg.sampler == "ddim" and cfg.sample_steps == "ddim30"
     assert cfg.pen_break == 0.1 and cfg.clip == 1.0 and cfg.ema_rate == 0.9999
+    # the original as its sample.sh runs it: bin_pen's rule, no EMA warm-up, float32
+    assert cfg.pen_rule == "original" and not cfg.ema_warms_up and cfg.amp is False
+    assert config_from_original({"use_fp16": "True"}).amp is True
     m = SketchKnitter(Config(**{**TINY, "sample_steps": "ddim5", "sampler": "ddim"}))
     assert len(m.make_sampler().timesteps) == 5
     with pytest.raises(ConfigError, match="learn_sigma"):
@@ -215,7 +218,93 @@ def test_pen_decoding_known_case():
     assert decode_pen(logits).tolist() == [[1.0, 0.0, 1.0, 0.0]]
     assert decode_pen(logits, pen_break=0.09).tolist() == [[1.0, 1.0, 1.0, 0.0]]
     assert decode_pen(logits, pen_break=0.8).tolist() == [[0.0, 0.0, 0.0, 0.0]]
-    # the original's B1 (class-0 logit >= 0.5) would lift at rows 2, 3, 4: not copied, faithful or not
+
+
+def test_original_pen_decoding_known_case():
+    """sample.py's bin_pen thresholds column 2 of cat(sample, logits): the RAW class-0 logit.
+    Class-0 logits 0, ln 9 = 2.197, 2, 5, -0.3, 0.1: lifted where >= 0.5 (sample.py), >= 0.1
+    (sample.sh), whatever class 1's logit says."""
+    logits = torch.tensor([[[0.0, math.log(3.0)], [math.log(9.0), 0.0], [2.0, 2.0], [5.0, -5.0],
+                            [-0.3, 4.0], [0.1, 0.0]]])
+    assert decode_pen(logits, 0.5, "original").tolist() == [[0.0, 1.0, 1.0, 1.0, 0.0, 0.0]]
+    assert decode_pen(logits, 0.1, "original").tolist() == [[0.0, 1.0, 1.0, 1.0, 0.0, 1.0]]
+    # the corrected rule on the same logits reads P(lift): nearly the opposite
+    assert decode_pen(logits, 0.5).tolist() == [[1.0, 0.0, 1.0, 0.0, 1.0, 0.0]]
+    with pytest.raises(ConfigError, match="probability, original"):
+        decode_pen(logits, 0.5, "argmax")
+
+
+def _constant_pen_logits(m, logit0: float, logit1: float):
+    """Make the pen head output (logit0, logit1) for every point (weights 0, bias set)."""
+    with torch.no_grad():
+        for net in (m.unet, m.ema.module):
+            net.pen_state_out[0].weight.zero_()
+            net.pen_state_out[0].bias.copy_(torch.tensor([logit0, logit1]))
+
+
+@torch.no_grad()
+def test_faithful_samples_decode_the_pen_as_the_original():
+    """Pen logits (0.7, 0) everywhere: P(lift) = sigmoid(-0.7) = 0.33 keeps the pen down under
+    the corrected rule; the original's raw class-0 logit 0.7 >= 0.5 lifts it at every point."""
+    kw = dict(sampler="ddim", steps=3, generator=None)
+    faithful, clean = tiny(faithful=True), tiny()
+    for m in (faithful, clean):
+        _constant_pen_logits(m, 0.7, 0.0)
+        m.set_data_stats(1.0, lengths=[5, 7])
+    assert faithful.config.pen_rule == "original" and clean.config.pen_rule == "probability"
+    f = faithful.generate(2, **{**kw, "generator": torch.Generator().manual_seed(0)})
+    c = clean.generate(2, **{**kw, "generator": torch.Generator().manual_seed(0)})
+    assert np.all(f.points[:, 2] == 1.0) and np.all(c.points[:, 2] == 0.0)
+    # the rule and its threshold are options too, in either mode
+    f2 = faithful.generate(2, pen_decoding="probability", **{**kw, "generator": torch.Generator().manual_seed(0)})
+    assert np.all(f2.points[:, 2] == 0.0)
+    c2 = clean.generate(2, pen_decoding="original", pen_break=0.8,
+                        **{**kw, "generator": torch.Generator().manual_seed(0)})
+    assert np.all(c2.points[:, 2] == 0.0)
+    c3 = SketchKnitter(Config(**{**TINY, "pen_decoding": "original"}))
+    assert c3.config.pen_rule == "original"
+    with pytest.raises(ConfigError, match="pen_decoding"):
+        SketchKnitter(Config(**{**TINY, "pen_decoding": "logit"}))
+
+
+def test_faithful_ema_and_weights_are_the_originals():
+    """faithful: EMA at the rate from step 0 (no warm-up), samples from the final weights;
+    the corrected mode warms up and samples the best checkpoint. Each is its own switch."""
+    f, c = tiny(faithful=True), tiny()
+    assert not f.ema.warmup and f.ema.decay() == 0.9999
+    assert c.ema.warmup and c.ema.decay() == pytest.approx(2 / 11)
+    assert f.default_checkpoint() == "latest" and c.default_checkpoint() == "best"
+    assert tiny(faithful=True, ema_warmup=True).ema.warmup
+    assert tiny(sample_from="latest").default_checkpoint() == "latest"
+    with pytest.raises(ConfigError, match="sample_from"):
+        tiny(sample_from="final")
+    # one EMA step at 0.9999 from a copy of the initial weights: theta_ema moves by 1e-4
+    w0 = f.unet.time_embed[0].weight.detach().clone()
+    with torch.no_grad():
+        f.unet.time_embed[0].weight.add_(1.0)
+    f.on_step_end(0)
+    torch.testing.assert_close(f.ema.module.time_embed[0].weight, w0 + 1e-4, rtol=0, atol=1e-6)
+
+
+def test_open_run_samples_the_final_weights_when_faithful(tmp_path):
+    from sketchlab.runs import open_run
+    from sketchlab.train import checkpoint as ckpt
+
+    for faithful in (True, False):
+        run = tmp_path / f"f{int(faithful)}"
+        run.mkdir()
+        m = tiny(faithful=faithful)
+        ckpt.write_run_config(run, "sketchknitter", m.config, 1.0, ("star",))
+        with torch.no_grad():
+            m.unet.pen_state_out[0].bias.fill_(1.0)
+        ckpt.save_weights(run / "best.safetensors", m, {"model": "sketchknitter", "step": 2})
+        with torch.no_grad():
+            m.unet.pen_state_out[0].bias.fill_(2.0)
+        ckpt.save_weights(run / "model.safetensors", m, {"model": "sketchknitter", "step": 4})
+        loaded = open_run(run).model
+        assert float(loaded.unet.pen_state_out[0].bias[0]) == (2.0 if faithful else 1.0)
+        assert float(open_run(run, which="best").model.unet.pen_state_out[0].bias[0]) == 1.0
+        assert float(open_run(run, which="latest").model.unet.pen_state_out[0].bias[0]) == 2.0
 
 
 def test_make_batch_pads_and_masks():
@@ -278,6 +367,36 @@ def test_loss_hand_value_masks_padding():
     noise2[0, 3:] = 7.0
     m2 = m.loss(batch, 0, t=torch.tensor([10, 40]), noise=noise2)
     assert m2["loss"].item() == pytest.approx(out["loss"].item(), rel=1e-6)
+
+
+def test_pen_cross_entropy_term_hand_computed():
+    """The loss's pen term with a non-trivial pen head: the mean cross-entropy of the logits the
+    UNet gives for x_t, against the pen bits, over the real rows (corrected) or all 32 rows,
+    padding (pen 0) included (faithful, the original's `training_losses`); loss = mse + 0.01 CE."""
+    for faithful in (False, True):
+        m = tiny(faithful=faithful)
+        randomize(m.unet)
+        sketches = [np.array([[0.5, 0.2, 0], [0.1, -0.3, 1], [0.4, 0.4, 0]], np.float32),
+                    np.array([[1.0, 0.0, 1], [-0.2, 0.6, 0], [0.0, 0.3, 0], [0.2, 0.2, 1]], np.float32)]
+        batch = m.make_batch(sketches, False)
+        t, noise = torch.tensor([7, 33]), torch.randn(2, 32, 2, generator=torch.Generator().manual_seed(3))
+        out = m.loss(batch, 0, t=t, noise=noise)
+        mask = torch.ones(2, 32) if faithful else batch["mask"]
+        x_t = m.diffusion.q_sample(batch["x0"], t, noise) * mask[..., None]
+        inp = x_t if faithful else torch.cat([x_t, mask[..., None]], -1)
+        with torch.no_grad():
+            _, logits = m.unet(inp, m.diffusion.scale_timesteps(t))
+        ce, count = 0.0, 0
+        for b in range(2):
+            rows = 32 if faithful else len(sketches[b])
+            for n in range(rows):
+                pen = int(sketches[b][n, 2]) if n < len(sketches[b]) else 0
+                l0, l1 = (float(v) for v in logits[b, n])
+                ce += math.log(math.exp(l0) + math.exp(l1)) - (l1 if pen else l0)
+                count += 1
+        assert out["pen_ce"].item() == pytest.approx(ce / count, rel=1e-5)
+        assert out["loss"].item() == pytest.approx(out["mse"].item() + 0.01 * ce / count, rel=1e-5)
+        assert out["pen_ce"].item() != pytest.approx(math.log(2), rel=1e-3)   # not the trivial head
 
 
 def test_faithful_loss_covers_padding():
@@ -576,6 +695,27 @@ def test_cuda_graph_path_matches_plain_path_on_gpu():
     assert loops and all(8 in lp and lp[8][0] is not None for lp in loops)
 
 
+@pytest.mark.gpu
+def test_amp_off_samples_in_float32_on_gpu(monkeypatch):
+    """amp=False (the original, the paper preset): the CUDA fast path runs float32 weights, so it
+    replays the plain float32 loop; with amp on (the default) it runs bf16 shadow weights."""
+    dev = torch.device("cuda")
+    seen = []
+    for amp in (False, True):
+        m = tiny(amp=amp).to(dev)
+        randomize(m.ema.module)
+        m.set_data_stats(1.0, lengths=[10, 20])
+        real = m._runner
+        monkeypatch.setattr(m, "_runner", lambda net, b, d, c, dtype, clip, real=real: (
+            seen.append(dtype), real(net, b, d, c, dtype, clip))[1])
+        kw = dict(sampler="ddim", steps=6, lengths=[10, 20], device=dev)
+        fast = m.generate(2, generator=torch.Generator(dev).manual_seed(1), **kw)
+        plain = m.generate(2, fast=False, generator=torch.Generator(dev).manual_seed(1), **kw)
+        if not amp:
+            np.testing.assert_allclose(fast.points, plain.points, rtol=1e-4, atol=1e-4)
+    assert seen == [torch.float32, torch.bfloat16]
+
+
 def test_train_and_sample_through_the_cli(tmp_path, capsys):
     """`sketchlab train sketchknitter` (the generic trainer) then `sketchlab sample` with DDIM and
     with conditional refinement of test sketches."""
@@ -629,3 +769,39 @@ def test_class_conditional_unet_adds_a_label_embedding_to_the_timestep_embedding
         cond(x, t)
     with pytest.raises(ValueError, match="needs labels"):
         plain(x, t, y=y)
+
+
+def test_class_conditional_knitter_trains_on_categories_and_samples_each_class(tmp_path, capsys):
+    """class_cond=1: the trainer's category labels condition the UNet; samples carry the class
+    they were drawn for (in turn, or --category), the fast static-buffer path agrees with the
+    plain loop, references keep their own class."""
+    from sketchlab.cli import main
+    from sketchlab.runs import load_model
+
+    hp = ("num_points=32,model_channels=32,lift_dim=16,channel_mult=[1,2],num_res_blocks=1,"
+          "diffusion_steps=50,batch_size=8,eval_every=0,ema_rate=0.9,class_cond=1")
+    run = tmp_path / "run"
+    assert main(["train", "sketchknitter", "--out", str(run), "--categories", "star,fish",
+                 "--limit-per-category", "24", "--hparams", hp, "--max-steps", "3",
+                 "--no-progress"]) == 0
+    model = load_model(run)
+    assert model.config.num_classes == 2 and tuple(model.unet.label_emb.weight.shape)[0] == 2
+    opts = dict(sampler="ddim", steps=4, seed=0)
+    mixed = model.generate(4, **opts)
+    assert mixed.category.tolist() == [0, 1, 0, 1] and mixed.category_names == ("star", "fish")
+    fish = model.generate(3, category="fish", **opts)
+    assert fish.category.tolist() == [1, 1, 1]
+    # a class changes the drawing (same noise, same lengths)
+    lengths = [20, 20]
+    a = model.generate(2, category=0, lengths=lengths, **opts)
+    b = model.generate(2, category=1, lengths=lengths, **opts)
+    assert not np.allclose(a.points, b.points)
+    fast = model.generate(2, category=1, lengths=lengths, fast=True, batch_size=4, **opts)
+    assert np.allclose(fast.points, b.points, atol=1e-4)
+    with pytest.raises(ConfigError, match="--category 'cat': this model draws star, fish"):
+        model.generate(2, category="cat", **opts)
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(run), "--out", str(out), "--n", "2", "--category", "star",
+                 "--sampler", "ddim", "--steps", "3"]) == 0
+    assert Sketches.load(out).category_names == ("star", "fish")
+    assert Sketches.load(out).category.tolist() == [0, 0]

@@ -26,7 +26,7 @@ import torch
 
 from sketchlab import runs
 from sketchlab.data.sketches import Sketches
-from sketchlab.data.strokes import check_finite
+from sketchlab.data.strokes import RAW_OFFSET_LIMIT, check_finite
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.latent.interpolate import interpolate as interpolate_codes
 from sketchlab.models.base import models_with
@@ -89,6 +89,20 @@ class Model:
         return self.module.make_options()
 
     @property
+    def n_components(self) -> int | None:
+        """How many prior components `sample(component=k)` picks from (None: no mixture prior)."""
+        if not getattr(self.module, "has_components", False):
+            return None
+        return int(self.module.prior_weights().numel())
+
+    @property
+    def heal_strength(self) -> float | None:
+        """The corruption `heal` applies when given no strength (None: not a `can_heal` model)."""
+        if not getattr(self.module, "can_heal", False):
+            return None
+        return float(getattr(self.module.make_options(), self.module.heal_option) or 0.0)
+
+    @property
     def scale_factor(self) -> float:
         return float(self.module.scale_factor)
 
@@ -121,10 +135,30 @@ class Model:
         pen = sk.points[:, 2]
         if np.any((pen != 0) & (pen != 1)):
             raise DataError(f"{what}: the pen column must hold 0 or 1")
-        sk = type(self.module).filter_sketches(self.module.config, sk.in_units(1.0))
-        if len(sk) == 0:
-            raise DataError(f"{what}: every sketch is empty or longer than this model takes")
-        return sk.in_units(self.scale_factor)
+        raw = sk.in_units(1.0)
+        limit = self.max_points()
+        if isinstance(limit, int) and (raw.lengths > limit).any():
+            # Results line up with the inputs one to one: refuse rather than drop silently.
+            bad = np.nonzero(raw.lengths > limit)[0].tolist()
+            shown = ", ".join(map(str, bad[:8])) + (", ..." if len(bad) > 8 else "")
+            raise DataError(f"{what}: sketch{'es' if len(bad) > 1 else ''} {shown} of {len(raw)} "
+                            f"{'are' if len(bad) > 1 else 'is'} longer than a {self.name} model "
+                            f"takes ({limit} points); leave {'them' if len(bad) > 1 else 'it'} "
+                            f"out or simplify {'them' if len(bad) > 1 else 'it'} "
+                            f"(sketchlab.data.strokes.simplify)")
+        points = raw.points.copy()     # the originals clip raw offsets to +-1000
+        points[:, :2] = np.clip(points[:, :2], -RAW_OFFSET_LIMIT, RAW_OFFSET_LIMIT)
+        return Sketches(points, raw.offsets, category=raw.category,
+                        category_names=raw.category_names).in_units(self.scale_factor)
+
+    def max_points(self) -> int | str:
+        """The longest sketch this model takes (points), or "any"."""
+        c = self.module.config
+        for field in ("num_points", "max_seq_len"):
+            value = getattr(c, field, 0)
+            if isinstance(value, int) and value > 0:
+                return value
+        return "any"
 
     @staticmethod
     def _out(sketches: Sketches) -> Sketches:
@@ -172,7 +206,7 @@ class Model:
         redraw it. `strength=0` redraws the sketches as given (heal what is already broken)."""
         self._need("can_heal")
         if strength is None:
-            strength = getattr(self.module.make_options(), self.module.heal_option) or 0.0
+            strength = self.heal_strength
         return self._out(self.module.heal(self._in(sketches), strength=float(strength), seed=seed,
                                           **self._given(dict(options, temperature=temperature))))
 
@@ -206,9 +240,11 @@ class Model:
 
 
 def load(path_or_name: str | Path, device: str | torch.device | None = None,
-         which: str = "best") -> Model:
+         which: str | None = None) -> Model:
     """Load a run directory (made by `sketchlab train`) or a pretrained model by name
-    (`sketchlab zoo list`); a local path wins over a zoo name, `zoo:NAME` forces the zoo."""
+    (`sketchlab zoo list`); a local path wins over a zoo name, `zoo:NAME` forces the zoo.
+    `which`: "best" or "latest" weights; None: the model's choice (best; SketchKnitter's
+    faithful mode: the final weights, as the original samples them)."""
     run = runs.open_run(path_or_name, device=pick_device(device), which=which)
     return Model(run, str(path_or_name))
 

@@ -70,10 +70,12 @@ def resolve(path_or_name: str | Path) -> Path:
     raise zoo.unknown_name_error(text)
 
 
-def open_run(run_dir: str | Path, device: str | torch.device = "cpu", which: str = "best",
+def open_run(run_dir: str | Path, device: str | torch.device = "cpu", which: str | None = None,
              expect_model: str | None = None) -> Run:
     """Rebuild the model of a run directory or pretrained name (see `resolve`) and load its
-    weights (`best` if present, else the latest)."""
+    weights: `which="best"` (best if present, else the latest), "latest", or None for the
+    model's own choice (`default_checkpoint`: best, but SketchKnitter's faithful mode samples
+    the final weights as the original does)."""
     run_dir = resolve(run_dir)
     info = _run_info(run_dir, expect_model)
     cls = get_model_class(info["model"])
@@ -81,6 +83,8 @@ def open_run(run_dir: str | Path, device: str | torch.device = "cpu", which: str
     model = cls(config)
     model.set_data(float(info.get("scale_factor", 1.0)), info.get("categories") or ())
     files = {"best": ["best.safetensors", "model.safetensors"], "latest": ["model.safetensors"]}
+    if which is None:
+        which = model.default_checkpoint()
     if which not in files:
         raise CheckpointError(f"which={which!r}: choose 'best' or 'latest'")
     for name in files[which]:
@@ -103,7 +107,7 @@ def _run_info(run_dir: Path, expect_model: str | None) -> dict[str, Any]:
     return ckpt.read_run_config(run_dir, expect_model)
 
 
-def load_model(run_dir: str | Path, device: str | torch.device = "cpu", which: str = "best",
+def load_model(run_dir: str | Path, device: str | torch.device = "cpu", which: str | None = None,
                expect_model: str | None = None):
     """The model of a run directory, ready to sample (see `open_run`)."""
     return open_run(run_dir, device, which, expect_model).model
@@ -144,12 +148,14 @@ def model_run_hooks(run_dir: Path, device=None, temperature: float | None = None
 
     `temperature` None samples each model at its own configured temperature (the original's).
     References arrive in raw data units; the model works in units of its training scale factor.
+    `encode` re-encodes generated sketches as Ret queries (`encode_queries`: as the original's
+    retrieval script reads them back, e.g. SketchGloc's `ret_query_shift`).
     """
     model = load_model(run_dir, device=device or "cpu")
     scale = float(model.scale_factor)
 
     def encode(sketches: Sketches) -> np.ndarray:
-        return model.encode_sketches(sketches.in_units(scale), batch_size).cpu().numpy()
+        return model.encode_queries(sketches.in_units(scale), batch_size).cpu().numpy()
 
     def sample(reference: Sketches) -> Sketches:
         out = model.generate(references=reference.in_units(scale), temperature=temperature,

@@ -25,6 +25,7 @@ CLI_MODULES: list[str] = [
     "sketchlab.cli.latent",
     "sketchlab.cli.zoo",
     "sketchlab.cli.demo",
+    "sketchlab.cli.serve",
 ]
 
 

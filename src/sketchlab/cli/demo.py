@@ -1,23 +1,24 @@
-"""`sketchlab demo`: a small model trained on the built-in doodles on a CPU in a few minutes.
+"""`sketchlab demo`: the pretrained zoo at work, on a CPU, in under a minute, with no data.
 
-It needs no data and no GPU. It writes, under `--out`:
-  run/                  the run directory (config.json, weights, log.csv): `sketchlab sample demo_out/run ...`
-  reconstructions.png   held-out doodles (odd rows) and the model's redrawings of them (even rows)
-  samples.png           new doodles from random codes (RPCL: from the learned prior)
-  healing.png           (SP-gra2seq, SketchGloc: no prior) held-out doodles and their redrawings
-                        from corrupted inputs (30% of the patches masked / strokes moved)
-  interpolation.png     a walk through the latent space from one doodle to another
-  loss.png              training and validation loss
-and for the RPCL models, whose prior is a mixture learned by rival-penalised EM:
-  latent_map.png        t-SNE of the test doodles' codes by category and by prior component
-  components.png        one row of samples per live component
-  styles.json           does each doodle style (fish facing left / right, ...) get its own component?
+It writes, under `--out` (default demo_out/):
+  inputs.png            the sketches the conditional models are shown: sketch-rnn-spg5's samples
+                        that the judge recognises most surely, two per category (no data needed)
+  samples_<model>.png   new sketches from each model that samples (captioned: model, temperature,
+                        the category or prior component when the model knows it)
+  reconstructions.png   each input (top row) redrawn by every conditional model (one row each)
+  healing.png           per healing model: the corrupted input, then the healed result
+  components.png        RPCL-pix2seq(H): samples from each live prior component
+  interpolation.png     a walk through RPCL-pix2seq's latent space between two inputs
+  completion.png        sketch-rnn-sheep completing partial sheep (the partial drawing first)
+  drawing.gif           sketches being drawn, point by point
+  zoo.md, zoo.json      the zoo's metrics, from each entry's card
+Entries that are not installed are skipped with a note. `sketchlab demo --train` trains a small
+model from scratch on the built-in doodles instead (minutes on a CPU).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import time
 from pathlib import Path
@@ -25,174 +26,257 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sketchlab.config import apply_hparams
-from sketchlab.data.sources import load_splits
+from sketchlab import api, runs, zoo
+from sketchlab.cli.demo_train import DEMO_MODELS, run_training_demo
 from sketchlab.data.sketches import Sketches
-from sketchlab.latent.interpolate import interpolate
-from sketchlab.models import get_model_class
-from sketchlab.nn.device import pick_device
-from sketchlab.train.trainer import Trainer, prepare_data
+from sketchlab.fileio import atomic_write_json, atomic_write_text
+from sketchlab.render import save_grid
+from sketchlab.render.animation import save_drawing_gif
+from sketchlab.render.png import render_strip, save_png
 
-# Small enough to learn the doodles on 2 CPU cores in about two minutes. No recurrent dropout:
-# the LSTMs then run on torch's native sequence kernel, ~3x faster on a CPU. A lighter KL weight
-# lets two minutes of training use the code (reconstructions follow their input) instead of
-# settling into a decoder that ignores it.
-SKETCH_RNN_DEMO = ("enc_rnn_size=96,dec_rnn_size=192,z_size=24,max_seq_len=64,batch_size=32,"
-                   "learning_rate=0.002,use_recurrent_dropout=0,eval_every=100,patience=0,"
-                   "kl_weight=0.1,kl_weight_start=0.01,kl_decay_rate=0.999")
-DEMO_MODELS = ("sketch-rnn", "rpcl-pix2seq", "rpcl-pix2seqh", "sp-gra2seq", "sketchgloc")
-
-
-def demo_config(name: str):
-    """The demo's configuration of a model (the other modules define theirs as `demo_config()`)."""
-    cls = get_model_class(name)
-    if name == "sketch-rnn":
-        return apply_hparams(cls.Config(), SKETCH_RNN_DEMO)
-    return importlib.import_module(cls.__module__).demo_config()
+SKETCHER = "sketch-rnn-spg5"        # draws the inputs
+JUDGE = "judge-spg5"                # picks the inputs it recognises most surely
+SAMPLERS = ("sketch-rnn-spg5", "rpcl-pix2seq-spg5", "rpcl-pix2seqh-spg5", "sketchknitter-spg5",
+            "sketch-rnn-sheep")
+REDRAWERS = ("sketch-rnn-spg5", "rpcl-pix2seq-spg5", "rpcl-pix2seqh-spg5", "sp-gra2seq-spg5",
+             "sketchgloc-spg5")
+HEALERS = {"sp-gra2seq-spg5": (0.3, "30 % of patches masked"),
+           "sketchgloc-spg5": (0.3, "strokes moved (0.3)"),
+           "sketchknitter-spg5": (0.3, "noised to t = 0.3 T")}
+SHEEP = "sketch-rnn-sheep"
+PER_CATEGORY = 2
+KNITTER_DDIM = {"sampler": "ddim", "steps": 30, "spacing": "even"}   # DDIM-30, deterministic
 
 
-def register_cli(sub) -> None:
-    p = sub.add_parser("demo", help="train a small model on built-in doodles and draw what it learned",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="examples:\n  sketchlab demo --out demo_out --minutes 2\n"
-                              "  sketchlab demo --model rpcl-pix2seq --out demo_rpcl --minutes 3")
-    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    p.add_argument("--model", default="sketch-rnn", choices=DEMO_MODELS)
-    p.add_argument("--minutes", type=float, default=2.0, help="training time budget (default 2)")
-    p.add_argument("--per-category", type=int, default=600, help="training doodles per category")
-    p.add_argument("--hparams", default=None, help="overrides of the demo configuration, k=v,...")
-    p.add_argument("--device", default=None, help="default: cpu (the demo is sized for it)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=cmd_demo)
+class Demo:
+    def __init__(self, out: Path, seed: int, log=print):
+        self.out, self.seed, self.log = out, seed, log
+        self.installed = set(zoo.names())
+        self.models: dict[str, api.Model] = {}
+        self.written: list[str] = []
+
+    def model(self, name: str) -> api.Model | None:
+        if name not in self.installed:
+            self.log(f"note: {name} is not installed; skipped")
+            return None
+        if name not in self.models:
+            self.models[name] = api.load(name, device="cpu")
+        return self.models[name]
+
+    def wrote(self, name: str) -> None:
+        self.written.append(name)
+        self.log(f"wrote {self.out / name}")
+
+    # ---- the inputs ----------------------------------------------------------------------
+    def inputs(self) -> Sketches | None:
+        sketcher = self.model(SKETCHER)
+        if sketcher is None:
+            return None
+        pool = sketcher.sample(60, temperature=0.2, seed=self.seed)
+        limits = [self.models[n].max_points() for n in REDRAWERS + tuple(HEALERS)
+                  if self.model(n) is not None]
+        longest = min([x for x in limits if isinstance(x, int)], default=10 ** 9)
+        pool = pool.select(np.nonzero((pool.lengths >= 5) & (pool.lengths <= longest))[0])
+        if JUDGE in self.installed:
+            judge = runs.load_judge(JUDGE, device="cpu")
+            _, logits = judge.extract(pool)
+            prob = torch.softmax(torch.from_numpy(logits), 1).numpy()
+            cats, keep = list(judge.categories), []
+            for k in range(len(cats)):
+                order = np.argsort(-prob[:, k])
+                keep += [int(i) for i in order if prob[i].argmax() == k][:PER_CATEGORY]
+            chosen = pool.select(np.array(keep, np.int64))
+            chosen.category = prob[keep].argmax(1).astype(np.int64)
+            chosen.category_names = tuple(cats)
+        else:
+            chosen = pool.select(np.arange(min(len(pool), 5 * PER_CATEGORY)))
+        save_grid(chosen, self.out / "inputs.png", cols=len(chosen),
+                  titles=[self.label(chosen, i) for i in range(len(chosen))])
+        self.wrote("inputs.png")
+        return chosen
+
+    @staticmethod
+    def label(sk: Sketches, i: int, prefix: str = "") -> str:
+        name = sk.category_name(i)
+        return f"{prefix}{name}" if name else prefix.rstrip(": ") or f"#{i}"
+
+    # ---- the figures ---------------------------------------------------------------------
+    def samples(self) -> list[Sketches]:
+        drawn = []
+        for name in SAMPLERS:
+            m = self.model(name)
+            if m is None:
+                continue
+            t = m.options.temperature
+            t = 0.25 if t is None and name != "sketchknitter-spg5" else t
+            opts = KNITTER_DDIM if m.name == "sketchknitter" else {}
+            sk = m.sample(10, temperature=t, seed=self.seed, **opts)
+            tag = f"T={t:g}" if t is not None else "DDIM-30"
+            titles = [self.label(sk, i, f"{tag} ") if sk.category_names
+                      else (f"{tag} k={sk.component[i]}" if sk.component is not None else tag)
+                      for i in range(len(sk))]
+            file = f"samples_{name}.png"
+            save_grid(sk, self.out / file, cols=5, titles=titles)
+            self.wrote(file)
+            drawn.append(sk)
+        return drawn
+
+    def reconstructions(self, inputs: Sketches) -> None:
+        rows = [list(inputs)]
+        titles = [[self.label(inputs, i, "input: ") for i in range(len(inputs))]]
+        for name in REDRAWERS:
+            m = self.model(name)
+            if m is None or "can_encode" not in m.capabilities:
+                continue
+            out = m.reconstruct(inputs, seed=self.seed)
+            rows.append(list(out))
+            comp = out.component
+            titles.append([name.rsplit("-spg5", 1)[0] + (f" k={comp[i]}" if comp is not None else "")
+                           for i in range(len(out))])
+        if len(rows) > 1:
+            self.grid(rows, titles, "reconstructions.png")
+
+    def healing(self, inputs: Sketches) -> None:
+        rows = [list(inputs)]
+        titles = [[self.label(inputs, i, "input: ") for i in range(len(inputs))]]
+        for name, (strength, what) in HEALERS.items():
+            m = self.model(name)
+            if m is None:
+                continue
+            opts = KNITTER_DDIM if m.name == "sketchknitter" else {}
+            corrupted = m.corrupt(inputs, strength, seed=self.seed)
+            healed = m.heal(inputs, strength, seed=self.seed, **opts)
+            short = name.rsplit("-spg5", 1)[0]
+            rows += [list(corrupted), list(healed)]
+            titles += [[what] * len(inputs), [f"{short} healed"] * len(inputs)]
+        if len(rows) > 1:
+            self.grid(rows, titles, "healing.png")
+
+    def components(self) -> None:
+        rows, titles = [], []
+        for name in ("rpcl-pix2seq-spg5", "rpcl-pix2seqh-spg5"):
+            m = self.model(name)
+            if m is None:
+                continue
+            weights = m.module.prior_weights().detach().cpu().numpy()
+            alive = np.nonzero(weights > m.config.alive_threshold)[0]
+            short = name.rsplit("-spg5", 1)[0]
+            for k in alive:
+                sk = m.sample(6, component=int(k), seed=self.seed)
+                rows.append(list(sk))
+                titles.append([f"{short} k={k} ({weights[k]:.2f})"] * len(sk))
+        if rows:
+            self.grid(rows, titles, "components.png")
+
+    def interpolation(self, inputs: Sketches) -> None:
+        m = self.model("rpcl-pix2seq-spg5")
+        if m is None or len(inputs) < 2:
+            return
+        a, b = 0, len(inputs) - 1
+        walk = m.interpolate(inputs[a], inputs[b], steps=8, seed=self.seed)
+        items = [inputs[a], *walk, inputs[b]]
+        captions = [self.label(inputs, a), *[f"t={t:.2f}" for t in np.linspace(0, 1, 8)],
+                    self.label(inputs, b)]
+        save_png(render_strip(Sketches.from_list(items), captions=captions),
+                 self.out / "interpolation.png")
+        self.wrote("interpolation.png")
+
+    def completion(self) -> None:
+        m = self.model(SHEEP)
+        if m is None:
+            return
+        sheep = m.sample(8, seed=self.seed + 1)
+        partial = []
+        for s in [s for s in sheep if len(s) >= 3][:4]:
+            lifts = np.nonzero(s[:, 2] > 0)[0]
+            cut = next((int(i) + 1 for i in lifts if i + 1 >= 0.3 * len(s)), max(1, len(s) // 3))
+            partial.append(s[:cut])
+        prefix = Sketches.from_list(partial)
+        done = m.complete(prefix, n=3, seed=self.seed)
+        rows = [list(prefix)] + [[done[3 * i + j] for i in range(len(prefix))] for j in range(3)]
+        titles = [["partial sheep"] * len(prefix)] + [[f"completion {j + 1}"] * len(prefix)
+                                                      for j in range(3)]
+        self.grid(rows, titles, "completion.png")
+
+    def animation(self, drawn: list[Sketches]) -> None:
+        if not drawn:
+            return
+        pool = Sketches.concat([d.select(np.arange(min(4, len(d)))).in_units(1.0)
+                                for d in drawn])
+        save_drawing_gif(pool, self.out / "drawing.gif", frames=30, cols=min(8, len(pool)),
+                         cell=112)
+        self.wrote("drawing.gif")
+
+    def table(self) -> None:
+        cards = [zoo.read_card(n) for n in sorted(self.installed)]
+        atomic_write_json(self.out / "zoo.json", {c["name"]: {k: c.get(k) for k in (
+            "model", "data", "metrics", "steps", "cpu_minutes", "weights")} for c in cards})
+        keys = []
+        for c in cards:
+            keys += [k for k in c.get("metrics", {}) if k not in keys]
+        lines = ["| entry | model | " + " | ".join(keys) + " |",
+                 "|---|---|" + "---:|" * len(keys)]
+        for c in cards:
+            m = c.get("metrics", {})
+            cells = [f"{m[k]:.3f}" if isinstance(m.get(k), float) else str(m.get(k, "-"))
+                     for k in keys]
+            lines.append(f"| {c['name']} | {c['model']} | " + " | ".join(cells) + " |")
+        atomic_write_text(self.out / "zoo.md", "\n".join(lines) + "\n")
+        self.wrote("zoo.md")
+        self.wrote("zoo.json")
+
+    def grid(self, rows: list[list], titles: list[list[str]], file: str) -> None:
+        cols = max(len(r) for r in rows)
+        cells, caps = [], []
+        for row, tit in zip(rows, titles):
+            pad = cols - len(row)
+            cells += list(row) + [np.zeros((0, 3), np.float32)] * pad
+            caps += list(tit) + [""] * pad
+        save_grid(Sketches.from_list(cells), self.out / file, cols=cols, titles=caps, cell=112)
+        self.wrote(file)
 
 
 def cmd_demo(args) -> int:
+    if args.train:
+        return run_training_demo(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(args.seed)
-    cls = get_model_class(args.model)
-    cfg = apply_hparams(demo_config(args.model), args.hparams)
-    print(f"sketchlab demo: {args.model} on the built-in doodles for {args.minutes:g} min -> {out}/")
-    raw = load_splits(None, None, builtin_per_category=args.per_category, seed=args.seed)
-    data = prepare_data(cls, cfg, raw)
-    print(f"data: {len(data.splits['train'])} training doodles of {', '.join(data.categories)}")
-    device = pick_device(args.device or "cpu")
-    if device.type == "cpu":
-        # Small matrices: one thread is as fast, and immune to OpenMP spinning on a busy machine.
-        torch.set_num_threads(1)
-    trainer = Trainer(cls(data.config), data, out / "run", device=device,
-                      max_seconds=60 * args.minutes, run_info={"data_dir": None})
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    if not zoo.names():
+        print("no pretrained models are installed: training a small one instead (--train)")
+        return run_training_demo(args)
     t0 = time.time()
-    summary = trainer.train()
-    print(f"trained {summary['step']} steps in {time.time() - t0:.0f}s; best valid "
-          f"{data.config.valid_metric} {summary['best_valid']:.3f}")
-    from sketchlab.runs import load_model
-
-    model = load_model(out / "run", device=device)
-    draw_demo_figures(model, data.splits["test"], out, seed=args.seed)
-    if model.has_components:
-        draw_latent_figures(model, data.splits["test"], out, seed=args.seed,
-                            per_category=len(raw["test"]) // len(data.categories))
+    demo = Demo(out, args.seed)
+    inputs = demo.inputs()
+    drawn = demo.samples()
+    if inputs is not None:
+        demo.reconstructions(inputs)
+        demo.healing(inputs)
+        demo.interpolation(inputs)
+    demo.components()
+    demo.completion()
+    demo.animation(drawn)
+    demo.table()
+    print(f"sketchlab demo: {len(demo.written)} files in {out}/ in {time.time() - t0:.0f}s")
     return 0
 
 
-def _pick_per_category(sk: Sketches, per_cat: int) -> np.ndarray:
-    idx = []
-    for c in range(len(sk.category_names)):
-        idx += list(np.nonzero(sk.category == c)[0][:per_cat])
-    return np.array(idx, dtype=np.int64)
-
-
-def draw_demo_figures(model, test: Sketches, out: Path, seed: int = 0, temperature: float = 0.2) -> None:
-    from sketchlab.render import save_grid
-    from sketchlab.render.png import plot_curves, render_strip, save_png
-
-    # Reconstructions: 6 test doodles per category, each above the model's redrawing.
-    refs = test.select(_pick_per_category(test, 6))
-
-    def pairs(redrawn: Sketches, caption: str, path: Path) -> None:
-        rows, titles = [], []
-        for r in range(0, len(refs), 6):
-            part = np.arange(r, min(r + 6, len(refs)))
-            rows += [refs[int(i)] for i in part] + [redrawn[int(i)] for i in part]
-            titles += [f"{refs.category_name(int(i))}" for i in part] + [caption] * len(part)
-        grid = Sketches.from_list(rows, scale_factor=model.scale_factor).in_units(1.0)
-        save_grid(grid, path, cols=6, titles=titles)
-
-    pairs(model.generate(references=refs, temperature=temperature, seed=seed), "redrawn",
-          out / "reconstructions.png")
-    if model.can_sample:
-        samples = model.generate(n=36, temperature=0.3, seed=seed).in_units(1.0)
-        save_grid(samples, out / "samples.png", cols=6)
-        figures = ["samples.png"]
-    else:  # no prior: show healing instead (the references corrupted at strength 0.3)
-        pairs(model.heal(refs, strength=0.3, temperature=temperature, seed=seed),
-              "healed", out / "healing.png")
-        figures = ["healing.png"]
-
-    # Interpolation between the first two categories' first test doodles.
-    pair = refs.select([0, 6 if len(refs) > 6 else len(refs) - 1])
-    batch = model.make_batch(list(pair), False, np.random.default_rng(0))
-    with torch.no_grad():
-        z = model.encode({k: v.to(model.device) for k, v in batch.items()})
-    path = interpolate(z[0].cpu(), z[1].cpu(), 8)
-    walk = model.decode_codes(path, temperature=0.1, seed=seed).in_units(1.0)
-    captions = [pair.category_name(0)] + [""] * 6 + [pair.category_name(1)]
-    save_png(render_strip(walk, captions=captions), out / "interpolation.png")
-
-    plot_curves(out / "run" / "log.csv", out / "loss.png", series=["loss", "valid_loss"],
-                title=f"{model.name} on doodles")
-    for name in ["reconstructions.png", *figures, "interpolation.png", "loss.png"]:
-        print(f"wrote {out / name}")
-
-
-def draw_latent_figures(model, test: Sketches, out: Path, seed: int, per_category: int) -> dict:
-    """The RPCL demo's extra question: do the doodle styles get components of their own?"""
-    from sketchlab.data.synthetic import STYLES, make_doodles_with_styles
-    from sketchlab.latent.codes import label_agreement
-    from sketchlab.latent.maps import latent_map
-    from sketchlab.render import save_grid
-
-    cats = list(test.category_names)
-    # The built-in test split, regenerated with its style labels (same seed, same doodles).
-    styled, style = make_doodles_with_styles(per_category, cats, seed=seed, split="test")
-    limit = int(getattr(model.config, "max_seq_len", 0) or 0)
-    keep = (styled.lengths > 0) & ((styled.lengths <= limit) if limit > 0 else True)
-    styled, style = styled.select(np.nonzero(keep)[0]), style[keep]   # the trainer's filter
-    if len(styled) != len(test) or not np.array_equal(styled.lengths, test.lengths):
-        raise RuntimeError("the built-in test doodles and their styles disagree")
-    names = [f"{c}/{s}" for c in cats for s in STYLES[c]]
-    first = np.cumsum([0] + [len(STYLES[c]) for c in cats])
-    style_id = first[test.category] + style
-
-    latent_map(model, test, out / "latent_map.png", thumbnails=120, seed=seed)
-    labels = model.latent_labels(model.encode_sketches(test))
-    report = {"n_alive": int(model.n_alive()), "labels": {}}
-    for key, lab in labels.items():
-        by_style = label_agreement(style_id, lab)
-        by_cat = label_agreement(test.category, lab)
-        report["labels"][key] = {
-            "style_purity": by_style["purity"], "style_nmi": by_style["nmi"],
-            "category_purity": by_cat["purity"], "category_nmi": by_cat["nmi"],
-            "components_used": by_style["n_labels_used"],
-            "style_by_component": {names[r]: dict(zip(map(str, by_style["cols"]), row))
-                                   for r, row in zip(by_style["rows"], by_style["table"])}}
-        print(f"{key}: {by_style['n_labels_used']} components used by the test doodles; "
-              f"vs style purity {by_style['purity']:.2f} NMI {by_style['nmi']:.2f}; "
-              f"vs category purity {by_cat['purity']:.2f} NMI {by_cat['nmi']:.2f}")
-        for r, row in zip(by_style["rows"], by_style["table"]):
-            cells = ", ".join(f"k{k}:{n}" for k, n in zip(by_style["cols"], row) if n)
-            print(f"  {names[r]:<18} {cells}")
-    (out / "styles.json").write_text(json.dumps(report, indent=1) + "\n")
-
-    # One row of samples per live component (H: per level-k Gaussian).
-    alive = np.nonzero(model.prior_weights().detach().cpu().numpy() > model.config.alive_threshold)[0]
-    rows, titles = [], []
-    for k in alive[:10]:
-        part = model.generate(n=6, component=int(k), temperature=0.3, seed=seed).in_units(1.0)
-        rows += list(part)
-        titles += [f"k={int(k)}"] * len(part)
-    save_grid(Sketches.from_list(rows), out / "components.png", cols=6, titles=titles)
-    for name in ("latent_map.png", "components.png", "styles.json"):
-        print(f"wrote {out / name}")
-    return report
+def register_cli(sub) -> None:
+    p = sub.add_parser("demo", help="the pretrained models at work (or --train: train one)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="examples:\n  sketchlab demo                                  "
+                              "# the zoo, under a minute\n"
+                              "  sketchlab demo --train --minutes 2              "
+                              "# train sketch-rnn on built-in doodles\n"
+                              "  sketchlab demo --train --model rpcl-pix2seq --minutes 3")
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train", action="store_true",
+                   help="train a small model on the built-in doodles instead (minutes)")
+    t = p.add_argument_group("--train options")
+    t.add_argument("--model", default="sketch-rnn", choices=DEMO_MODELS)
+    t.add_argument("--minutes", type=float, default=2.0, help="training time budget (default 2)")
+    t.add_argument("--per-category", type=int, default=600, help="training doodles per category")
+    t.add_argument("--hparams", default=None, help="overrides of the demo configuration, k=v,...")
+    t.add_argument("--device", default=None, help="default: cpu (the demo is sized for it)")
+    p.set_defaults(func=cmd_demo)

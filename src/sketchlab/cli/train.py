@@ -16,7 +16,9 @@ from sketchlab.config import apply_hparams, from_dict, split_hparams
 from sketchlab.data.sources import load_splits, parse_categories
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
-from sketchlab.models import MODELS, get_model_class, model_classes, models_with
+from sketchlab.models import (
+    MODELS, PRESETS, get_model_class, model_classes, models_with, paper_categories, preset,
+)
 from sketchlab.train import checkpoint as ckpt
 from sketchlab.nn.device import pick_device
 from sketchlab.train.trainer import Trainer, init_distributed, prepare_data
@@ -28,6 +30,20 @@ TRAIN_EPILOG = """examples:
       --hparams "dec_model=layer_norm,dec_rnn_size=512"
   sketchlab train rpcl-pix2seq --data-dir data/spg --out runs/rpcl \\
       --hparams "categories=[airplane,apple,butterfly,cactus,pig],batch_size=200"
+  sketchlab train sketchknitter --preset paper --data-dir data/qd --out runs/moon   # as the original
+  sketchlab train sp-gra2seq --preset cpu --data-dir data/spg --categories apple,pig --out runs/sp
+
+Presets (--hparams apply on top; the preset is recorded in config.json):
+  paper  the original code as released: the paper's sizes, data settings and every quirk the
+         original has (listed in each model's docstring and the README), float32 throughout
+         (no bf16 autocast in training, validation or sampling). Without --categories it trains
+         on the original's own category list.
+  cpu    a small configuration that trains in under an hour on 2 CPU cores.
+Without --preset each model starts from its defaults: the original's values, with the corrected
+behaviour where sketchlab corrects a bug and bf16 autocast on CUDA.
+
+SketchKnitter's r-Shortcut sampler is sketchlab's reconstruction: the released code never trains
+its recognizability predictor (`h_model` gets no gradient) and has no shortcut function.
 
 Running the same command again resumes from the run's last checkpoint.
 """
@@ -39,9 +55,14 @@ SAMPLE_EPILOG = """examples:
   sketchlab sample runs/rpcl --out std.npz --prior standard --n 25      # z ~ N(0, I) as sample.py
   sketchlab sample runs/knitter --out healed.npz --condition-on broken.npz --strength 0.3
   sketchlab sample runs/sp --out healed.npz --condition-on test --strength 0.1   # SP-gra2seq, SketchGloc
+  sketchlab sample runs/knitter --out s.npz --classifier runs/clf --sampler rshortcut
 
 The model options are each model's sampling Options; a flag the run's model does not take is
 refused. Writes a pickle-free Sketches npz (raw data units) and a PNG grid beside it.
+
+SketchKnitter's r-Shortcut (--sampler rshortcut) is sketchlab's reconstruction of the paper's
+recognizability shortcut: the released code never trains its predictor (`h_model` gets no
+gradient) and has no shortcut function; --classifier calibrates sketchlab's predictor once.
 """
 
 
@@ -53,6 +74,9 @@ def register_cli(sub) -> None:
                    help="folder of sketch-rnn npz files (one per category); default: built-in doodles")
     p.add_argument("--categories", default=None, help="comma-separated categories (or categories=[...] in --hparams)")
     p.add_argument("--out", required=True, help="run directory (created; resumed if it holds a checkpoint)")
+    p.add_argument("--preset", choices=list(PRESETS), default=None,
+                   help="start from a preset configuration: " + "; ".join(
+                       f"{k}: {v}" for k, v in PRESETS.items()) + " (--hparams apply on top)")
     p.add_argument("--hparams", default=None, help='overrides in the originals\' syntax: "k=v,k=[x,y]"')
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total")
     p.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs")
@@ -75,10 +99,14 @@ def register_cli(sub) -> None:
     s.add_argument("--strength", type=float, default=None, help=_strength_help())
     s.add_argument("--classifier", default=None,
                    help="a `sketchlab classifier train` run: calibrates SketchKnitter's r-Shortcut "
-                        "(--sampler rshortcut) from its recognizability scores, saved into RUN")
+                        "(--sampler rshortcut; sketchlab's reconstruction, the released code never "
+                        "trains its predictor) from its recognizability scores, saved into RUN")
     s.add_argument("--seed", type=int, default=0)
     add_option_flags(s.add_argument_group("model options (each model's sampling Options)"))
-    s.add_argument("--which", choices=["best", "latest"], default="best", help="which checkpoint")
+    s.add_argument("--which", choices=["best", "latest"], default=None,
+                   help="which weights: best (lowest validation loss) or latest (the final ones); "
+                        "default: the model's choice (best; SketchKnitter's faithful mode and "
+                        "paper preset: latest, as the original samples its last checkpoint)")
     s.add_argument("--device", default=None)
     s.set_defaults(func=cmd_sample)
 
@@ -88,15 +116,20 @@ def register_cli(sub) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _config_for_run(cls, out: Path, hparams: str | None):
-    """A fresh config with --hparams applied, or the saved one when resuming `out`."""
+def _config_for_run(cls, out: Path, hparams: str | None, preset_name: str | None = None):
+    """A fresh config (the preset's, or the model's defaults) with --hparams applied, or the
+    saved one when resuming `out`."""
     if (out / "state.pt").is_file():
         info = ckpt.read_run_config(out, expect_model=cls.name)
         cfg = from_dict(cls.Config, info["config"], where=str(out / "config.json"))
         if hparams and apply_hparams(cfg, hparams) != cfg:
             print(f"note: resuming {out}: its saved hyperparameters are used; --hparams ignored")
+        if preset_name and preset_name != info.get("preset"):
+            print(f"note: resuming {out}: its saved configuration (preset "
+                  f"{info.get('preset') or 'none'}) is used; --preset {preset_name} ignored")
         return cfg, info
-    return apply_hparams(cls.Config(), hparams), None
+    base = preset(cls.name, preset_name) if preset_name else cls.Config()
+    return apply_hparams(base, hparams), None
 
 
 def cmd_train(args) -> int:
@@ -113,7 +146,8 @@ def cmd_train(args) -> int:
             categories = parse_categories(v, flag="--hparams categories")
         else:
             rest.append(f"{k}={v}")
-    cfg, saved = _config_for_run(cls, out, ",".join(rest))
+    cfg, saved = _config_for_run(cls, out, ",".join(rest), args.preset)
+    preset_name = args.preset
     if saved is not None:
         if categories and saved.get("categories") and categories != list(saved["categories"]):
             raise ConfigError(f"--categories {','.join(categories)}: {out} was trained on "
@@ -122,8 +156,14 @@ def cmd_train(args) -> int:
         categories = saved.get("categories") or categories
         data_dir = saved.get("data_dir", args.data_dir)
         limit = saved.get("limit_per_category", args.limit_per_category)
+        preset_name = saved.get("preset")
     else:
         data_dir, limit = args.data_dir, args.limit_per_category
+        if preset_name == "paper" and data_dir is not None and not categories:
+            categories = list(paper_categories(cls.name))
+            if categories:
+                print(f"preset paper: the original's categories {','.join(categories)} (give "
+                      f"--categories to choose others)")
     if data_dir is None:
         print("no --data-dir: training on the built-in doodles")
     t0 = time.time()
@@ -134,11 +174,17 @@ def cmd_train(args) -> int:
     print(f"data: {', '.join(f'{k} {len(v)}' for k, v in data.splits.items())} sketches; "
           f"categories {', '.join(data.categories)}; scale factor {data.scale_factor:.4f} "
           f"({time.time() - t0:.1f}s)")
+    left_out = {k: len(raw[k]) - len(v) for k, v in data.splits.items() if k in raw}
+    if any(left_out.values()):
+        print("left out by the model's data filter (empty, too long or degenerate sketches): "
+              + ", ".join(f"{k} {n}" for k, n in left_out.items()))
+    if getattr(data.config, "max_seq_len", 0) > 0:
+        print(f"max_seq_len {data.config.max_seq_len}")
     model = cls(data.config)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{cls.name}: {n_params / 1e6:.2f}M parameters")
     run_info = {"data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
-                "limit_per_category": limit}
+                "limit_per_category": limit, "preset": preset_name}
     max_seconds = None if args.max_minutes is None else 60.0 * args.max_minutes
     device = pick_device(args.device)
     init_distributed(device)             # under torchrun: join the process group (else nothing)

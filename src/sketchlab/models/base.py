@@ -27,6 +27,11 @@ options are the fields of the model's `Options` dataclass (`sketchlab sample` bu
 from them). Asking a model for something it cannot do raises a `ConfigError` that names the
 models that can.
 
+Presets are named starting configurations (`presets(name)` -> {"paper": Config, "cpu": Config}):
+"paper" is the original code as released, every departure switched back and float32 throughout;
+"cpu" trains in under an hour on 2 CPU cores. Each model module defines `paper_config` and
+`cpu_config`; `sketchlab train --preset` applies `--hparams` on top.
+
     model             sample encode heal complete components  heal_option
     sketch-rnn          x      x(1)        x                     -
     rpcl-pix2seq(h)     x      x           x        x            -
@@ -44,6 +49,7 @@ import importlib.util
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Sequence
 
@@ -110,6 +116,38 @@ def models_with_option(option: str) -> list[str]:
             if option in {f.name for f in dataclasses.fields(cls.Options)}]
 
 
+# ---- presets -----------------------------------------------------------------------------------
+# Named starting configurations, `sketchlab train MODEL --preset NAME` (`--hparams` then apply on
+# top). Each model module defines one function per preset, `paper_config(**overrides)` and
+# `cpu_config(**overrides)`, and `PAPER_CATEGORIES`, the category list its original trains on.
+PRESETS: dict[str, str] = {
+    "paper": "the original code as released: the paper's sizes, data settings and every quirk "
+             "the original has (each one listed in the model's docstring), float32 throughout "
+             "(no bf16 autocast in training, validation or sampling)",
+    "cpu": "a small configuration that trains in under an hour on 2 CPU cores (no recurrent "
+           "dropout, so torch's native LSTM kernel runs)",
+}
+
+
+def preset(model_name: str, name: str, **overrides):
+    """The `Config` of preset `name` ("paper" or "cpu") of model `model_name`, with `overrides`."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    module = importlib.import_module(get_model_class(model_name).__module__)
+    return getattr(module, f"{name}_config")(**overrides)
+
+
+def presets(model_name: str) -> dict[str, Any]:
+    """Every preset of `model_name`: {"paper": Config, "cpu": Config}."""
+    return {name: preset(model_name, name) for name in PRESETS}
+
+
+def paper_categories(model_name: str) -> tuple[str, ...]:
+    """The categories the original code trains on by default (its own category list)."""
+    module = importlib.import_module(get_model_class(model_name).__module__)
+    return tuple(getattr(module, "PAPER_CATEGORIES", ()))
+
+
 # ---- sampling options ------------------------------------------------------------------------
 @dataclass
 class SampleOptions:
@@ -173,7 +211,8 @@ class SketchModel(nn.Module):
     # ---- data preparation (before the model exists) -----------------------------------------
     @classmethod
     def filter_sketches(cls, config, sketches: Sketches) -> Sketches:
-        """Clip raw offsets to +-1000 and drop sketches longer than `config.max_seq_len` (if > 0)."""
+        """Clip raw offsets to +-1000 and drop sketches longer than `config.max_seq_len` (if > 0;
+        a warning says how many)."""
         return clip_and_limit(sketches, int(getattr(config, "max_seq_len", 0) or 0))
 
     @classmethod
@@ -185,6 +224,11 @@ class SketchModel(nn.Module):
     def adapt_config(cls, config, splits: dict[str, Sketches]):
         """Return `config` with data-dependent fields filled in (default: unchanged)."""
         return config
+
+    def default_checkpoint(self) -> str:
+        """Which weights of a run directory this model samples from unless told otherwise:
+        "best" (lowest validation loss) or "latest" (the final weights)."""
+        return "best"
 
     def set_data(self, scale_factor: float, categories: Sequence[str] = ()) -> None:
         """What the model keeps of its training data: the offset scale factor (raw units per
@@ -264,6 +308,17 @@ class SketchModel(nn.Module):
         finally:
             self.train(was_training)
         return torch.cat(codes, 0)
+
+    def retrieval_queries(self, sketches: Sketches) -> Sketches:
+        """The generated sketches as the original's retrieval script reads them back before
+        re-encoding them for Ret (default: unchanged)."""
+        return sketches
+
+    @torch.no_grad()
+    def encode_queries(self, sketches: Sketches, batch_size: int = 500) -> torch.Tensor:
+        """The codes of generated sketches re-encoded as Ret queries (`retrieval_queries`, then
+        `encode_sketches`)."""
+        return self.encode_sketches(self.retrieval_queries(sketches), batch_size)
 
     def decode_codes(self, z: torch.Tensor, *, temperature: float | None = None, seed: int = 0,
                      greedy: bool = False) -> Sketches:
@@ -359,10 +414,15 @@ class SketchModel(nn.Module):
         return torch.device("cpu")
 
 
-def clip_and_limit(sketches: Sketches, max_len: int) -> Sketches:
+def clip_and_limit(sketches: Sketches, max_len: int, limit_name: str = "max_seq_len") -> Sketches:
     """The seeds' raw-data filter: drop empty sketches and those longer than `max_len` (when
-    > 0), clip offsets to +-1000."""
+    > 0; a warning says how many, naming the setting `limit_name`), clip offsets to +-1000."""
     keep = [i for i, n in enumerate(sketches.lengths) if n > 0 and (max_len <= 0 or n <= max_len)]
+    if max_len > 0:
+        too_long = int((sketches.lengths > max_len).sum())
+        if too_long:
+            warnings.warn(f"{too_long} of {len(sketches)} sketches are longer than {limit_name}="
+                          f"{max_len} points and are left out", stacklevel=3)
     out = sketches.select(keep) if len(keep) != len(sketches) else sketches
     pts = out.points.copy()
     pts[:, :2] = np.clip(pts[:, :2], -S.RAW_OFFSET_LIMIT, S.RAW_OFFSET_LIMIT)
@@ -370,5 +430,6 @@ def clip_and_limit(sketches: Sketches, max_len: int) -> Sketches:
                     z=out.z, component=out.component, scale_factor=out.scale_factor)
 
 
-__all__ = ["CAPABILITIES", "MODELS", "SampleOptions", "SketchModel", "available", "check_options",
-           "clip_and_limit", "get_model_class", "model_classes", "models_with", "models_with_option"]
+__all__ = ["CAPABILITIES", "MODELS", "PRESETS", "SampleOptions", "SketchModel", "available",
+           "check_options", "clip_and_limit", "get_model_class", "model_classes", "models_with",
+           "models_with_option", "paper_categories", "preset", "presets"]

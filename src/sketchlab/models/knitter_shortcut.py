@@ -4,10 +4,18 @@ trained on a judge's scores, and the mean curve r(t) it gives, stored in the mod
 `SketchKnitter.generate(sampler="rshortcut")` places its few DDIM steps where recognizability
 rises (`nn.diffusion.RecognizabilitySpacing`).
 
-Reconstructed: the original repository never trained its predictor, and the paper's shortcut
-function is not in it. Reads top to bottom: the predictor network, walking sampling
-trajectories, training R_phi, the curve, calibration, and a score function from a sketchlab
-classifier.
+This is sketchlab's reconstruction, not the paper's released method. The released code cannot
+have produced a trained predictor: its recognizability loop (`gaussian_diffusion_acc.py`, which no
+script calls) re-wraps the loss as a new leaf (`Variable(h_loss, requires_grad=True)`) inside
+`no_grad`, so its `h_model` (an RNN that is not in the repository either) never gets a gradient,
+and the paper's shortcut function is not in the repository. What is reconstructed here, from the
+paper's description: R_phi is a bidirectional GRU (2 layers, 256 units) trained with a
+per-sample BCE on a judge's scores (the original used one batch-level accuracy), and the
+shortcut places its S DDIM steps at equal increments of the mean recognizability curve. Numbers
+obtained with it are sketchlab's, not a reproduction of the paper's r-Shortcut rows.
+
+Reads top to bottom: the predictor network, walking sampling trajectories, training R_phi, the
+curve, calibration, and a score function from a sketchlab classifier.
 """
 
 from __future__ import annotations

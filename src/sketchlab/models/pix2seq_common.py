@@ -73,6 +73,9 @@ class Pix2SeqConfig(TrainingConfig):
     # The seeds' (32, 64, 128, 256); smaller only for quick CPU runs (the demo).
     cnn_channels: tuple[int, ...] = (32, 64, 128, 256)
     temperature: float = 0.24            # sample.py's hard-coded tau
+    # Where unconditional codes come from: "learned" (the RPCL-learned mixture prior, the
+    # paper-consistent reading) or "standard" (z ~ N(0, I), what the seeds' sample.py draws).
+    sample_prior: str = "learned"
     fuse_pointwise: bool = True          # torch.compile the cells' per-step pointwise math on CUDA
     kl_decay_rate: float = 0.9999        # KL warm-up w_KL(s) = 1 - 0.999 * kl_decay_rate^s (hard-coded in the seeds)
     # training (train.py of both seeds)
@@ -97,9 +100,10 @@ class Pix2SeqOptions(DecoderOptions):
     component: int | None = field(default=None, metadata={
         "help": "draw z from this prior component instead of the whole prior (RPCL; the level-k "
                 "Gaussian for RPCL-pix2seqH)"})
-    prior: Literal["learned", "standard"] = field(default="learned", metadata={
+    prior: Literal["learned", "standard"] | None = field(default=None, metadata={
         "help": "learned: z from the RPCL-learned mixture prior; standard: z ~ N(0, I), as the "
-                "originals' sample.py draws it"})
+                "originals' sample.py draws it (default: the config's sample_prior, learned; "
+                "the paper preset: standard)"})
 
 
 def zero_touch(*modules: torch.nn.Module) -> Tensor:
@@ -127,6 +131,8 @@ class Pix2SeqBase(CodeDecoder, SketchModel):
         super().__init__(config)
         c = config
         self.require_data_sizes("max_seq_len")
+        if c.sample_prior not in ("learned", "standard"):
+            raise ConfigError(f"sample_prior={c.sample_prior!r}: choose learned or standard")
         if c.png_width % 16:
             raise ConfigError(f"png_width={c.png_width}: the CNNs halve the image four times; "
                               "use a multiple of 16 (the seeds use 48)")
@@ -266,7 +272,8 @@ class Pix2SeqBase(CodeDecoder, SketchModel):
                  options: Pix2SeqOptions | None = None, **overrides) -> Sketches:
         """Sketches conditioned on `references` (normalised Sketches; z = mu of their images), or
         drawn from the prior: the learned one (the whole mixture, or the component / unit the
-        options pin) or, with `prior="standard"`, N(0, I) as the seeds' `sample.py` does.
+        options pin) or, with `prior="standard"`, N(0, I) as the seeds' `sample.py` does
+        (`prior` None: the config's `sample_prior`, unless a component or unit is chosen).
 
         The result carries z, the component (the drawn Gaussian; otherwise the most responsible
         one under the stored prior) and the references' categories."""
@@ -276,7 +283,7 @@ class Pix2SeqBase(CodeDecoder, SketchModel):
         t = self._temperature(opts.temperature, greedy)
         chosen = {k: v for k, v in self.prior_choice(opts).items() if v is not None}
         if references is not None:
-            if chosen or opts.prior != "learned":
+            if chosen or opts.prior == "standard":
                 flags = ", ".join(f"--{k}" for k in chosen) or "--prior"
                 raise ConfigError(f"conditional generation takes its codes from the references; "
                                   f"drop {flags} (or the references) to sample from the prior")
@@ -288,7 +295,8 @@ class Pix2SeqBase(CodeDecoder, SketchModel):
                 raise ConfigError("give n (how many sketches) or references to condition on")
             n = int(n)
             prior_gen = torch.Generator().manual_seed(int(seed))
-            if opts.prior == "standard":
+            prior = opts.prior or ("learned" if chosen else self.config.sample_prior)
+            if prior == "standard":
                 if chosen:
                     raise ConfigError(f"prior='standard' is N(0, I), which has no "
                                       f"{' or '.join(chosen)} to choose")
@@ -309,7 +317,7 @@ class Pix2SeqBase(CodeDecoder, SketchModel):
         starts with its prefix and carries z and its component."""
         opts = self.make_options(options, **overrides)
         chosen = [k for k, v in self.prior_choice(opts).items() if v is not None]
-        if chosen or opts.prior != "learned":
+        if chosen or opts.prior == "standard":
             raise ConfigError("completion takes its code from the prefix; drop "
                               f"{', '.join(chosen) or 'prior'}")
         return self.complete_prefixes(prefix, n_per_prefix,

@@ -22,6 +22,13 @@ from `pix2seq_common`), loss, labels and sampling, and the small CPU demo config
   then the seed's clip to [1e-5, 1]): identical to the seed wherever its float64 exp does not
   underflow, and near-one-hot instead of uniform where it does. `faithful_posterior=True` gives
   the seed's arithmetic.
+
+What differs from the seed, and the switch (`paper_config` sets every one to the seed's):
+* the posterior's arithmetic above (`faithful_posterior=True`);
+* bf16 autocast of the sequence decoder on CUDA (`amp=False`: float32 as the seed);
+* unconditional samples come from the learned prior by default; the seed's `sample.py` draws
+  z ~ N(0, I) (`sample_prior="standard"`, or per call the sampling option `prior="standard"`,
+  `sketchlab sample --prior standard`).
 """
 
 from __future__ import annotations
@@ -107,6 +114,29 @@ class RPCLPix2Seq(Pix2SeqBase):
     def sample_prior(self, n, generator, options):
         return self.prior.sample(n, component=options.component, generator=generator)
 
+# The seed's `get_default_hparams` category list (its README's example trains bee, bus).
+PAPER_CATEGORIES = ("bee", "bus", "flower", "giraffe", "pig")
+
+
+def paper_config(**overrides) -> Config:
+    """The seed's `train.py` as released: its code defaults (batch 200, HyperLSTM 2048, z 128,
+    K = 5 x 2, Adam beta1 0.5, lr 1e-3 decaying 0.9999^(s/3), early stopping rewinding to the
+    best checkpoint, T = the longest sketch of the data), the seed's posterior arithmetic
+    (`faithful_posterior=True`), unconditional samples from N(0, I) as its `sample.py`
+    (`sample_prior="standard"`; `--prior learned` samples the learned mixture) and float32
+    everywhere (`amp=False`)."""
+    base = Config(faithful_posterior=True, sample_prior="standard", amp=False)
+    return dataclasses.replace(base, **overrides)
+
+
+def cpu_config(**overrides) -> Config:
+    """A configuration that trains in under an hour on 2 CPU cores (`demo_config`'s sizes on real
+    data: sketches up to 150 points, RPCL from step 500 as the seed, 5,000 steps at 0.34 s of one
+    core each, validation on 20 batches every 250 steps)."""
+    return demo_config(**{"max_seq_len": 150, "rpcl_start": 500, "max_steps": 5000,
+                          "eval_every": 250, "max_valid_batches": 20, **overrides})
+
+
 def demo_config(**overrides) -> Config:
     """A small configuration that learns the built-in doodles on a CPU in a few minutes (for
     `sketchlab demo`): CNN widths (8, 16, 32, 64), an LSTM-256 decoder without recurrent dropout
@@ -120,4 +150,5 @@ def demo_config(**overrides) -> Config:
     return dataclasses.replace(base, **overrides)
 
 
-__all__ = ["Config", "Options", "RPCLPix2Seq", "demo_config"]
+__all__ = ["Config", "Options", "PAPER_CATEGORIES", "RPCLPix2Seq", "cpu_config", "demo_config",
+           "paper_config"]

@@ -18,6 +18,17 @@ The networks, data and sampling are RPCL-pix2seq's (`pix2seq_common`). What diff
   The branch a step skips still receives zero gradients (`zero_touch`), so Adam moves it by
   momentum as TF's Adam does. `de_weight` does not exist here (the seed ignores it).
 * Evaluation computes every term; its "loss" is the sequence-phase total.
+
+What differs from the seed, and the switch (`paper_config` sets every one to the seed's):
+* bf16 autocast of the sequence decoder on CUDA (`amp=False`: float32 as the seed);
+* validation every epoch, as the seed, but an evaluation inside the image phase (s < 1000)
+  never counts against patience (`patience_start`; the seed's first validation comes after a
+  whole epoch anyway);
+* latent labels come from the stored prior (the seed's `sample.py` reads them off a
+  batch-updated posterior, spec 7.4);
+* unconditional samples come from the learned prior by default; the seed's `sample.py` draws
+  z ~ N(0, I) (`sample_prior="standard"`, or per call `prior="standard"`, `sketchlab sample
+  --prior standard`).
 """
 
 from __future__ import annotations
@@ -142,6 +153,28 @@ class RPCLPix2SeqH(Pix2SeqBase):
                                     generator=generator)
         return z, j
 
+# The seed's `get_default_hparams` category list.
+PAPER_CATEGORIES = ("bee", "bus", "car", "cat", "flower", "giraffe", "horse", "pig")
+
+
+def paper_config(**overrides) -> Config:
+    """The seed's `train.py` as released: its code defaults (batch 200, HyperLSTM 2048, z 128,
+    J = I = 16, Adam beta1 0.5, the image phase for s < 1000, early stopping rewinding to the
+    best checkpoint, T = the longest sketch of the data), unconditional samples from N(0, I) as
+    its `sample.py` (`sample_prior="standard"`), every validation counted against patience as
+    the seed's (`patience_start=0`) and float32 everywhere (`amp=False`)."""
+    base = Config(sample_prior="standard", patience_start=0, amp=False)
+    return dataclasses.replace(base, **overrides)
+
+
+def cpu_config(**overrides) -> Config:
+    """A configuration that trains in under an hour on 2 CPU cores (`demo_config`'s sizes on real
+    data: sketches up to 150 points, the seed's 1,000-step image phase, 5,000 steps of at most
+    0.34 s of one core each, validation on 20 batches every 250 steps)."""
+    return demo_config(**{"max_seq_len": 150, "image_phase_steps": 1000, "max_steps": 5000,
+                          "eval_every": 250, "max_valid_batches": 20, **overrides})
+
+
 def demo_config(**overrides) -> Config:
     """A small CPU configuration for `sketchlab demo` on the built-in doodles (see
     `rpcl_pix2seq.demo_config`): CNN widths (8, 16, 32, 64), LSTM-256, z 32, J = I = 16,
@@ -154,4 +187,5 @@ def demo_config(**overrides) -> Config:
     return dataclasses.replace(base, **overrides)
 
 
-__all__ = ["Config", "Options", "RPCLPix2SeqH", "demo_config"]
+__all__ = ["Config", "Options", "PAPER_CATEGORIES", "RPCLPix2SeqH", "cpu_config", "demo_config",
+           "paper_config"]

@@ -8,26 +8,43 @@ SDEdit: noise a given sketch to an intermediate step and denoise it (spec 7.3).
 
 Two modes (`Config.faithful`):
 
-* ``faithful=True`` reproduces the original code (spec 1-5): sketches padded with (0, 0, 0) rows
-  to 96 points, no mask, the loss covers the padding, the scale factor is the std of all three
-  columns (B3), x0_hat is clamped to [-1, 1] (B2), every sample has 96 points. The inverted pen
-  decoding of `sample.py` (B1) is *not* copied: pen = softmax(logits)[..., 1] >= pen_break.
+* ``faithful=True`` reproduces the original code (`train.py`, `sample.py`): sketches padded with
+  (0, 0, 0) rows to 96 points, no mask, the loss covers the padding, the scale factor is the std
+  of all three columns (B3), x0_hat is clamped to [-1, 1] (B2), every sample has 96 points, the
+  pen is decoded as `sample.py`'s `bin_pen` does (B1: lifted where the RAW class-0 logit >=
+  pen_break; 0.5 in `sample.py`, 0.1 in `sample.sh`), the EMA runs at 0.9999 from step 0 with no
+  warm-up, and samples come from the final weights (the original samples the last checkpoint it
+  wrote; it never validates).
 * ``faithful=False`` (default, corrected): padding rows are masked out of the loss and held at
   exactly zero (never noised), the network is told which rows are real (a mask feature next to
   (dx, dy)), the sketch length is drawn from the training lengths at sampling time, the scale
-  factor is the std of dx, dy only (as sketch-rnn), and x0_hat is not clamped unless asked.
+  factor is the std of dx, dy only (as sketch-rnn), x0_hat is clamped only to the data's bound,
+  the pen is lifted where P(lift) = softmax(logits)[..., 1] >= pen_break, the EMA warms up
+  (d = min(rate, (1+n)/(10+n)), so minutes-long runs do not sample from nearly random weights),
+  and samples come from the best checkpoint (lowest validation loss of the non-EMA weights).
+
+Each of those has its own switch, whatever the mode: `pen_decoding` ("probability" |
+"original"; also a sampling option), `ema_warmup`, `sample_from` ("best" | "latest";
+`runs.open_run` and `sketchlab sample` follow it), `clip_x0`. Samples use the EMA weights (A12).
 
 Sampling options (`Options`): the sampler and its steps, spacing, eta and clamp, the EMA weights,
-the pen threshold, the refinement noise level t0/T (`noise_level`, what `heal(strength=...)`
-sets), and the fast path (bf16 shadow weights, CUDA graphs, torch.compile). The r-Shortcut's
-recognizability predictor and its calibration live in `sketchlab.models.knitter_shortcut`.
+the pen rule and threshold, the refinement noise level t0/T (`noise_level`, what
+`heal(strength=...)` sets), and the fast path (low-precision shadow weights, CUDA graphs,
+torch.compile). The fast path's weights are bf16 on CUDA when the config's `amp` is on (the
+default), float32 otherwise (the original and `paper_config` are float32 throughout).
 
-Both use the original's points-as-channels UNet (20.33M parameters at the defaults), which the
-speed comparison with the original needs anyway; `layout="sequence"` is an optional variant.
+The r-Shortcut is sketchlab's reconstruction, not the released code: the original's
+recognizability loop (`gaussian_diffusion_acc.py`) never trains its predictor `h_model` (it gets
+no gradient: the loss is re-wrapped as a new leaf inside `no_grad`), and the paper's shortcut
+function is not in the repository. Its predictor and calibration live in
+`sketchlab.models.knitter_shortcut`.
 
-EMA: the original averages with rate 0.9999 and no warm-up; here the rate is configurable and a
-warm-up (d = min(rate, (1+n)/(10+n))) is on by default, because minutes-long runs would
-otherwise sample from nearly random weights. Samples use the EMA weights (A12).
+Both modes use the original's points-as-channels UNet (20.33M parameters at the defaults), which
+the speed comparison with the original needs anyway; `layout="sequence"` is an optional variant.
+
+What differs from the original when `faithful=False`, beyond the list above: optional training
+augmentation (off by default, as the original), validation every `eval_every` steps (the
+original never validates), bf16 autocast in training on CUDA (`amp`).
 """
 
 from __future__ import annotations
@@ -55,8 +72,15 @@ from sketchlab.nn.diffusion import (
 from sketchlab.nn.ema import EMA
 from sketchlab.nn.unet1d import UNet1D
 
-__all__ = ["Config", "Options", "config_from_original", "SketchKnitter", "decode_pen",
-           "faithful_scale_factor", "length_mask"]
+__all__ = ["Config", "Options", "PAPER_CATEGORIES", "PEN_DECODINGS", "config_from_original",
+           "SketchKnitter", "cpu_config", "decode_pen", "faithful_scale_factor", "length_mask",
+           "paper_config"]
+
+# How pen states are read off the pen head's logits: "probability" lifts where
+# softmax(logits)[..., 1] >= pen_break; "original" is `sample.py`'s `bin_pen` (B1), which lifts
+# where the raw class-0 ("pen stays down") logit >= pen_break.
+PEN_DECODINGS = ("probability", "original")
+CHECKPOINTS = ("best", "latest")
 
 
 @dataclass
@@ -74,6 +98,10 @@ class Config(TrainingConfig):
     num_res_blocks: int = 2             # code default 2 (20.33M); the scripts say 3 (26.53M)
     num_heads: int = 4
     dropout: float = 0.0
+    # Class-conditional (the original's `class_cond`, from improved-diffusion: a label embedding
+    # added to the timestep embedding); num_classes is filled in from the data's categories.
+    class_cond: bool = False
+    num_classes: int = 0
     # --- diffusion (spec 4) ---
     diffusion_steps: int = 1000
     noise_schedule: str = "linear"
@@ -88,7 +116,9 @@ class Config(TrainingConfig):
     # it, few-step DDIM (eta 0) on a young model overshoots: on a CPU apple model DDIM-30 drew
     # |offsets| 3.2x the data's, 1.7x with the data bound, while DDPM was unchanged. None: no clamp.
     clip_x0: float | str | None = "auto"
-    pen_break: float = 0.5              # pen lifted where softmax(logits)[..., 1] >= pen_break
+    pen_break: float = 0.5              # the threshold of the pen rule (sample.py 0.5, sample.sh 0.1)
+    pen_decoding: str | None = None     # "probability" | "original"; None: original when faithful
+    sample_from: str | None = None      # "best" | "latest" weights; None: latest when faithful
     use_ema: bool = True
     # --- optimisation (spec 4.4): AdamW, constant lr 1e-4, no clipping ---
     learning_rate: float = 1e-4
@@ -104,10 +134,28 @@ class Config(TrainingConfig):
     eval_every: int = 1000              # the original never validates; we keep the best EMA-free loss
     patience: int = 0
     ema_rate: float = 0.9999
-    ema_warmup: bool = True
+    ema_warmup: bool | None = None      # None: on, off when faithful (the original: 0.9999 from step 0)
     # --- r-Shortcut recognizability predictor (spec 6.3) ---
     recognizer_hidden: int = 256
     recognizer_layers: int = 2
+
+    @property
+    def pen_rule(self) -> str:
+        """The pen decoding in effect (`pen_decoding`, else by mode)."""
+        if self.pen_decoding is not None:
+            return self.pen_decoding
+        return "original" if self.faithful else "probability"
+
+    @property
+    def ema_warms_up(self) -> bool:
+        return (not self.faithful) if self.ema_warmup is None else bool(self.ema_warmup)
+
+    @property
+    def checkpoint(self) -> str:
+        """The weights samples come from by default (`sample_from`, else by mode)."""
+        if self.sample_from is not None:
+            return self.sample_from
+        return "latest" if self.faithful else "best"
 
     @property
     def clip(self) -> float | None:
@@ -130,7 +178,8 @@ class Options(SampleOptions):
     batch_size: int = field(default=256, metadata={"help": "how many sketches are drawn at once"})
     sampler: Literal["ddpm", "ddim", "rshortcut"] | Sampler | None = field(default=None, metadata={
         "help": "diffusion sampler (SketchKnitter): ddpm (ancestral), ddim, or rshortcut (DDIM "
-                "on the recognizability schedule; needs --classifier once); or a ready Sampler"})
+                "on the recognizability schedule, sketchlab's reconstruction of the paper's "
+                "shortcut; needs --classifier once); or a ready Sampler"})
     steps: int | str | Sequence[int] | None = field(default=None, metadata={
         "help": "diffusion sampling steps (SketchKnitter; default: all T for ddpm/ddim, 30 for "
                 "rshortcut); also the original's strings (ddim30, 10,10,10) or explicit timesteps"})
@@ -146,10 +195,18 @@ class Options(SampleOptions):
     use_ema: bool | None = field(default=None, metadata={
         "help": "sample with the EMA weights (SketchKnitter; default: the config's, on)"})
     pen_break: float | None = field(default=None, metadata={
-        "help": "pen lifted where P(lift) >= this (SketchKnitter; default: the config's 0.5)"})
+        "help": "the pen rule's threshold (SketchKnitter; default: the config's 0.5; sample.sh "
+                "uses 0.1)"})
+    pen_decoding: Literal["probability", "original"] | None = field(default=None, metadata={
+        "help": "SketchKnitter's pen rule: probability (lift where P(lift) >= pen-break) or "
+                "original (sample.py: lift where the raw class-0 logit >= pen-break); default: "
+                "the config's (original when faithful)"})
     noise_level: float = field(default=0.5, metadata={
         "help": "SketchKnitter: refinement noise level t0/T in [0, 1] for the reference "
                 "sketches (SDEdit; 0 returns them unchanged)"})
+    category: int | str | None = field(default=None, metadata={
+        "help": "the category to draw (class-conditional SketchKnitter: a name or an index; "
+                "default: the categories in turn; references keep their own)"})
     extra_points: int = field(default=0, metadata={
         "help": "free rows appended to each reference sketch for refinement (SketchKnitter)"})
     fast: bool | None = field(default=None, metadata={
@@ -160,15 +217,15 @@ class Options(SampleOptions):
                 "e.g. max-autotune-no-cudagraphs"})
     fast_dtype: Literal["bfloat16", "float16", "float32"] | torch.dtype | None = field(
         default=None, metadata={
-            "help": "the fast path's weight precision (SketchKnitter; default: bfloat16 on CUDA, "
-                    "float32 on a CPU)"})
+            "help": "the fast path's weight precision (SketchKnitter; default: bfloat16 on CUDA "
+                    "unless the config's amp is off, float32 on a CPU)"})
 
 
 # The original's flags (script_util / train.py / sample.py) that sketchlab ignores: they have no
-# effect there (attention_resolutions, B9), are replaced (use_fp16 -> bf16 autocast) or are
-# bookkeeping of its scripts.
+# effect there (attention_resolutions, B9) or are bookkeeping of its scripts. (use_fp16 maps to
+# `amp`: its broken fp16 path (B7) becomes bf16 autocast; without it the original is float32.)
 _ORIGINAL_IGNORED = {
-    "attention_resolutions", "use_checkpoint", "use_fp16", "num_heads_upsample", "microbatch",
+    "attention_resolutions", "use_checkpoint", "num_heads_upsample", "microbatch",
     "rescale_timesteps", "rescale_learned_sigmas", "log_interval", "save_interval",
     "resume_checkpoint", "fp16_scale_growth", "lr_anneal_steps", "model_path", "num_samples",
     "data_dir", "schedule_sampler", "in_channels",
@@ -177,7 +234,8 @@ _ORIGINAL_IGNORED = {
 
 def config_from_original(flags: dict, **overrides) -> Config:
     """A Config from the original's command-line flags (`--image_size 96 --num_res_blocks 3
-    --diffusion_steps 1000 --use_ddim True --timestep_respacing ddim30 ...`), faithful by default.
+    --diffusion_steps 1000 --use_ddim True --timestep_respacing ddim30 ...`), faithful by default
+    and float32 unless `--use_fp16 True` (then bf16 autocast).
 
     Unsupported settings of the original (learn_sigma, class_cond, use_kl, predict_xstart,
     use_scale_shift_norm=False) raise a ConfigError naming the flag.
@@ -185,9 +243,9 @@ def config_from_original(flags: dict, **overrides) -> Config:
     def as_bool(v):
         return v if isinstance(v, bool) else str(v).strip().lower() in ("1", "true", "yes")
 
-    out: dict = {"faithful": True}
+    out: dict = {"faithful": True, "amp": as_bool(flags.get("use_fp16", False))}
     for key, value in flags.items():
-        if key in _ORIGINAL_IGNORED:
+        if key in _ORIGINAL_IGNORED or key == "use_fp16":
             continue
         if key in ("image_size", "num_channels"):
             n = int(value)
@@ -212,7 +270,9 @@ def config_from_original(flags: dict, **overrides) -> Config:
             out["sample_steps"] = str(value) or None
         elif key == "clip_denoised":
             out["clip_x0"] = 1.0 if as_bool(value) else None
-        elif key in ("learn_sigma", "class_cond", "use_kl", "predict_xstart"):
+        elif key == "class_cond":
+            out["class_cond"] = as_bool(value)
+        elif key in ("learn_sigma", "use_kl", "predict_xstart"):
             if as_bool(value):
                 raise ConfigError(f"--{key} True is not supported (the original cannot use it "
                                   "either: spec 4.2, B8, 1.4)")
@@ -236,12 +296,18 @@ def faithful_scale_factor(sketches: Sequence[np.ndarray]) -> float:
     return std
 
 
-def decode_pen(logits: torch.Tensor, pen_break: float = 0.5) -> torch.Tensor:
-    """Pen lifted (1.0) where P(lift) = softmax(logits)[..., 1] >= pen_break (spec 5.5).
+def decode_pen(logits: torch.Tensor, pen_break: float = 0.5, rule: str = "probability") -> torch.Tensor:
+    """Pen states (1.0 = lifted) from the pen head's logits (..., 2).
 
-    The original thresholded the raw class-0 logit instead (B1); this is the corrected rule.
+    "probability" (corrected): lifted where P(lift) = softmax(logits)[..., 1] >= pen_break.
+    "original": `sample.py`'s `bin_pen` (B1), which thresholds column 2 of cat(sample, logits),
+    i.e. the RAW logit of class 0 ("pen stays down"): lifted where logits[..., 0] >= pen_break.
     """
-    return (torch.softmax(logits.float(), dim=-1)[..., 1] >= pen_break).float()
+    if rule == "probability":
+        return (torch.softmax(logits.float(), dim=-1)[..., 1] >= pen_break).float()
+    if rule == "original":
+        return (logits[..., 0].float() >= pen_break).float()
+    raise ConfigError(f"pen decoding {rule!r}: choose one of {', '.join(PEN_DECODINGS)}")
 
 
 class SketchKnitter(SketchModel):
@@ -257,13 +323,19 @@ class SketchKnitter(SketchModel):
         cfg = self.config
         if cfg.num_points < 1:
             raise ConfigError(f"num_points must be >= 1, got {cfg.num_points}")
+        if cfg.pen_decoding is not None and cfg.pen_decoding not in PEN_DECODINGS:
+            raise ConfigError(f"pen_decoding={cfg.pen_decoding!r}: choose one of "
+                              f"{', '.join(PEN_DECODINGS)}")
+        if cfg.sample_from is not None and cfg.sample_from not in CHECKPOINTS:
+            raise ConfigError(f"sample_from={cfg.sample_from!r}: choose one of {', '.join(CHECKPOINTS)}")
         self.diffusion = GaussianDiffusion.named(cfg.noise_schedule, cfg.diffusion_steps)
         self.unet = UNet1D(
             num_points=cfg.num_points, in_features=2 if cfg.faithful else 3,
             model_channels=cfg.model_channels, lift_dim=cfg.lift_dim,
             channel_mult=tuple(cfg.channel_mult), num_res_blocks=cfg.num_res_blocks,
-            num_heads=cfg.num_heads, dropout=cfg.dropout, layout=cfg.layout)
-        self.ema = EMA(self.unet, cfg.ema_rate, cfg.ema_warmup)
+            num_heads=cfg.num_heads, dropout=cfg.dropout, layout=cfg.layout,
+            num_classes=cfg.num_classes if cfg.class_cond else 0)
+        self.ema = EMA(self.unet, cfg.ema_rate, cfg.ema_warms_up)
         # Data statistics saved with the weights: the offset scale the data were divided by,
         # the training length histogram (lengths are drawn from it at sampling time) and the
         # r-Shortcut's mean recognizability curve (all zeros until `calibrate_shortcut`).
@@ -284,6 +356,11 @@ class SketchKnitter(SketchModel):
     def scale_factor(self, value: float) -> None:
         self.data_scale.fill_(float(value))
 
+    def default_checkpoint(self) -> str:
+        """The weights `runs.open_run` loads unless told otherwise: the config's `sample_from`
+        (faithful: the final weights, as the original samples its last checkpoint)."""
+        return self.config.checkpoint
+
     def keep_sketch(self, sketch: np.ndarray) -> bool:
         """The original's filter: 0 < L <= N (longer sketches are dropped, not truncated)."""
         return 0 < len(sketch) <= self.config.num_points
@@ -291,7 +368,7 @@ class SketchKnitter(SketchModel):
     @classmethod
     def filter_sketches(cls, config, sketches):
         """The original's `purify`: keep 0 < L <= num_points (the 96 is the UNet's channels)."""
-        return clip_and_limit(sketches, config.num_points)
+        return clip_and_limit(sketches, config.num_points, "num_points")
 
     @classmethod
     def compute_scale_factor(cls, config, train_sketches: Sequence[np.ndarray]) -> float:
@@ -302,7 +379,13 @@ class SketchKnitter(SketchModel):
 
     @classmethod
     def adapt_config(cls, config, splits):
-        """Fill in the data bound of clip_x0="auto" (clean mode) from the normalised train split."""
+        """Fill in the number of classes (class-conditional) and the data bound of
+        clip_x0="auto" (clean mode) from the normalised train split."""
+        if config.class_cond and "train" in splits:
+            n_classes = len(splits["train"].category_names)
+            if n_classes < 1:
+                raise DataError("class_cond: the training sketches carry no categories")
+            config = dataclasses.replace(config, num_classes=n_classes)
         if config.clip_x0 != "auto" or config.faithful or "train" not in splits:
             return config
         pts = splits["train"].points
@@ -361,15 +444,27 @@ class SketchKnitter(SketchModel):
     # ---------------------------------------------------------------------------------------
     # Network wrapper and loss
     # ---------------------------------------------------------------------------------------
-    def _denoiser(self, net: nn.Module):
-        """(x_t, original timesteps, mask) -> (eps, pen logits) for the UNet `net`."""
+    def _denoiser(self, net: nn.Module, labels: torch.Tensor | None = None):
+        """(x_t, original timesteps, mask) -> (eps, pen logits) for the UNet `net`; a
+        class-conditional net reads the class of each row from `labels` (read at call time, so a
+        captured step sees new labels copied into the same tensor)."""
         faithful = self.config.faithful
         scale = self.diffusion.scale_timesteps
 
         def denoise(x, t, mask):
             inp = x if faithful else torch.cat([x, mask[..., None].to(x.dtype)], dim=-1)
-            return net(inp, scale(t))
+            return net(inp, scale(t)) if labels is None else net(inp, scale(t), y=labels)
         return denoise
+
+    def batch_labels(self, batch: dict) -> torch.Tensor | None:
+        """The class of each sketch of a batch for a class-conditional model (the trainer's
+        `category`), None for an unconditional one."""
+        if not self.config.class_cond:
+            return None
+        if "category" not in batch:
+            raise DataError("a class-conditional SketchKnitter trains on sketches with categories "
+                            "(the batch has none)")
+        return batch["category"].to(self.data_scale.device, torch.long)
 
     def _loss_mask(self, valid: torch.Tensor) -> torch.Tensor:
         # Faithful: every row, padding included, is data (spec 1.4, 4.3).
@@ -392,7 +487,7 @@ class SketchKnitter(SketchModel):
         if noise is None:
             noise = torch.randn_like(x0)
         x_t = self.diffusion.q_sample(x0, t, noise) * m[..., None]
-        eps, logits = self._denoiser(self.unet)(x_t, t, m)
+        eps, logits = self._denoiser(self.unet, self.batch_labels(batch))(x_t, t, m)
         sq = (eps.float() - noise).square().sum(-1) * m
         mse = sq.sum(1) / (x0.shape[-1] * m.sum(1).clamp_min(1))
         ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), pen.reshape(-1),
@@ -471,7 +566,8 @@ class SketchKnitter(SketchModel):
 
     def _runner(self, net: nn.Module, batch: int, device: torch.device, compile: bool | str,
                 dtype: torch.dtype, clip: float | None):
-        """The bf16 + CUDA-graph step for `net`, cached per (net, batch, device, clip, dtype)."""
+        """The bf16 + CUDA-graph step for `net`, cached per (net, batch, device, clip, dtype),
+        and its static label tensor (class-conditional; copy each batch's labels into it)."""
         key = (id(net), batch, str(device), clip, compile, dtype)
         entry = self._fast_cache.get(key)
         if entry is None:
@@ -480,12 +576,44 @@ class SketchKnitter(SketchModel):
             # the step is captured as a CUDA graph here, so not "reduce-overhead"/"max-autotune")
             mode = compile if isinstance(compile, str) else None
             fn = torch.compile(shadow, dynamic=False, mode=mode) if compile else shadow
-            runner = StepRunner(self._denoiser(fn), (batch, self.config.num_points, 2), device,
-                                clip, use_graph=device.type == "cuda")
-            entry = self._fast_cache[key] = (shadow, runner)
-        shadow, runner = entry
+            labels = (torch.zeros(batch, dtype=torch.long, device=device)
+                      if self.config.class_cond else None)
+            runner = StepRunner(self._denoiser(fn, labels), (batch, self.config.num_points, 2),
+                                device, clip, use_graph=device.type == "cuda")
+            entry = self._fast_cache[key] = (shadow, runner, labels)
+        shadow, runner, labels = entry
         sync_shadow(shadow, net)
-        return runner
+        return runner, labels
+
+    def sample_labels(self, n: int, category, references) -> np.ndarray | None:
+        """Each new sketch's class (class-conditional): the references' own, the requested
+        `category` (a name or an index), or the categories in turn."""
+        if not self.config.class_cond:
+            if category is not None:
+                raise ConfigError("--category needs a class-conditional SketchKnitter "
+                                  "(trained with class_cond=1)")
+            return None
+        names = list(self.categories)
+        k = self.config.num_classes
+        if isinstance(references, Sketches) and references.category is not None:
+            lookup = {name: i for i, name in enumerate(names)}
+            own = [references.category_name(i) for i in range(len(references))]
+            unknown = sorted({c for c in own if c not in lookup})
+            if unknown:
+                raise DataError(f"references of categories {unknown} that this model was not "
+                                f"trained on ({', '.join(names)})")
+            return np.array([lookup[c] for c in own], np.int64)
+        if category is None:
+            return np.arange(n, dtype=np.int64) % k
+        if isinstance(category, str) and not category.lstrip("-").isdigit():
+            if category not in names:
+                raise ConfigError(f"--category {category!r}: this model draws "
+                                  f"{', '.join(names) or f'classes 0..{k - 1}'}")
+            return np.full(n, names.index(category), np.int64)
+        index = int(category)
+        if not 0 <= index < k:
+            raise ConfigError(f"--category {index}: choose 0..{k - 1} ({', '.join(names)})")
+        return np.full(n, index, np.int64)
 
     def draw_lengths(self, n: int, generator) -> np.ndarray:
         """n sketch lengths from the training length histogram (all num_points when faithful)."""
@@ -515,7 +643,8 @@ class SketchKnitter(SketchModel):
         are spread ("ddim" stride as the original's "ddimK", "even", "linear" = range(0, T,
         T//S), "quadratic"), or an explicit list; temperature scales the initial and the
         injected noise. `fast` (default: on CUDA) runs a `fast_dtype` copy of the weights
-        (default bf16 on CUDA, fp32 on CPU, which has no fast bf16), each step on static
+        (default bf16 on CUDA unless the config's amp is off, fp32 on CPU, which has no fast
+        bf16), each step on static
         buffers, captured as a CUDA graph on CUDA (`compile` adds torch.compile).
 
         Run-time arguments: `lengths` of the new sketches (default: drawn from the training
@@ -541,10 +670,14 @@ class SketchKnitter(SketchModel):
         fast = device.type == "cuda" if opts.fast is None else bool(opts.fast)
         fast_dtype = opts.fast_dtype
         if fast_dtype is None:
-            fast_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+            # bf16 is the fast default on CUDA; amp=False (the original, `paper_config`) samples
+            # in float32 like everything else
+            low = device.type == "cuda" and c.amp
+            fast_dtype = torch.bfloat16 if low else torch.float32
         elif isinstance(fast_dtype, str):
             fast_dtype = getattr(torch, fast_dtype)
         pen_break = c.pen_break if opts.pen_break is None else opts.pen_break
+        pen_rule = c.pen_rule if opts.pen_decoding is None else opts.pen_decoding
         clip = self.clip(opts.clip_x0)
         batch_size = int(opts.batch_size)
         if temperature < 0:
@@ -571,8 +704,10 @@ class SketchKnitter(SketchModel):
                                     clip_x0=opts.clip_x0)
         t_start = smp.timesteps[0]
 
+        y = self.sample_labels(n, opts.category, references)
         outs, pens = [], []
-        runner = self._runner(net, batch_size, device, opts.compile, fast_dtype, clip) if fast else None
+        runner, static_labels = ((self._runner(net, batch_size, device, opts.compile, fast_dtype,
+                                               clip)) if fast else (None, None))
         for lo in range(0, n, batch_size):
             hi = min(lo + batch_size, n)
             rows = batch_size if runner is not None else hi - lo
@@ -592,15 +727,27 @@ class SketchKnitter(SketchModel):
                 t = torch.full((rows,), t_start, device=device, dtype=torch.long)
                 x = self.diffusion.q_sample(xc, t, noise * temperature)
             x = x * mask[..., None]
+            labels = None
+            if y is not None:
+                labels = torch.zeros(rows, dtype=torch.long, device=device)
+                labels[:hi - lo] = torch.from_numpy(y[lo:hi]).to(device)
             if runner is not None:
+                if static_labels is not None:
+                    static_labels.copy_(labels)
                 x0, pen = runner.run(smp, x, mask, generator, temperature, callback, progress,
                                      rows=hi - lo)
             else:
-                x0, pen = reverse_loop(self._denoiser(net), smp, x, mask, generator, temperature,
-                                       callback, progress)
+                x0, pen = reverse_loop(self._denoiser(net, labels), smp, x, mask, generator,
+                                       temperature, callback, progress)
             outs.append(x0[:hi - lo].float().cpu())
             pens.append(pen[:hi - lo].float().cpu())
-        out = self.to_sketches(torch.cat(outs), decode_pen(torch.cat(pens), pen_break), lengths_arr)
+        out = self.to_sketches(torch.cat(outs), decode_pen(torch.cat(pens), pen_break, pen_rule),
+                               lengths_arr)
+        if y is not None and references is None:       # each new sketch is of the class drawn
+            out.category = y
+            out.category_names = tuple(self.categories) or tuple(
+                str(k) for k in range(self.config.num_classes))
+            return out
         return self.label_samples(out, _labelled(references))
 
     @torch.no_grad()
@@ -681,7 +828,11 @@ class SketchKnitter(SketchModel):
         x_t = self.diffusion.q_sample(x0, tt, torch.zeros_like(x0)) * m[..., None]
         net = self._net(use_ema)
         inp = x_t if self.config.faithful else torch.cat([x_t, m[..., None]], -1)
-        _, _, middle = net(inp, self.diffusion.scale_timesteps(tt), return_features=True)
+        labels = None
+        if self.config.class_cond:   # features given the sketch's class when known (else class 0)
+            labels = (self.batch_labels(batch) if "category" in batch
+                      else torch.zeros(x0.shape[0], dtype=torch.long, device=device))
+        _, _, middle = net(inp, self.diffusion.scale_timesteps(tt), return_features=True, y=labels)
         return middle.float().mean(-1)
 
 
@@ -698,3 +849,31 @@ def length_mask(lengths: np.ndarray, n: int) -> torch.Tensor:
 def _randn(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     dev = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=dev).to(device)
+
+
+# ---- presets ---------------------------------------------------------------------------------
+# `train.py` hard-codes `category=["moon.npz"]`; its README lists moon, airplane, fish, umbrella,
+# train, spider, shoe, apple, lion, bus.
+PAPER_CATEGORIES = ("moon",)
+
+
+def paper_config(**overrides) -> Config:
+    """The original code as released (`train.py` with `model_and_diffusion_defaults`, sampled as
+    `sample.py`): `faithful=True` (padding as data, the pen-inclusive scale factor, x0 clamped to
+    [-1, 1], `bin_pen`'s pen rule at 0.5, EMA 0.9999 from step 0, samples from the final weights),
+    the code's UNet (num_res_blocks 2: 20.33M parameters; the scripts' 3 is `num_res_blocks=3`),
+    T = 1000 linear, AdamW 1e-4, batch 4, 50,001 steps, DDPM over all 1,000 steps, float32
+    everywhere (`amp=False`: training and the sampling fast path)."""
+    return dataclasses.replace(Config(faithful=True, amp=False), **overrides)
+
+
+def cpu_config(**overrides) -> Config:
+    """A configuration that trains in under an hour on 2 CPU cores (corrected mode): the
+    points-as-channels UNet at 96 points with one resolution halving and one block per level
+    (channel_mult (1, 2), lift 64), batch 32, lr 2e-4, 6,000 steps at 0.36 s of one core each,
+    EMA 0.999 with warm-up, validation on 20 batches every 500 steps; samples with DDIM over 50
+    steps."""
+    base = Config(channel_mult=(1, 2), num_res_blocks=1, lift_dim=64, batch_size=32,
+                  learning_rate=2e-4, max_steps=6000, ema_rate=0.999, eval_every=500,
+                  max_valid_batches=20, sampler="ddim", sample_steps=50)
+    return dataclasses.replace(base, **overrides)

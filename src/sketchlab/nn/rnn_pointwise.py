@@ -175,15 +175,6 @@ _POINTWISE: dict[str, Callable] = {
 }
 
 
-_POINTWISE: dict[str, Callable] = {
-    "lstm_fwd": _lstm_fwd,
-    "lstm_bwd": _lstm_bwd,
-    "ln_lstm_fwd": _ln_lstm_fwd,
-    "ln_lstm_bwd": _ln_lstm_bwd,
-    "hyper_main_fwd": _hyper_main_fwd,
-    "hyper_main_bwd": _hyper_main_bwd,
-}
-
 # Each function is compiled once per input signature (shapes, dtypes, mask or not, ...), e.g. the
 # LayerNorm-LSTM step serves both the LayerNorm cell and the hyper cell at several sizes; dynamo's
 # default limit of 8 compilations per function would silently send the rest to eager.

@@ -47,15 +47,19 @@ def stroke_colours(n_strokes: int, colour_strokes: bool, colour: str = INK) -> l
 
 
 def fit_polylines(sketch: np.ndarray, x0: float, y0: float, width: float, height: float,
-                  margin: float) -> list[np.ndarray]:
+                  margin: float, upto: int | None = None) -> list[np.ndarray]:
     """The sketch's polylines scaled uniformly to fit the box `(x0, y0, width, height)` less
     `margin` on every side, centred. Returns absolute `(k, 2)` float64 arrays in box pixels.
+    `upto`: only the first `upto` points, placed where they are in the whole sketch (the
+    frames of an animation keep one scale).
 
     A sketch whose points are all equal becomes a dot in the middle of the box.
     """
     lines = [p.astype(np.float64) for p in to_polylines(sketch)]
     if not lines:
         return []
+    shown = lines if upto is None else [p.astype(np.float64) for p in
+                                        to_polylines(np.asarray(sketch)[:max(int(upto), 0)])]
     allpts = np.concatenate(lines, 0)
     if not np.all(np.isfinite(allpts)):
         raise DataError("cannot draw a sketch holding NaN or inf offsets")
@@ -67,7 +71,7 @@ def fit_polylines(sketch: np.ndarray, x0: float, y0: float, width: float, height
         scale = 1.0
     centre_src = (lo + hi) / 2
     centre_dst = np.array([x0 + width / 2, y0 + height / 2])
-    return [(p - centre_src) * scale + centre_dst for p in lines]
+    return [(p - centre_src) * scale + centre_dst for p in shown]
 
 
 def grid_shape(n: int, cols: int | None) -> tuple[int, int]:

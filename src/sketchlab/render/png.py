@@ -56,12 +56,13 @@ def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, width: float) -> str:
 
 def _draw_cell(sketch: np.ndarray, size: int, colours: Sequence[str] | None, colour: str,
                colour_strokes: bool, line_width: float, margin: float,
-               background: str) -> Image.Image:
-    """One anti-aliased `size x size` cell holding the sketch fitted inside `margin`."""
+               background: str, upto: int | None = None) -> Image.Image:
+    """One anti-aliased `size x size` cell holding the sketch fitted inside `margin` (its first
+    `upto` points only, at their places in the whole sketch, when given)."""
     ss = SUPERSAMPLE
     img = Image.new("RGB", (size * ss, size * ss), background)
     draw = ImageDraw.Draw(img)
-    lines = fit_polylines(sketch, 0, 0, size * ss, size * ss, margin * ss)
+    lines = fit_polylines(sketch, 0, 0, size * ss, size * ss, margin * ss, upto)
     cols = list(colours) if colours is not None else stroke_colours(len(lines), colour_strokes, colour)
     width = max(1, int(round(line_width * ss)))
     radius = width / 2
@@ -91,12 +92,14 @@ def render_grid(sketches, cols: int | None = None, cell: int = 128,
                 titles: Sequence[str] | None = None, colour_strokes: bool = False,
                 colour: str = INK, line_width: float = 1.5, margin: float | None = None,
                 title_size: int | None = None, titles_below: bool = False,
-                background: str = BACKGROUND, cell_borders: bool = True) -> Image.Image:
+                background: str = BACKGROUND, cell_borders: bool = True,
+                upto: Sequence[int] | None = None) -> Image.Image:
     """A grid of sketches, each fitted to a `cell x cell` box with `margin` pixels around it.
 
     `titles` (one per sketch) are written above each cell (below with `titles_below`);
     `colour_strokes` colours strokes in drawing order with the qualitative `PALETTE`,
-    otherwise every stroke is `colour`. `line_width` is in output pixels.
+    otherwise every stroke is `colour`. `line_width` is in output pixels. `upto` (one count per
+    sketch) draws only each sketch's first points, at their final scale (animation frames).
     """
     items = as_sketch_list(sketches)
     titles = check_titles(titles, len(items))
@@ -120,7 +123,7 @@ def render_grid(sketches, cols: int | None = None, cell: int = 128,
         y_cell = y + (0 if titles_below else band)
         draw.rectangle((x, y, x + cell - 1, y + cell + band - 1), fill=background)
         canvas.paste(_draw_cell(sketch, cell, None, colour, colour_strokes, line_width, margin,
-                                background), (x, y_cell))
+                                background, None if upto is None else upto[i]), (x, y_cell))
         if titles:
             text = _fit_text(draw, titles[i], font, cell - 4)
             tw = _text_width(draw, text, font)
