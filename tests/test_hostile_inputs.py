@@ -1111,3 +1111,53 @@ def test_log_has_no_duplicate_rows_after_resumes(world, tmp_path):
     with open(run / "log.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert [(r["step"], bool(r["valid_loss"])) for r in rows] == [("2", True), ("4", True)]
+
+
+def test_a_real_zip_bomb_is_refused_before_inflating(tmp_path):
+    """80 MiB of zeros deflated into ~80 KiB (three such members): refused from the zip's
+    directory, so reading it costs kilobytes, not the declared size."""
+    import tracemalloc
+
+    from sketchlab.data.npz import load_npz
+
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for name in ("train", "points", "offsets"):
+            zf.writestr(f"{name}.npy", bytes(80 << 20))
+    tracemalloc.start()
+    for read in (lambda: load_npz(path, ("train",)), lambda: Sketches.load(path)):
+        with pytest.raises(SketchlabError, match=r"zip bomb"):
+            read()
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8 << 20, peak
+
+
+@pytest.mark.xfail(strict=False, reason="`sample --out x.png`: the command line (issue 13) is to "
+                                        "write x.npz beside x.png; until then the grid "
+                                        "overwrites the samples")
+def test_sample_out_png_keeps_the_samples(world, tmp_path):
+    out = tmp_path / "x.png"
+    code = main(["sample", str(world.run), "--out", str(out), "--n", "3", "--device", "cpu"])
+    if code == 0:
+        npz = [p for p in tmp_path.iterdir() if p.suffix == ".npz"]
+        assert npz and len(Sketches.load(npz[0])) == 3       # the samples survive
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"   # and the picture is a PNG
+    else:
+        assert code == 2 and not out.exists()
+
+
+@pytest.mark.slow
+def test_a_judge_trained_with_a_huge_learning_rate_fails_and_saves_no_nan(world, tmp_path,
+                                                                          capsys):
+    out = tmp_path / "clf"
+    code = main(["classifier", "train", "--data-dir", str(world.data), "--categories",
+                 "star,fish", "--out", str(out), "--epochs", "20", "--device", "cpu", "--quiet",
+                 "--width", "0.25", "--limit", "16", "--valid-limit", "8", "--batch-size", "8",
+                 "--lr", "1e6"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert "training diverged" in line and "--lr" in line and str(out) in line
+    for name in ("model.safetensors", "best.safetensors"):
+        assert all(torch.isfinite(v).all() for v in load_file(out / name).values())

@@ -460,9 +460,9 @@ class Trainer:
         """The mean of each loss term over the split's batches, in eval mode, under a fixed torch
         seed (a VAE's sampled codes, ...): the same weights always score the same, and the
         training's random stream is left where it was."""
-        forked = [self.device.index or 0] if self.device.type in ("cuda", "mps") else []
-        with torch.random.fork_rng(devices=forked, device_type=self.device.type
-                                   if forked else "cuda"):
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        mps_rng = torch.mps.get_rng_state() if self.device.type == "mps" else None
+        with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, 2]).generate_state(1)[0]))
             self.model.eval()
             sums: dict[str, float] = {}
@@ -477,6 +477,8 @@ class Trainer:
                     count += 1
             finally:
                 self.model.train()
+        if mps_rng is not None:
+            torch.mps.set_rng_state(mps_rng)
         return {k: v / max(count, 1) for k, v in sums.items()}
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -764,9 +766,11 @@ class Trainer:
         on disk and retry with new batches and a lower learning rate; after MAX_NAN_RESTORES such
         returns, stop with what to change."""
         cfg = self.cfg
-        advice = (f"lower learning_rate (now {cfg.learning_rate:g}) or grad_clip (now "
-                  f"{cfg.grad_clip:g}, clip_mode {cfg.clip_mode}) with --hparams, or check the "
-                  f"data for NaN or huge offsets")
+        clip = (f"grad_clip (now {cfg.grad_clip:g})" if cfg.clip_mode != "none"
+                else "clip the gradients (clip_mode=global_norm,grad_clip=1)")
+        advice = (f"lower learning_rate (now {cfg.learning_rate:g}; --hparams "
+                  f"learning_rate=..., or --lr for `sketchlab classifier train`) or {clip}, or "
+                  f"check the data for NaN or huge offsets")
         if not ckpt.has_checkpoint(self.run_dir, "latest"):
             raise DataError(f"training diverged at step {self.step} ({reason}) before the first "
                             f"checkpoint, so there is none to go back to: {advice}")
