@@ -11,8 +11,10 @@ global before anything runs.
 What a bad file gets (the policy every loader here follows):
 
 * **always a DataError** naming the file, the split and, where it applies, the sketch index: not a
-  zip or truncated, a missing split, a refused pickle global, an element that is not a numeric
-  array, rows that are not stroke-3 `(n, 3)`;
+  zip or truncated, a zip bomb (a member declaring a size out of proportion to the file, refused
+  before it is inflated: `sketchlab.data.safezip`), a malformed `.npy` header, a missing split, a
+  refused pickle global, an element that is not a numeric array, rows that are not stroke-3
+  `(n, 3)`;
 * **per-sketch content problems** (an empty sketch, NaN/inf, a pen value other than 0/1, more than
   `max_points` rows): a DataError by default (`on_bad="raise"`), or, with `on_bad="drop"`, the
   sketch is dropped and counted in the `dropped` dict the caller passes in.
