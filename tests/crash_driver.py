@@ -39,9 +39,8 @@ from sketchlab.train import runlog  # noqa: E402
 from sketchlab.train.trainer import Trainer, prepare_data  # noqa: E402
 
 HPARAMS = dict(enc_rnn_size=4, dec_rnn_size=8, z_size=2, max_seq_len=40, batch_size=4,
-               num_mixture=1, learning_rate=0.005, checkpoint_every=2, eval_every=5, patience=0,
-               reload_best=True,
-               max_valid_batches=1, seed=3)
+               num_mixture=1, learning_rate=0.005, checkpoint_every=2, eval_every=5,
+               patience=1000, reload_best=True, max_valid_batches=1, seed=3)
 RAW = make_doodle_splits(n_train=24, n_valid=8, n_test=8, categories=["star", "fish"], seed=1)
 
 

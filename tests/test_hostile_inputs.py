@@ -595,6 +595,8 @@ OTHER_CASES = [
      r"max_seq_len=0", "max_seq_len"),
     ("train/decay-rate-2", TRAIN + ["--hparams", "decay_rate=2"], nothing,
      r"decay_rate=2\.0: must be a number in \[0, 1\]", "decay_rate"),
+    ("train/rewind-forever", TRAIN + ["--hparams", "reload_best=1,patience=0"], nothing,
+     r"reload_best=True with patience=0 .* never stops", "patience"),
     ("train/clip-mode-unknown", TRAIN + ["--hparams", "clip_mode=sideways"], nothing,
      r"clip_mode='sideways'", "clip_mode"),
     ("train/hparams-unbalanced", TRAIN + ["--hparams", "categories=[star"], nothing,

@@ -195,6 +195,13 @@ class Trainer:
         self.graph_mode = (device.type == "cuda" and getattr(self.cfg, "cuda_graph", False)
                            and self.world == 1 and model.graph_key(0) is not None)
         self.optimizer = self._make_optimizer()
+        if getattr(self.cfg, "reload_best", False) and not self.cfg.patience:
+            # every validation that does not improve would rewind, with nothing to end it: the
+            # step counter could circle below max_steps forever
+            raise ConfigError("reload_best=True with patience=0 rewinds after every validation "
+                              "that does not improve and never stops, so the run may never "
+                              "reach max_steps: set patience (the RPCL seeds use 5) or "
+                              "reload_best=False")
         if self.cfg.clip_mode not in ("value", "norm", "global_norm", "none"):
             raise ConfigError(f"clip_mode={self.cfg.clip_mode!r}: choose value, norm, global_norm "
                               f"or none")
