@@ -310,3 +310,51 @@ def test_import_gzip_format_override_and_explicit_splits_file(tmp_path):
 def test_cli_data_without_subcommand_prints_help(monkeypatch, capsys):
     code, out, _ = run_cli(monkeypatch, capsys, "data")
     assert code == 1 and "import" in out and "download" in out and "info" in out
+
+
+# ============================================================================================
+# Parallel import: the same npz files bit for bit
+# ============================================================================================
+
+
+def _import_outputs(out):
+    report = json.loads((out / "import_report.json").read_text())
+    for key in ("out", "seconds", "processes", "convert_cpu_seconds"):
+        report.pop(key)
+    return report, {p.name: p.read_bytes() for p in sorted(out.glob("*.npz"))}
+
+
+@pytest.mark.parametrize("fmt_dir", ["simplified", "mixed"])
+def test_parallel_import_is_bit_identical_to_one_process(tmp_path, simplified_dir, fmt_dir):
+    import gzip
+
+    if fmt_dir == "mixed":  # + a gzip file (one chunk) and raw lines through RDP
+        raw = [json.dumps({"word": "cat", "key_id": f"r{i}", "drawing": [
+            [[0, 5, 9, 30 + i, 60], [0, 1, 0, 20, 2 * i], [0, 10, 20, 30, 40]]]}) for i in range(30)]
+        raw.append(json.dumps({"word": "cat", "key_id": "1003", "drawing": _square(5)}))  # dup
+        with gzip.open(simplified_dir / "more.ndjson.gz", "wt") as fh:
+            fh.write("\n".join(raw) + "\n")
+    one = import_ndjson([simplified_dir], tmp_path / "one", max_points=200, progress=False,
+                        processes=1, chunk_bytes=700)
+    # Chunks of ~700 bytes cut the plain files into many pieces (duplicates, bad lines and
+    # blank lines fall into different chunks from their twins); 2 workers convert them.
+    two = import_ndjson([simplified_dir], tmp_path / "two", max_points=200, progress=False,
+                        processes=2, chunk_bytes=700)
+    assert one["processes"] == 1 and two["processes"] == 2
+    assert _import_outputs(tmp_path / "one") == _import_outputs(tmp_path / "two")
+    whole = import_ndjson([simplified_dir], tmp_path / "whole", max_points=200, progress=False)
+    assert _import_outputs(tmp_path / "whole") == _import_outputs(tmp_path / "two")
+    assert one["dropped_examples"]["invalid JSON"] == [f"{simplified_dir / 'cat.ndjson'}:47"]
+
+
+@pytest.mark.realdata
+def test_real_spg_parallel_import_is_bit_identical(shared_data, tmp_path):
+    files = [shared_data / "spg20" / f"{c}.ndjson" for c in ("ant", "candle", "pig")]
+    import_ndjson(files, tmp_path / "one", progress=False, processes=1)
+    import_ndjson(files, tmp_path / "two", progress=False, processes=2, chunk_bytes=300_000)
+    assert _import_outputs(tmp_path / "one") == _import_outputs(tmp_path / "two")
+
+
+def test_import_processes_option_errors(tmp_path, simplified_dir):
+    with pytest.raises(ConfigError, match="processes"):
+        import_ndjson([simplified_dir], tmp_path / "o", processes=0)

@@ -476,6 +476,19 @@ def test_pointwise_functions_trace_as_one_graph():
 
 
 @pytest.mark.slow
+def test_inductor_cpu_fusion_matches_reference():
+    # The opt-in CPU fusion (Fusion(devices=("cuda", "cpu"))): inductor's generated C++ for the
+    # LSTM step, forward and hand-written backward, against the per-step reference.
+    fusion = Fusion(devices=("cuda", "cpu"))
+    cell = small_cell("lstm", H=16, fusion=fusion).train()
+    x, s0 = inputs(cell, B=4, T=6)
+    ref = run_and_grads(cell, x, s0, "reference")
+    fast = run_and_grads(cell, x, s0, "bptt")
+    assert fusion.error is None and fusion.enabled and fusion._compiled_for
+    assert max_rel_err(ref, fast) < 2e-5
+
+
+@pytest.mark.slow
 def test_a_failing_compile_turns_fusion_off_for_that_cell_only():
     fusion = Fusion(backend="no_such_backend", devices=("cpu",))
     cell = small_cell("layer_norm", fusion=fusion).eval()

@@ -176,6 +176,32 @@ def test_chunk_bounds_match_the_original_loop():
     assert starts.tolist() == [0, 4, 8] and lens.tolist() == [4, 4, 2]     # the 2-point tail is dropped
 
 
+@pytest.mark.parametrize("L,Sn", [(5, 62), (3, 4), (1, 10), (20, 2)])
+def test_chunk_batch_equals_the_per_sketch_chunks(L, Sn):
+    rng = np.random.default_rng(L + Sn)
+    ds = [random_sketch(rng, int(n), p) for n, p in zip(rng.integers(0, 40, 60), rng.choice([0.05, 0.3, 0.8], 60))]
+    ds += [np.zeros((0, 3), np.float32), sketch([[3, 4]], [[5, 5], [6, 7]])]
+    clean = [S.to_absolute(G.faithful_roundtrip(d)) for d in ds]
+    noisy = [G.reorganise(c, c[:, 2], 0.3, rng) for c in clean]
+    for clamp in (True, False):
+        out = G.chunk_batch(clean, noisy, L, Sn, clamp)
+        B = len(ds)
+        ref = [np.zeros((B, Sn, L, 2), np.float32), np.zeros((B, Sn), np.int64),
+               np.zeros((B, Sn, 4), np.float32), np.zeros((B, Sn, 4), np.float32)]
+        for b in range(B):  # the per-sketch loop SketchGloc.make_batch ran before
+            starts, lens = G.chunk_bounds(clean[b][:, 2], L)
+            k = min(Sn, len(starts))
+            starts, lens = starts[:k], lens[:k]
+            for i in range(k):
+                m = min(L, int(lens[i]))
+                ref[0][b, i, :m] = noisy[b][starts[i]:starts[i] + m, :2]
+            ref[1][b, :k] = np.minimum(lens, L) if clamp or k >= Sn else lens
+            ref[2][b, :k] = G.chunk_boxes(noisy[b], starts, lens)
+            ref[3][b, :k] = G.chunk_boxes(clean[b], starts, lens)
+        for got, want in zip(out, ref):
+            assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+
 def test_stroke_pbias_formula_and_the_inverted_interval():
     d = sketch([[10, 20], [200, 150]])        # raw-pixel-like offsets, scale factor 1
     bx, by = G.stroke_pbias(d, 1.0, np.random.default_rng(5))

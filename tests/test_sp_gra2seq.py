@@ -222,6 +222,41 @@ def test_cross_check_against_cv2(doodles):
     assert glob_far / glob_px < 0.03, glob_far / glob_px
 
 
+def _plans_equal(batch, plans):
+    assert torch.equal(batch.segments, torch.from_numpy(np.concatenate([p.segments for p in plans]).reshape(-1, 4)))
+    owner = np.concatenate([np.full(len(p.segments), i, np.int64) for i, p in enumerate(plans)])
+    assert torch.equal(batch.seg_sketch, torch.from_numpy(owner))
+    assert batch.side.tolist() == [p.side for p in plans] and batch.n.tolist() == [p.n for p in plans]
+    for key in ("centres", "ok", "masked"):
+        assert torch.equal(getattr(batch, key), torch.from_numpy(np.stack([getattr(p, key) for p in plans])))
+    assert batch.mask_id == [p.mask_id for p in plans]
+
+
+@pytest.mark.parametrize("stream", ["generator", "seeds"])
+def test_batched_plan_equals_the_per_sketch_plans(doodles, stream):
+    rng = np.random.default_rng(4)
+    sketches = [doodles[i] for i in range(len(doodles))]
+    for _ in range(60):  # + random pen patterns: runs of pen-ups, a pen-up in row 0, 1-row sketches
+        n = int(rng.integers(1, 70))
+        a = np.zeros((n, 3), np.float32)
+        a[:, :2] = rng.normal(size=(n, 2)) * rng.choice([0.05, 1.0, 30.0])
+        a[:, 2] = rng.random(n) < rng.choice([0.1, 0.5, 0.9])
+        sketches.append(a)
+    sketches += [np.zeros((0, 3), np.float32), np.array([[1, 1, 0], [0, 0, 1]], np.float32)]
+
+    def draws():
+        return np.random.default_rng(7) if stream == "generator" else SeedStream(np.random.default_rng(3).random(50000))
+
+    for geom in (PatchGeometry(256), PatchGeometry(16, n_patches=5)):
+        for p in (0.0, 0.4, 1.0):
+            r = draws()
+            plans = [plan_sketch(sk, geom, p, r, degenerate="blank") for sk in sketches]
+            r2 = draws()
+            _plans_equal(plan_batch(sketches, geom, p, r2, degenerate="blank"), plans)
+            if p > 0:  # and the stream is left where the loop leaves it
+                assert r.random() == r2.random()
+
+
 def test_degenerate_input_gives_clear_errors():
     dot = np.array([(3, 4, 0), (0, 0, 1)], np.float32)
     with pytest.raises(DataError, match="zero extent"):

@@ -94,7 +94,7 @@ def _cmd_import(args) -> int:
     report = import_ndjson(args.sources, args.out, fmt=args.format, categories=categories,
                               split=args.split, seed=args.seed, max_points=args.max_points,
                               epsilon=args.epsilon, splits_file=splits_file,
-                              progress=not args.quiet)
+                              progress=not args.quiet, processes=args.processes)
     rows = []
     for name, c in report["categories"].items():
         if c.get("file") is None:
@@ -105,7 +105,7 @@ def _cmd_import(args) -> int:
     _print_table(["category", "train", "valid", "test", "mean len", "max len", "dropped"], rows)
     print(f"\n{report['imported']} sketches imported from {report['lines_read']} lines "
           f"({', '.join(f'{k}: {v}' for k, v in report['formats'].items()) or 'none'}) "
-          f"in {report['seconds']} s")
+          f"in {report['seconds']} s ({report['processes']} processes)")
     if report["dropped"]:
         print("dropped: " + ", ".join(f"{k}: {v}" for k, v in sorted(report["dropped"].items()))
               + " (file and line of each: dropped_lines in import_report.json)")
@@ -230,6 +230,9 @@ def register_cli(subparsers) -> None:
                    help="drop drawings with more points after simplification (default %(default)s)")
     p.add_argument("--epsilon", type=float, default=2.0,
                    help="RDP tolerance for raw and SPG input (default 2, as Google's data)")
+    p.add_argument("--processes", "-j", type=int, default=None,
+                   help="worker processes (default: every core; the output is the same bit for "
+                        "bit with any number)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_import)
 

@@ -5,17 +5,22 @@ stroke, already aligned, scaled to 0..255 and RDP-simplified), its *raw* ndjson 
 and SPG's (`[xs, ys, part_ids]`, dense integer points). `drawing_to_stroke3` turns one drawing
 into sketch-rnn's int16 stroke-3; `import_ndjson` converts whole files into one npz per category,
 with splits from a splits file or a seeded split. One bad drawing among a million must not stop a
-conversion: import drops and counts bad lines instead of raising.
+conversion: import drops and counts bad lines instead of raising. The conversion runs on every
+core: chunks of lines go to worker processes and come back merged in file and line order, so
+the npz files are the same bit for bit with any number of processes.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import multiprocessing
 import os
+import sys
 import time
 import zlib
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -212,15 +217,145 @@ def _write_category(cat: _Category, out_dir: Path, fractions: tuple[float, float
     return entry
 
 
+# --------------------------------------------------------------------------------------------
+# Import: chunks of lines are converted independently (in worker processes when there are
+# several), then merged in file and line order, so the result does not depend on how many
+# processes ran or where the chunks were cut.
+# --------------------------------------------------------------------------------------------
+
+# Plain files are cut into byte ranges of about this size (at line ends); a gzip file is one task.
+DEFAULT_CHUNK_BYTES = 4 << 20
+# Below this many bytes in all, the import runs in this process: starting workers costs more.
+_MIN_PARALLEL_BYTES = 2 << 20
+# Drawings converted in one vectorised RDP pass.
+_RDP_BATCH = 2000
+
+# Outcome of one non-blank line, as a worker reports it (merged in order by `import_ndjson`).
+_BAD_LINE, _FILTERED, _DRAWING, _JOINED = 0, 1, 2, 3
+
+
+def default_processes() -> int:
+    """The CPU cores this process may run on (`sched_getaffinity`, else `os.cpu_count()`)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _plan_tasks(files: list[Path], chunk_bytes: int) -> list[tuple[int, int, int | None]]:
+    """(file index, start byte, end byte or None for the whole file) per task, in file order; plain
+    files larger than `chunk_bytes` are cut just after a newline."""
+    tasks: list[tuple[int, int, int | None]] = []
+    for k, file in enumerate(files):
+        size = file.stat().st_size
+        if file.name.endswith(".gz") or size <= chunk_bytes:
+            tasks.append((k, 0, None))
+            continue
+        cuts = [0]
+        with open(file, "rb") as fh:
+            while cuts[-1] + chunk_bytes < size:
+                fh.seek(cuts[-1] + chunk_bytes)
+                fh.readline()  # to the end of the line the cut fell into
+                pos = fh.tell()
+                if pos >= size:
+                    break
+                cuts.append(pos)
+        tasks += [(k, a, b) for a, b in zip(cuts, cuts[1:] + [None])]
+    return tasks
+
+
+def _convert_chunk(path: str, start: int, end: int | None, fmt: str, wanted: frozenset | None,
+                   stem_category: str, max_points: int, epsilon: float) -> dict:
+    """Convert the lines of `path[start:end]` (the whole file when `end` is None): per non-blank
+    line (line number within the chunk, outcome, ...), the drawings' int16 stroke-3 back to back
+    with their lengths, the chunk's line count and bytes. Pure: no state across chunks, so the
+    workers of a parallel import and a one-process import compute the same records."""
+    cpu0 = time.process_time()
+    records: list[tuple] = []
+    parsed: list[tuple[int, str, list[np.ndarray]]] = []  # (record index, format, lines)
+    sketches: list[np.ndarray] = []
+    outcome: dict[int, object] = {}  # record index -> sketch index or drop reason
+
+    def flush():
+        dense = [item for item in parsed if item[1] in ("raw", "spg")]
+        simplified = iter(S.rdp_many([ln for item in dense for ln in item[2]], epsilon))
+        for rec, line_fmt, lines in parsed:
+            if line_fmt in ("raw", "spg"):
+                lines = [next(simplified) for _ in lines]
+            try:
+                s3 = _finish_drawing(lines, max_points)
+            except BadDrawing as e:
+                outcome[rec] = e.reason
+                continue
+            outcome[rec] = len(sketches)
+            sketches.append(s3)
+        parsed.clear()
+
+    opener = gzip.open if path.endswith(".gz") else open
+    n_lines = n_bytes = 0
+    try:
+        with opener(path, "rb") as fh:
+            if start:
+                fh.seek(start)
+            for lineno, raw_line in enumerate(fh, 1):
+                n_lines, n_bytes = lineno, n_bytes + len(raw_line)
+                if not raw_line.strip():
+                    continue
+                # Raw QuickDraw exports glue two objects on some lines (`...}{"word": ...`):
+                # each readable object is converted; what cannot be read is a bad line.
+                objs, problem = S.json_values(raw_line)
+                if len(objs) > 1 or (objs and problem):
+                    records.append((lineno, _JOINED))
+                if problem is not None:
+                    records.append((lineno, _BAD_LINE, "invalid JSON"))
+                for obj in objs:
+                    if not isinstance(obj, dict) or "drawing" not in obj:
+                        records.append((lineno, _BAD_LINE, "no drawing field"))
+                    else:
+                        name = obj.get("word") if isinstance(obj.get("word"), str) else stem_category
+                        key = _category_key(name)
+                        if wanted is not None and key not in wanted:
+                            records.append((lineno, _FILTERED, key, name))
+                        else:
+                            key_id = obj.get("key_id")
+                            key_id = None if key_id is None else str(key_id)
+                            line_fmt = detect_format(obj) if fmt == "auto" else fmt
+                            records.append((lineno, _DRAWING, key, name, key_id, line_fmt))
+                            try:
+                                lines = _parse_drawing(obj["drawing"], line_fmt, max_points)
+                            except BadDrawing as e:
+                                outcome[len(records) - 1] = e.reason
+                            else:
+                                parsed.append((len(records) - 1, line_fmt, lines))
+                                if len(parsed) >= _RDP_BATCH:
+                                    flush()
+                if end is not None and start + n_bytes >= end:
+                    break
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot read ({e})") from None
+    flush()
+    lengths = np.array([len(s) for s in sketches], dtype=np.int64)
+    points = np.concatenate(sketches) if sketches else np.zeros((0, 3), np.int16)
+    return {"records": records, "outcome": outcome, "points": points, "lengths": lengths,
+            "lines": n_lines, "bytes": n_bytes, "pid": os.getpid(),
+            "cpu_s": time.process_time() - cpu0}
+
+
+def _run_chunk(args: tuple) -> dict:
+    return _convert_chunk(*args)
+
+
 def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
                   fmt: str = "auto", categories: Sequence[str] | None = None,
                   split: tuple[float, float, float] = (0.9, 0.05, 0.05), seed: int = 0,
                   max_points: int = DEFAULT_IMPORT_MAX_POINTS, epsilon: float = 2.0,
-                  splits_file: str | os.PathLike | None = "auto", progress: bool = True) -> dict:
+                  splits_file: str | os.PathLike | None = "auto", progress: bool = True,
+                  processes: int | None = None, chunk_bytes: int | None = None) -> dict:
     """Convert QuickDraw ndjson (simplified, raw or SPG) into one sketch-rnn npz per category.
 
     `sources`: files or folders of `.ndjson`/`.ndjson.gz`. The category of a line is its `word`,
-    else its file's name. Lines are deduplicated by `key_id` within a category. Splits come from a
+    else its file's name. Lines are deduplicated by `key_id` within a category (the first line
+    that converts wins). Splits come from a
     splits file (`splits_file="auto"` uses a `splits.json` beside the ndjson, `None` uses none),
     otherwise from a seeded split by `split` fractions. Bad lines are dropped and counted.
     Each npz is written atomically, also holds `<split>_key_ids` and a `sketchlab_import` JSON
@@ -228,6 +363,11 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     every dropped line per file (`dropped_lines`) and of the lines that held several JSON objects
     glued together (`joined_lines`, as raw QuickDraw exports have; each object is imported).
     Returns that report.
+
+    `processes` (default: every core this process may use) convert chunks of about
+    `chunk_bytes` (default 4 MiB; a gzip file is one chunk) in parallel; the chunks are merged
+    in file and line order, so the npz files are the same bit for bit whatever the number of
+    processes. Imports of less than 2 MiB run in this process.
     """
     t0 = time.perf_counter()
     if fmt not in IMPORT_FORMATS:
@@ -238,6 +378,10 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     fractions = tuple(float(f) / sum(split) for f in split)
     if max_points < 2:
         raise ConfigError(f"max_points must be >= 2, got {max_points}")
+    if processes is not None and int(processes) < 1:
+        raise ConfigError(f"processes must be >= 1, got {processes}")
+    if chunk_bytes is not None and int(chunk_bytes) < 1:
+        raise ConfigError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
     files = _ndjson_files(sources)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -256,6 +400,7 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
                                    if where.is_file() or splits_file != "auto" else None)
         return split_tables[where]
 
+    tables = [splits_for(file) for file in files]  # read up front: a bad one fails early
     cats: dict[str, _Category] = {}
     seen_names: dict[str, str] = {}  # key -> name, every category met (also filtered-out ones)
     dropped: Counter = Counter()
@@ -272,101 +417,93 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         if cat is not None:
             cat.dropped[reason] += 1
         file_name, lineno = where
-        lines = dropped_lines.setdefault(file_name, {}).setdefault(reason, [])
-        if not lines or lines[-1] != lineno:
-            lines.append(lineno)
+        numbers = dropped_lines.setdefault(file_name, {}).setdefault(reason, [])
+        if not numbers or numbers[-1] != lineno:
+            numbers.append(lineno)
         if len(examples.setdefault(reason, [])) < 3:
             examples[reason].append(f"{file_name}:{lineno}")
 
-    # Drawings wait here until `batch_size` of them can be simplified in one vectorised RDP pass.
-    pending: list[tuple] = []
-    batch_size = 2000
+    total_bytes = sum(f.stat().st_size for f in files)
+    tasks = _plan_tasks(files, int(chunk_bytes or DEFAULT_CHUNK_BYTES))
+    n_proc = min(int(processes or default_processes()), len(tasks))
+    if total_bytes < _MIN_PARALLEL_BYTES and chunk_bytes is None:
+        n_proc = 1
+    wanted_keys = frozenset(wanted) if wanted is not None else None
+    jobs = [(os.fspath(files[k]), a, b, fmt, wanted_keys, _file_category(files[k]), max_points,
+             epsilon) for k, a, b in tasks]
+    line_base = [0] * len(files)  # lines of each file in the chunks merged so far
+    worker_cpu: Counter = Counter()  # CPU seconds spent converting, per process
 
-    def finish_pending():
-        dense = [item for item in pending if item[4] in ("raw", "spg")]
-        simplified = iter(S.rdp_many([ln for item in dense for ln in item[5]], epsilon))
-        for cat, key_id, given, where, line_fmt, lines in pending:
-            if line_fmt in ("raw", "spg"):
-                lines = [next(simplified) for _ in lines]
-            if key_id is not None and key_id in cat.seen_keys:  # a twin earlier in this batch
+    def merge(k: int, chunk: dict):
+        nonlocal lines_read
+        file, table = files[k], tables[k]
+        points = np.split(chunk["points"], np.cumsum(chunk["lengths"])[:-1]) if len(chunk["lengths"]) else []
+        last_line = None
+        for r, rec in enumerate(chunk["records"]):
+            if rec[0] != last_line:   # a line may hold several records (glued objects)
+                lines_read += 1
+                last_line = rec[0]
+            where = (os.fspath(file), line_base[k] + rec[0])
+            if rec[1] == _JOINED:
+                joined_lines.setdefault(where[0], []).append(where[1])
+                continue
+            if rec[1] == _BAD_LINE:
+                drop(None, rec[2], where)
+                continue
+            key, name = rec[2], rec[3]
+            seen_names.setdefault(key, name)
+            if rec[1] == _FILTERED:
+                continue
+            key_id, line_fmt = rec[4], rec[5]
+            cat = cats.get(key)
+            if cat is None:
+                cat = cats[key] = _Category(seen_names[key])
+            cat.sources.add(os.fspath(file))
+            if key_id is not None and key_id in cat.seen_keys:
                 drop(cat, "duplicate key_id", where)
                 continue
-            try:
-                s3 = _finish_drawing(lines, max_points)
-            except BadDrawing as e:
-                drop(cat, e.reason, where)
+            given = None
+            if table is not None and key in table[1]:
+                cat.splits_file = table[0]
+                given = table[1][key].get(key_id)
+            result = chunk["outcome"][r]
+            if isinstance(result, str):
+                drop(cat, result, where)
                 continue
             formats[line_fmt] += 1
             if key_id is not None:
                 cat.seen_keys.add(key_id)
-            cat.sketches.append(s3)
+            cat.sketches.append(points[result])
             cat.key_ids.append(key_id or "")
             cat.given.append(given)
-        pending.clear()
+        line_base[k] += chunk["lines"]
 
-    total_bytes = sum(f.stat().st_size for f in files)
     # disable=None lets tqdm switch itself off when stderr is not a terminal (logs, tests).
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="import",
                disable=None if progress else True)
-    def take(obj, where: tuple[str, int], stem_category: str, table) -> None:
-        """One parsed object of a line: to its category's pending drawings, or dropped."""
-        if not isinstance(obj, dict) or "drawing" not in obj:
-            drop(None, "no drawing field", where)
-            return
-        name = obj.get("word") if isinstance(obj.get("word"), str) else stem_category
-        key = _category_key(name)
-        seen_names.setdefault(key, name)
-        if wanted is not None and key not in wanted:
-            return
-        cat = cats.get(key)
-        if cat is None:
-            cat = cats[key] = _Category(seen_names[key])
-        cat.sources.add(where[0])
-        key_id = obj.get("key_id")
-        key_id = None if key_id is None else str(key_id)[:200]
-        if key_id is not None and key_id in cat.seen_keys:
-            drop(cat, "duplicate key_id", where)
-            return
-        line_fmt = detect_format(obj) if fmt == "auto" else fmt
+    try:
+        if n_proc <= 1:
+            results = map(_run_chunk, jobs)
+            pool = None
+        else:
+            # fork on Linux: a spawned worker would import the caller's __main__ (for the
+            # `sketchlab` command: the CLI and torch, seconds per worker). The workers run json
+            # and numpy only, never torch, so its thread pools in the parent do not matter.
+            # (macOS and Windows spawn: forking is unsafe or missing there.) map() hands the
+            # results back in task order.
+            method = "fork" if sys.platform.startswith("linux") else "spawn"
+            pool = ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context(method))
+            results = pool.map(_run_chunk, jobs)
         try:
-            lines = _parse_drawing(obj["drawing"], line_fmt, max_points)
-        except BadDrawing as e:
-            drop(cat, e.reason, where)
-            return
-        given = None
-        if table is not None and key in table[1]:
-            cat.splits_file = table[0]
-            given = table[1][key].get(key_id)
-        pending.append((cat, key_id, given, where, line_fmt, lines))
-        if len(pending) >= batch_size:
-            finish_pending()
-
-    for file in files:
-        stem_category = _file_category(file)
-        table = splits_for(file)
-        opener = gzip.open if file.name.endswith(".gz") else open
-        try:
-            with opener(file, "rb") as fh:
-                for lineno, raw_line in enumerate(fh, 1):
-                    if opener is open:
-                        bar.update(len(raw_line))
-                    if not raw_line.strip():
-                        continue
-                    lines_read += 1
-                    where = (os.fspath(file), lineno)
-                    objs, problem = S.json_values(raw_line)
-                    if len(objs) > 1 or (objs and problem):   # glued objects (raw exports)
-                        joined_lines.setdefault(where[0], []).append(lineno)
-                    for obj in objs:
-                        take(obj, where, stem_category, table)
-                    if problem is not None:
-                        drop(None, "invalid JSON", where)
-        except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-            raise DataError(f"{file}: cannot read ({e})") from None
-        if opener is not open:  # compressed: count the file once it is read
-            bar.update(file.stat().st_size)
-    finish_pending()
-    bar.close()
+            for (k, a, b), chunk in zip(tasks, results):
+                merge(k, chunk)
+                worker_cpu[chunk["pid"]] += chunk["cpu_s"]
+                bar.update(files[k].stat().st_size if b is None else b - a)
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+    finally:
+        bar.close()
 
     if wanted is not None:
         unknown = [name for key, name in wanted.items() if key not in seen_names]
@@ -399,6 +536,10 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         "seed": seed, "split_fractions": list(fractions), "epsilon": epsilon,
         "max_points": max_points,
         "categories": report_cats,
+        "processes": n_proc,
+        # Per process: how evenly the conversion was shared (its wall time, not the CPU
+        # time, is what the machine's other jobs change).
+        "convert_cpu_seconds": sorted((round(v, 2) for v in worker_cpu.values()), reverse=True),
         "seconds": round(time.perf_counter() - t0, 2),
     }
     with atomic_open(out_dir / "import_report.json", "w") as fh:

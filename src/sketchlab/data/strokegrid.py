@@ -135,12 +135,16 @@ def faithful_roundtrip(sketch: np.ndarray) -> np.ndarray:
     if pen[0] == 1:
         out[1, :2] = absolute[1]
         err = absolute[0].copy()
-    for i in np.nonzero(pen[1:n - 1] == 1)[0] + 1:     # loop-2 steps i in [1, n-2] with p_i = 1
-        if i + 1 <= n - 2:
-            out[i + 1, :2] = s[i + 1, :2] - err
-        else:
-            out[i + 1, :2] = s[i + 1, :2] - absolute[i] - err
-        err = np.zeros(2)
+    # Loop 2 visits i in [1, n-2] with p_i = 1 and sets row i+1 to D_{i+1} - err (err zeroed
+    # after the first visit), or to D_{i+1} - A_i - err in the last row. Subtracting a zero err
+    # changes nothing, so only the first visit and a visit of i = n-2 can change a row.
+    visits = np.flatnonzero(pen[1:n - 1] == 1) + 1
+    if len(visits):
+        if visits[0] + 1 <= n - 2:
+            out[visits[0] + 1, :2] = s[visits[0] + 1, :2] - err
+        if visits[-1] == n - 2:
+            last_err = err if len(visits) == 1 else np.zeros(2)
+            out[n - 1, :2] = s[n - 1, :2] - absolute[n - 2] - last_err
     return out
 
 
@@ -193,6 +197,64 @@ def chunk_boxes(points: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> 
     return np.stack([lo[:, 0], hi[:, 0], lo[:, 1], hi[:, 1]], 1)
 
 
+def chunk_batch(clean: list[np.ndarray], noisy: list[np.ndarray], max_len: int, max_num: int,
+                clamp: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`chunk_bounds` + the first `max_num` chunks + `chunk_boxes` for a whole batch at once:
+    `(chunks (B, S, L, 2), chunk_len (B, S), boxes (B, S, 4), boxes_clean (B, S, 4))` exactly as
+    the per-sketch loop of `SketchGloc.make_batch` built them (the chunks are cut on the clean
+    sketch's pen bits; points and `boxes` come from `noisy`, `boxes_clean` from `clean`).
+    A chunk may hold L+1 points (`chunk_bounds`): its first L go into `chunks`; `chunk_len` is
+    clamped to L when `clamp` or when the sketch fills all S slots (the original's rule), else
+    it may be L+1."""
+    B, L, Sn = len(clean), int(max_len), int(max_num)
+    chunks = np.zeros((B, Sn, L, 2), np.float32)
+    chunk_len = np.zeros((B, Sn), np.int64)
+    boxes = np.zeros((B, Sn, 4), np.float32)
+    boxes_clean = np.zeros((B, Sn, 4), np.float32)
+    lengths = np.array([len(a) for a in clean], np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return chunks, chunk_len, boxes, boxes_clean
+    first = np.concatenate([[0], np.cumsum(lengths)[:-1]])               # each sketch's first row
+    a_clean = np.concatenate([np.asarray(a, np.float32)[:, :3] for a in clean if len(a)], 0)
+    a_noisy = np.concatenate([np.asarray(a, np.float32)[:, :2] for a in noisy if len(a)], 0)
+    owner = np.repeat(np.arange(B), lengths)
+    up = a_clean[:, 2] > 0.5
+    # stroke_ids per sketch: a new stroke after every pen-up row, restarting at each sketch.
+    new_stroke = np.zeros(total, bool)
+    new_stroke[1:] = up[:-1]
+    new_stroke[first[lengths > 0]] = True
+    stroke_first = np.maximum.accumulate(np.where(new_stroke, np.arange(total), 0))
+    local = np.arange(total) - stroke_first
+    closes = up | (local % (L + 1) == L)
+    ends = np.flatnonzero(closes)                                         # last row of each chunk
+    b_of = owner[ends]
+    prev_end = np.concatenate([[-1], ends[:-1]])
+    same = np.concatenate([[False], b_of[1:] == b_of[:-1]])
+    starts = np.where(same, prev_end + 1, first[b_of])
+    lens = ends - starts + 1
+    slot = np.arange(len(ends)) - np.searchsorted(b_of, b_of)            # chunk index in its sketch
+    count = np.bincount(b_of, minlength=B)
+    keep = slot < Sn
+    starts, lens, b_of, slot = starts[keep], lens[keep], b_of[keep], slot[keep]
+    m = np.minimum(lens, L)
+    j = np.arange(L)
+    rows = starts[:, None] + j[None, :]
+    inside = j[None, :] < m[:, None]
+    chunks[b_of, slot] = np.where(inside[..., None], a_noisy[np.where(inside, rows, 0)], 0)
+    full = (count >= Sn)[b_of]
+    chunk_len[b_of, slot] = np.where(clamp | full, m, lens)
+    # Boxes over each chunk's whole run of rows (L+1 points included): one reduceat over
+    # [start, end) pairs; a last row appended so an end at the array's end is a valid index.
+    idx = np.stack([starts, starts + lens], 1).reshape(-1)
+    for src, dst in ((a_noisy, boxes), (a_clean[:, :2], boxes_clean)):
+        xy = np.concatenate([src, src[-1:]], 0)
+        lo = np.minimum.reduceat(xy, idx, 0)[0::2]
+        hi = np.maximum.reduceat(xy, idx, 0)[0::2]
+        dst[b_of, slot] = np.stack([lo[:, 0], hi[:, 0], lo[:, 1], hi[:, 1]], 1)
+    return chunks, chunk_len, boxes, boxes_clean
+
+
 # --------------------------------------------------------------------------------------------
 # The nine grid graphs (spec 2.4)
 # --------------------------------------------------------------------------------------------
@@ -228,6 +290,6 @@ def grid_graphs(boxes: Tensor, valid: Tensor) -> Tensor:
     return cells.flatten(-2).to(boxes.dtype)                  # c = 3 gx + gy
 
 
-__all__ = ["N_RELATIONS", "PBIAS_CANVAS", "SELF_RELATION", "chunk_bounds", "chunk_boxes",
+__all__ = ["N_RELATIONS", "PBIAS_CANVAS", "SELF_RELATION", "chunk_batch", "chunk_bounds", "chunk_boxes",
            "faithful_roundtrip", "grid_graphs", "origin_bound", "percentile_999", "reorganise",
            "stroke_lengths_and_counts", "stroke_pbias", "stroke_stats"]

@@ -212,11 +212,7 @@ class SketchGloc(CodeDecoder, SketchModel):
         if prob < 0:
             raise ConfigError(f"re_scale={prob}: the reorganisation noise scale must be >= 0")
         augment = train and c.augment_stroke_prob > 0
-        targets = []
-        chunks = np.zeros((B, Sn, L, 2), np.float32)
-        chunk_len = np.zeros((B, Sn), np.int64)
-        boxes = np.zeros((B, Sn, 4), np.float32)
-        boxes_clean = np.zeros((B, Sn, 4), np.float32)
+        targets, noisies = [], []
         for b, sketch in enumerate(sketches):
             d = np.asarray(sketch, dtype=np.float32)
             if d.ndim != 2 or d.shape[1] != 3:
@@ -236,18 +232,10 @@ class SketchGloc(CodeDecoder, SketchModel):
                     d[0, 1] += by
             clean, noisy = self.reorganised(d, bound, prob, rng)
             targets.append(clean)
-            starts, lens = G.chunk_bounds(clean[:, 2], L)
-            k = min(Sn, len(starts))
-            starts, lens = starts[:k], lens[:k]
-            for i in range(k):
-                m = min(L, int(lens[i]))
-                chunks[b, i, :m] = noisy[starts[i]:starts[i] + m, :2]
-            if c.clamp_stroke_len or len(lens) >= Sn:       # the original clamps only when >= S chunks
-                chunk_len[b, :k] = np.minimum(lens, L)
-            else:
-                chunk_len[b, :k] = lens                     # may be L+1 (bug 12)
-            boxes[b, :k] = G.chunk_boxes(noisy, starts, lens)
-            boxes_clean[b, :k] = G.chunk_boxes(clean, starts, lens)
+            noisies.append(noisy)
+        # Chunks of every sketch at once; chunk_len may be L+1 unless clamped (bug 12; the
+        # original clamps only when a sketch fills all S slots).
+        chunks, chunk_len, boxes, boxes_clean = G.chunk_batch(targets, noisies, L, Sn, c.clamp_stroke_len)
         batch = {
             "strokes": torch.from_numpy(S.pad_batch(targets, T)),   # refuses a sketch longer than T
             "chunks": torch.from_numpy(chunks),

@@ -630,7 +630,7 @@ class SketchKnitter(SketchModel):
     def generate(self, n: int | None = None, *, references: Sketches | Sequence | None = None,
                  seed: int = 0, options: Options | None = None,
                  lengths: Sequence[int] | None = None, generator: torch.Generator | None = None,
-                 device=None, callback: StepCallback | None = None, progress: bool = False,
+                 device=None, callback: StepCallback | None = None, progress: bool | None = None,
                  **overrides) -> Sketches:
         """Sample `n` sketches, or refine/heal `references` (SDEdit): they are noised to
         t0 = noise_level * T, then denoised; their lengths are kept (+ `extra_points` free rows
@@ -650,7 +650,8 @@ class SketchKnitter(SketchModel):
         Run-time arguments: `lengths` of the new sketches (default: drawn from the training
         lengths), `generator` (default: a CPU generator seeded with `seed`), `device` (default:
         the model's), callback(i, t, x_prev, x0_hat, eps_hat, pen_logits) sees every step (the
-        buffers are reused: clone what you keep), `progress` shows a bar.
+        buffers are reused: clone what you keep), `progress` shows a bar (default: when
+        stderr is a terminal).
 
         Returns stroke-3 sketches in the data's normalised units, `scale_factor` set, carrying
         the references' categories (or the model's one category).

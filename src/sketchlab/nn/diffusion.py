@@ -428,6 +428,12 @@ def estimated_noise(eps: torch.Tensor, mask: torch.Tensor | None = None) -> torc
     return (sq * mask).sum(-1) / (mask.sum(-1).clamp_min(1) * eps.shape[-1])
 
 
+def _no_bar(progress: bool | None) -> bool | None:
+    """tqdm's `disable` for a `progress` argument; None lets tqdm show the bar only on a
+    terminal (a CPU's DDPM-1000 takes minutes: `sketchlab sample` should say how far it is)."""
+    return None if progress is None else not progress
+
+
 def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     dev = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=dev).to(x.device, x.dtype)
@@ -436,15 +442,16 @@ def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Ten
 @torch.no_grad()
 def reverse_loop(denoiser: Denoiser, sampler: Sampler, x: torch.Tensor, mask: torch.Tensor,
                  generator: torch.Generator | None = None, temperature: float = 1.0,
-                 callback: StepCallback | None = None, progress: bool = False):
-    """The plain eager loop: returns (x_0, pen logits of the last denoiser call)."""
+                 callback: StepCallback | None = None, progress: bool | None = False):
+    """The plain eager loop: returns (x_0, pen logits of the last denoiser call). `progress`:
+    a bar per step (True), none (False), or one when stderr is a terminal (None)."""
     from tqdm.auto import tqdm
 
     m = mask[..., None].to(x.dtype)
     table = sampler.table.to(device=x.device, dtype=x.dtype)  # once: no host sync per step
     noisy = (sampler.table[:, SIGMA_COL] > 0).tolist()
     pen = None
-    for i, t in enumerate(tqdm(sampler.timesteps, disable=not progress, desc="sampling",
+    for i, t in enumerate(tqdm(sampler.timesteps, disable=_no_bar(progress), desc="sampling",
                                leave=False)):
         tt = torch.full((x.shape[0],), float(t), device=x.device)
         eps, pen = denoiser(x, tt, mask)
@@ -548,7 +555,7 @@ class StepRunner:
     @torch.no_grad()
     def run(self, sampler: Sampler, x: torch.Tensor, mask: torch.Tensor,
             generator: torch.Generator | None = None, temperature: float = 1.0,
-            callback: StepCallback | None = None, progress: bool = False,
+            callback: StepCallback | None = None, progress: bool | None = False,
             rows: int | None = None):
         """Sample from `x` (the static batch); noise is drawn for the first `rows` sketches
         only (the rest pad a short last batch), so the random stream matches `reverse_loop`
@@ -570,7 +577,7 @@ class StepRunner:
                 self._loop_body(static_table)
             return self.x.clone(), self.pen.clone()
         noise = self.noise[:rows] if rows is not None else self.noise
-        for i, t in enumerate(tqdm(sampler.timesteps, disable=not progress, desc="sampling",
+        for i, t in enumerate(tqdm(sampler.timesteps, disable=_no_bar(progress), desc="sampling",
                                    leave=False)):
             self.row.copy_(table[i])
             if noisy[i]:

@@ -192,6 +192,12 @@ class Fusion:
     `error` and warns; the cell goes on eagerly (inside a CUDA-graph capture it raises instead:
     a failing capture is the caller's to report). Nothing here changes process-wide settings: the
     higher recompile limit is a thread-local `torch._dynamo.config.patch` around compilations.
+
+    On a CPU, `Fusion(devices=("cuda", "cpu"))` compiles too (inductor writes vectorised C++):
+    `benchmarks/cpu.py --compile` measures it against the eager functions. It is not the default
+    there: the first step of a process pays the compilation (15-75 s on 2 cores, less once
+    inductor's on-disk cache holds the kernels), while the eager step on one thread already costs
+    about what torch's native LSTM kernel does (README, CPU column).
     """
 
     enabled: bool = True
