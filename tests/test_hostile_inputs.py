@@ -958,6 +958,13 @@ def test_glued_raw_ndjson_objects_are_recovered_and_dropped_lines_reported(tmp_p
     f = str(src / "mixed.ndjson")
     assert report["joined_lines"] == {f: [2, 3, 4]}      # 4: one object, then a torn one
     assert report["dropped_lines"][f] == {"invalid JSON": [4, 5, 7], "xs/ys lengths differ": [6]}
+    # the same in chunks converted by two processes (line numbers count across chunks)
+    chunked = import_ndjson([src], tmp_path / "out2", processes=2, chunk_bytes=300,
+                            progress=False)
+    for key in ("joined_lines", "dropped_lines", "imported", "lines_read"):
+        assert chunked[key] == report[key], key
+    for name in ("cat.npz", "dog.npz", "cow.npz"):
+        assert (out / name).read_bytes() == (tmp_path / "out2" / name).read_bytes()
 
 
 @pytest.mark.realdata
