@@ -8,7 +8,11 @@ command lines working unchanged: `--hparams "categories=[bee,bus],dec_model=hype
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
+import io
 import math
+import tokenize
 import typing
 from dataclasses import dataclass
 from typing import Any
@@ -20,34 +24,34 @@ from sketchlab.errors import ConfigError
 class TrainingConfig:
     """Training-loop hyperparameters read by `sketchlab.train.trainer` (paper defaults per model)."""
 
-    batch_size: int = 100
-    learning_rate: float = 1e-3
+    batch_size: int = 100            # sketches per training step
+    learning_rate: float = 1e-3      # initial learning rate (decays by decay_rate, see below)
     # lr(step) = (learning_rate - min_learning_rate) * decay_rate ** (step / lr_decay_every) + min
-    decay_rate: float = 0.9999
-    min_learning_rate: float = 1e-5
-    lr_decay_every: float = 1.0
+    decay_rate: float = 0.9999       # learning-rate decay per lr_decay_every steps (1: constant)
+    min_learning_rate: float = 1e-5  # the floor the learning rate decays toward
+    lr_decay_every: float = 1.0      # steps per decay_rate factor
     optimizer: str = "adam"          # "adam" | "adamw"
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    adam_beta1: float = 0.9          # Adam's first-moment decay
+    adam_beta2: float = 0.999        # Adam's second-moment decay
+    adam_eps: float = 1e-8           # Adam's epsilon
+    weight_decay: float = 0.0        # L2 penalty (adam) or decoupled decay (adamw)
+    grad_clip: float = 1.0           # the gradient clip threshold (how: clip_mode)
     # "value": clip every gradient element to +-grad_clip (magenta sketch-rnn, RPCL seeds);
     # "norm": rescale each parameter's gradient to norm <= grad_clip (SP-gra2seq, SketchGloc);
     # "global_norm": torch's clip_grad_norm_ over all parameters; "none".
-    clip_mode: str = "value"
+    clip_mode: str = "value"         # how grad_clip applies: value | norm | global_norm | none
     eval_every: int = 0              # evaluate every N steps; 0 = at the end of every epoch
     patience: int = 5                # stop after this many evaluations without improvement; 0 = never
     reload_best: bool = False        # rewind to the best checkpoint after a non-improving evaluation
-    rewind_optimizer: bool = True    # ...optimizer moments included (RPCL); False keeps the current
-                                     # ones, as SP-gra2seq's train.py does (its bug 10)
+    rewind_optimizer: bool = True    # reload_best rewinds the optimizer moments too (RPCL); False
+                                     # keeps the current ones, as SP-gra2seq's train.py does
     patience_start: int = 0          # evaluations before this step never count against patience
     valid_metric: str = "recon"      # which loss term (eval mode) selects the best checkpoint
     max_valid_batches: int = 0       # 0 = the whole validation split
     checkpoint_every: int = 500      # steps between resumable checkpoints (also at every evaluation)
     amp: bool = True                 # bf16 autocast on CUDA where the model allows it
     cuda_graph: bool = True          # replay whole training steps from CUDA graphs where allowed
-    seed: int = 0
+    seed: int = 0                    # seeds the data order, initial weights and augmentations
     max_steps: int = 0               # stop after this many steps; 0 = until early stopping
 
     def __post_init__(self):
@@ -108,6 +112,62 @@ def check_values(cfg) -> None:
                 raise ConfigError(f"{f.name}={value!r}: must be {what}")
 
 
+def field_help(cfg_cls) -> dict[str, str]:
+    """One line of meaning for every field of a config dataclass, read from the comments in its
+    class body: the comment on the field's line, continued by comment-only lines indented under
+    it. A subclass that overrides a default keeps its base class's meaning and adds its own
+    comment in parentheses (a model's note on why its default differs). Fields without any
+    comment map to "" (the tests require one for every model's Config)."""
+    out: dict[str, str] = {}
+    for klass in type.mro(cfg_cls)[::-1]:
+        if not dataclasses.is_dataclass(klass):
+            continue
+        for name, text in _class_comments(klass).items():
+            base = out.get(name, "")
+            out[name] = f"{base} ({text})" if base and text and text != base else (base or text)
+    return {f.name: out.get(f.name, "") for f in dataclasses.fields(cfg_cls)}
+
+
+def _class_comments(klass) -> dict[str, str]:
+    """{field: comment} for the annotated names of one class body (see `field_help`)."""
+    try:
+        source = inspect.getsource(klass)
+    except (OSError, TypeError):
+        return {}
+    found: dict[str, str] = {}
+    body_col = None
+    current, current_col = None, None     # the field whose comment may continue below it
+    line_tokens: list[tokenize.TokenInfo] = []
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return {}
+    for tok in tokens:
+        if tok.type in (tokenize.NEWLINE, tokenize.NL):
+            code = [t for t in line_tokens if t.type not in (tokenize.COMMENT, tokenize.INDENT,
+                                                               tokenize.DEDENT)]
+            comments = [t for t in line_tokens if t.type == tokenize.COMMENT]
+            text = " ".join(c.string.lstrip("#").strip() for c in comments)
+            if (len(code) >= 2 and code[0].type == tokenize.NAME and code[1].string == ":"
+                    and code[0].start[1] > 0):
+                col = code[0].start[1]
+                body_col = col if body_col is None else body_col
+                if col == body_col:
+                    found[code[0].string] = text
+                    current, current_col = code[0].string, comments[0].start[1] if comments else None
+                else:
+                    current = None
+            elif not code and comments and current is not None and current_col is not None \
+                    and comments[0].start[1] >= current_col - 2 and found.get(current):
+                found[current] += " " + text            # a comment continued on the next line
+            else:
+                current = None
+            line_tokens = []
+        else:
+            line_tokens.append(tok)
+    return found
+
+
 def config_fields(cfg_cls) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cfg_cls)}
 
@@ -153,7 +213,10 @@ def apply_hparams(cfg, text: str | None):
     changes = {}
     for k, v in split_hparams(text):
         if k not in known:
-            raise ConfigError(f"--hparams: unknown hyperparameter {k!r}; known: {sorted(known)}")
+            close = difflib.get_close_matches(k, list(known), n=3)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise ConfigError(f"--hparams: unknown hyperparameter {k!r}; {hint}`sketchlab train "
+                              f"MODEL --list-hparams` lists every one with its default and meaning")
         changes[k] = _coerce(v, hints[k], k, "--hparams")
     try:
         return dataclasses.replace(cfg, **changes)
@@ -243,4 +306,5 @@ def split_top(text: str, where: str = "value") -> list[str]:
     return out
 
 
-__all__ = ["TrainingConfig", "apply_hparams", "check_values", "from_dict", "to_dict", "split_hparams"]
+__all__ = ["TrainingConfig", "apply_hparams", "check_values", "field_help", "from_dict", "to_dict",
+           "split_hparams"]

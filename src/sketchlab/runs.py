@@ -8,8 +8,10 @@ ready model: it reads the config, looks the model class up in the registry, load
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from safetensors import safe_open
 from sketchlab.config import from_dict
 from sketchlab.data.sources import load_splits, load_sketch_file
 from sketchlab.data.sketches import Sketches
-from sketchlab.errors import CheckpointError, DataError
+from sketchlab.errors import CheckpointError, ConfigError, DataError
 from sketchlab.eval.evaluate import RunHooks
 from sketchlab.eval.judge import SketchANetFeatures
 from sketchlab.models import get_model_class
@@ -122,9 +124,54 @@ def run_split(run: Run, split: str) -> Sketches:
     return raw[split]
 
 
-def load_references(spec: str, run: Run, flag: str = "--condition-on") -> Sketches:
+def reference_limit(model) -> str:
+    """What a model takes as a reference sketch, in words (for the reports of skipped ones)."""
+    c = model.config
+    most = int(getattr(c, "num_points", 0) or 0) or int(getattr(c, "max_seq_len", 0) or 0)
+    field = "num_points" if getattr(c, "num_points", 0) else "max_seq_len"
+    if most > 0:
+        return f"{model.name} takes sketches of 1 to {most} points ({field})"
+    return f"{model.name} takes sketches of at least 1 point"
+
+
+def usable_references(model, sketches: Sketches) -> np.ndarray:
+    """Which of `sketches` (any units) the model can take as references: a boolean mask, by the
+    same rule its training data went through (`filter_sketches`: no empty sketch, none longer
+    than max_seq_len or SketchKnitter's num_points)."""
+    # The filter selects sketches and keeps their per-sketch fields: let it carry each
+    # sketch's position through, so the rule stays the model's own.
+    tagged = Sketches(sketches.points, sketches.offsets, component=np.arange(len(sketches)),
+                      scale_factor=sketches.scale_factor)
+    with warnings.catch_warnings():
+        # The filter warns about what it leaves out; the callers report it themselves.
+        warnings.simplefilter("ignore")
+        kept = type(model).filter_sketches(model.config, tagged.in_units(1.0))
+    mask = np.zeros(len(sketches), bool)
+    if len(kept):
+        mask[kept.component] = True
+    return mask
+
+
+def take_usable(model, sketches: Sketches, what: str, log=None) -> Sketches:
+    """The sketches the model can take (see `usable_references`); how many were left out, and
+    why, goes to `log` (e.g. print). Offsets are clipped as in training. None usable: an error."""
+    ok = usable_references(model, sketches)
+    if not ok.all():
+        n_bad = int((~ok).sum())
+        if not ok.any():
+            raise DataError(f"{what}: none of the {len(sketches)} sketches is usable "
+                            f"({reference_limit(model)})")
+        if log is not None:
+            log(f"note: {what}: {n_bad} of {len(sketches)} sketches left out "
+                f"({reference_limit(model)})")
+        sketches = sketches.select(np.nonzero(ok)[0])
+    return type(model).filter_sketches(model.config, sketches.in_units(1.0))
+
+
+def load_references(spec: str, run: Run, flag: str = "--condition-on", log=None) -> Sketches:
     """Reference sketches in the model's normalised units: a split of the run's data (`test`,
-    `valid`, `train`) or a sketch file; sketches the model cannot take are left out."""
+    `valid`, `train`) or a sketch file; sketches the model cannot take are left out, and `log`
+    (e.g. print) is told how many."""
     model = run.model
     if spec in SPLIT_NAMES:
         sk = run_split(run, spec)
@@ -136,33 +183,57 @@ def load_references(spec: str, run: Run, flag: str = "--condition-on") -> Sketch
             raise DataError(f"{flag} {spec}: not a split name ({', '.join(SPLIT_NAMES)}) and no "
                             f"such file")
         sk = load_sketch_file(path)
-    sk = type(model).filter_sketches(model.config, sk)
-    if len(sk) == 0:
-        raise DataError(f"{flag} {spec}: no usable sketch (all longer than max_seq_len?)")
+    sk = take_usable(model, sk, f"{flag} {spec}", log)
     return sk.in_units(model.scale_factor)
 
 
+def is_conditional(model) -> bool:
+    """Whether the model draws from reference sketches (else it only samples freely)."""
+    return bool(model.can_encode or model.can_heal)
+
+
+def generate_kwargs(model, progress: bool) -> dict:
+    """Run-time keywords of this model's `generate` beyond its options: `progress` where it
+    reports its own (SketchKnitter's diffusion steps)."""
+    params = inspect.signature(model.generate).parameters
+    return {"progress": progress} if progress and "progress" in params else {}
+
+
 def model_run_hooks(run_dir: Path, device=None, temperature: float | None = None,
-                    batch_size: int = 100, seed: int = 0) -> RunHooks:
-    """RunHooks for a sketchlab model run: conditional generation and `Model.encode`.
+                    batch_size: int = 100, seed: int = 0, progress: bool = False) -> RunHooks:
+    """RunHooks for a sketchlab model run: generation conditioned on each reference (models
+    with an encoder or healing), or as many free samples (an unconditional sketch-rnn), and
+    `encode` where the model has an encoder.
 
     `temperature` None samples each model at its own configured temperature (the original's).
     References arrive in raw data units; the model works in units of its training scale factor.
     `encode` re-encodes generated sketches as Ret queries (`encode_queries`: as the original's
     retrieval script reads them back, e.g. SketchGloc's `ret_query_shift`).
     """
-    model = load_model(run_dir, device=device or "cpu")
+    run = open_run(run_dir, device=device or "cpu")
+    model = run.model
     scale = float(model.scale_factor)
+    conditional = is_conditional(model)
+    extra = generate_kwargs(model, progress)
+    options = {} if temperature is None else {"temperature": temperature}
 
     def encode(sketches: Sketches) -> np.ndarray:
         return model.encode_queries(sketches.in_units(scale), batch_size).cpu().numpy()
 
     def sample(reference: Sketches) -> Sketches:
-        out = model.generate(references=reference.in_units(scale), temperature=temperature,
-                             seed=seed)
+        if conditional:
+            out = model.generate(references=reference.in_units(scale), seed=seed, **options,
+                                 **extra)
+        else:
+            out = model.generate(len(reference), seed=seed, **options, **extra)
         return out.in_units(1.0)
 
-    return RunHooks(Path(run_dir).name, sample, encode)
+    def usable(reference: Sketches) -> np.ndarray:
+        return usable_references(model, reference)
+
+    return RunHooks(Path(run_dir).name, sample, encode if model.can_encode else None,
+                    categories=run.categories, conditional=conditional, usable=usable,
+                    limit=reference_limit(model))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -213,17 +284,32 @@ def _legacy_judge_info(raw: dict[str, Any], run_dir: Path) -> dict[str, Any]:
             "scale_factor": scale, "config": config}
 
 
-def calibrate_shortcut(run: Run, classifier_dir: str | Path, log=print) -> None:
+# How many sampling trajectories the r-Shortcut calibration walks by default: its predictor
+# learns from CALIBRATION_SKETCHES, and the mean curve is read off half as many.
+CALIBRATION_SKETCHES = 512
+
+
+def calibrate_shortcut(run: Run, classifier_dir: str | Path, log=print,
+                       sketches: int = CALIBRATION_SKETCHES, progress: bool = True) -> None:
     """SketchKnitter's r-Shortcut: train the recognizability predictor on a judge's scores along
-    sampling trajectories, and store the mean curve in the run's weights (atomically, into the
-    file `open_run` loads: best, else latest, keeping its step)."""
+    `sketches` sampling trajectories (the mean curve comes from half as many), and store the
+    curve in the run's weights (atomically, into the file `open_run` loads: best, else latest,
+    keeping its step). Fewer sketches calibrate faster and noisier (each is a full sampling
+    chain of the model's diffusion_steps)."""
     model = run.model
     require_knitter(model)
+    if sketches < 2:
+        raise ConfigError(f"--calibration-sketches {sketches}: need at least 2")
     clf = load_judge(classifier_dir, model.device)
     score = classifier_score_fn(clf, run.categories or clf.categories)
     t0 = time.time()
-    log("calibrating the r-Shortcut from the classifier's recognizability scores ...")
-    _, _, info = calibrate_shortcut_curve(model, score, device=model.device, progress=True)
+    pilot = max(1, sketches // 2)
+    steps = model.diffusion.num_timesteps
+    log(f"calibrating the r-Shortcut from the classifier's recognizability scores: "
+        f"{sketches} + {pilot} sampling chains of {steps} steps, then the recognizer's epochs "
+        f"(--calibration-sketches sets how many chains) ...")
+    _, _, info = calibrate_shortcut_curve(model, score, device=model.device, progress=progress,
+                                          n_sketches=sketches, pilot=pilot)
     log(f"calibrated in {time.time() - t0:.0f}s (recognizer BCE {info['bce'][-1]:.3f}); saved into "
         f"{run.path}")
     name = "best.safetensors" if (run.path / "best.safetensors").is_file() else "model.safetensors"
@@ -232,5 +318,7 @@ def calibrate_shortcut(run: Run, classifier_dir: str | Path, log=print) -> None:
     ckpt.save_weights(run.path / name, model, {**meta, "shortcut": "calibrated"})
 
 
-__all__ = ["Run", "calibrate_shortcut", "load_judge", "load_model", "load_references",
-           "model_run_hooks", "open_run", "resolve", "run_split"]
+__all__ = ["CALIBRATION_SKETCHES", "Run", "calibrate_shortcut", "generate_kwargs",
+           "is_conditional", "load_judge", "load_model", "load_references", "model_run_hooks",
+           "open_run", "reference_limit", "resolve", "run_split", "take_usable",
+           "usable_references"]

@@ -1,8 +1,9 @@
 """The `sketchlab` command.
 
 Each area of the package registers its own subcommands through a `register_cli(subparsers)`
-function; this file only collects them, and turns `SketchlabError`s into one clear line on stderr
-(exit status 2) instead of a traceback.
+function; this file only collects them, gives every command `--quiet` (no progress display, see
+`sketchlab.progress`), and turns `SketchlabError`s into one clear line on stderr (exit status 2)
+instead of a traceback.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import signal
 import sys
 import threading
 
-from sketchlab import __version__
+from sketchlab import __version__, progress
 from sketchlab.errors import SketchlabError
 
 # Modules that contribute subcommands, in the order `--help` lists them.
@@ -40,7 +41,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in CLI_MODULES:
         importlib.import_module(name).register_cli(sub)
+    _add_quiet(parser)
     return parser
+
+
+QUIET_HELP = ("no progress display (on a terminal a bar, in a log a line every "
+              "$SKETCHLAB_PROGRESS_EVERY seconds, default 30)")
+
+
+def _has_subcommands(parser: argparse.ArgumentParser) -> bool:
+    return any(isinstance(a, argparse._SubParsersAction) for a in parser._actions)
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
+    """Give every command `--quiet` (the commands that define their own keep theirs). Only the
+    commands that run something take it: a group's own flag would be overwritten by its
+    subcommand's default."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                if _has_subcommands(child):
+                    _add_quiet(child)
+                elif "--quiet" not in child._option_string_actions:
+                    child.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
 
 def _stop_on_sigterm(signum, frame):
@@ -58,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _stop_on_sigterm) if in_main_thread else None
     try:
-        return int(args.func(args) or 0)
+        with progress.quiet(getattr(args, "quiet", False)):
+            return int(args.func(args) or 0)
     except SketchlabError as e:
         print(f"sketchlab {args.command}: error: {e}", file=sys.stderr)
         return 2

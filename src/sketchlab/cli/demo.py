@@ -270,11 +270,13 @@ def register_cli(sub) -> None:
                               "# train sketch-rnn on built-in doodles\n"
                               "  sketchlab demo --train --model rpcl-pix2seq --minutes 3")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the samples (and, with --train, of the doodles and weights)")
     p.add_argument("--train", action="store_true",
                    help="train a small model on the built-in doodles instead (minutes)")
     t = p.add_argument_group("--train options")
-    t.add_argument("--model", default="sketch-rnn", choices=DEMO_MODELS)
+    t.add_argument("--model", default="sketch-rnn", choices=DEMO_MODELS,
+                   help=f"which model to train (default sketch-rnn): {', '.join(DEMO_MODELS)}")
     t.add_argument("--minutes", type=float, default=2.0, help="training time budget (default 2)")
     t.add_argument("--per-category", type=int, default=600, help="training doodles per category")
     t.add_argument("--hparams", default=None, help="overrides of the demo configuration, k=v,...")

@@ -2,10 +2,10 @@
 
 It needs no data and no GPU. It writes, under `--out`:
   run/                  the run directory (config.json, weights, log.csv): `sketchlab sample demo_out/run ...`
-  reconstructions.png   held-out doodles (odd rows) and the model's redrawings of them (even rows)
+  reconstructions.png   held-out doodles (blue), each above the model's redrawing of it
   samples.png           new doodles from random codes (RPCL: from the learned prior)
-  healing.png           (SP-gra2seq, SketchGloc: no prior) held-out doodles and their redrawings
-                        from corrupted inputs (30% of the patches masked / strokes moved)
+  healing.png           (SP-gra2seq, SketchGloc: no prior) held-out doodles, the corrupted inputs
+                        (30% of the patches masked / strokes moved) and their redrawings
   interpolation.png     a walk through the latent space from one doodle to another
   loss.png              training and validation loss
 and for the RPCL models, whose prior is a mixture learned by rival-penalised EM:
@@ -88,30 +88,31 @@ def _pick_per_category(sk: Sketches, per_cat: int) -> np.ndarray:
 
 
 def draw_demo_figures(model, test: Sketches, out: Path, seed: int = 0, temperature: float = 0.2) -> None:
-    from sketchlab.render import save_grid
+    from sketchlab.render import save_conditioned_grid, save_grid
     from sketchlab.render.png import plot_curves, render_strip, save_png
 
     # Reconstructions: 6 test doodles per category, each above the model's redrawing.
     refs = test.select(_pick_per_category(test, 6))
+    titles = [refs.category_name(i) for i in range(len(refs))]
 
-    def pairs(redrawn: Sketches, caption: str, path: Path) -> None:
-        rows, titles = [], []
-        for r in range(0, len(refs), 6):
-            part = np.arange(r, min(r + 6, len(refs)))
-            rows += [refs[int(i)] for i in part] + [redrawn[int(i)] for i in part]
-            titles += [f"{refs.category_name(int(i))}" for i in part] + [caption] * len(part)
-        grid = Sketches.from_list(rows, scale_factor=model.scale_factor).in_units(1.0)
-        save_grid(grid, path, cols=6, titles=titles)
+    def pairs(redrawn: Sketches, caption: str, path: Path, corrupted: Sketches | None = None):
+        how = "" if corrupted is None else "corrupted at strength 0.3, "
+        save_conditioned_grid(redrawn.in_units(1.0), path, refs.in_units(1.0),
+                              corrupted=None if corrupted is None else corrupted.in_units(1.0),
+                              input_titles=titles, output_titles=[caption] * len(refs), cols=6,
+                              caption=f"{model.name} demo: {caption} test doodles ({how}"
+                                      f"temperature {temperature:g}, seed {seed})")
 
     pairs(model.generate(references=refs, temperature=temperature, seed=seed), "redrawn",
           out / "reconstructions.png")
     if model.can_sample:
         samples = model.generate(n=36, temperature=0.3, seed=seed).in_units(1.0)
-        save_grid(samples, out / "samples.png", cols=6)
+        save_grid(samples, out / "samples.png", cols=6,
+                  caption=f"{model.name} demo: free samples (temperature 0.3, seed {seed})")
         figures = ["samples.png"]
     else:  # no prior: show healing instead (the references corrupted at strength 0.3)
         pairs(model.heal(refs, strength=0.3, temperature=temperature, seed=seed),
-              "healed", out / "healing.png")
+              "healed", out / "healing.png", corrupted=model.corrupt(refs, strength=0.3, seed=seed))
         figures = ["healing.png"]
 
     # Interpolation between the first two categories' first test doodles.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 
@@ -21,7 +20,7 @@ from sketchlab import runs
 
 def _load(args):
     run = runs.open_run(args.run, device=pick_device(args.device), which=args.which)
-    return run.model, runs.load_references(args.split, run, flag="--split")
+    return run.model, runs.load_references(args.split, run, flag="--split", log=print)
 
 
 def _subset(refs: Sketches, n: int | None, seed: int) -> Sketches:
@@ -91,7 +90,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test",
                    help="the sketches to use: test | valid | train of the run's data, or a .npz file")
     p.add_argument("--which", choices=["best", "latest"], default="best", help="which checkpoint")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the subset, the projection and the decoding (default 0)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
 
 
@@ -103,16 +103,24 @@ def register_cli(subparsers) -> None:
     lat.set_defaults(func=lambda args: (lat.print_help(), 1)[1])
 
     m = sub.add_parser("map", help="t-SNE map of the codes, coloured by category and latent labels",
+                       description="Encode sketches of --split and draw a 2-D map (t-SNE or PCA) "
+                                   "of their codes, coloured by category and by the model's "
+                                   "latent labels (RPCL: prior component), with thumbnails and "
+                                   "the prior's means.",
                        epilog=MAP_EPILOG, formatter_class=fmt)
     _common(m)
     m.add_argument("--n", type=int, default=1000, help="at most this many sketches (balanced over categories)")
-    m.add_argument("--perplexity", type=float, default=30.0)
+    m.add_argument("--perplexity", type=float, default=30.0,
+                   help="t-SNE perplexity (default 30; lowered for few sketches)")
     m.add_argument("--method", choices=["tsne", "pca"], default="tsne",
                    help="tsne (scikit-learn) or pca (no extra package)")
     m.add_argument("--thumbnails", type=int, default=150, help="sketches drawn at their positions")
     m.set_defaults(func=cmd_map)
 
     i = sub.add_parser("interpolate", help="decode the path between two sketches' codes",
+                       description="Encode sketches --a and --b of --split and draw the sketches "
+                                   "decoded along the path between their codes (slerp, or a "
+                                   "straight line with --linear).",
                        epilog=INTERP_EPILOG, formatter_class=fmt)
     _common(i)
     i.add_argument("--a", type=int, default=0, help="index of the first sketch in --split")
@@ -124,14 +132,18 @@ def register_cli(subparsers) -> None:
     i.set_defaults(func=cmd_interpolate)
 
     a = sub.add_parser("analogy", help="decode z_c + (z_b - z_a), the latent calculator",
+                       description="Decode z_c + (z_b - z_a): sketch c changed the way b differs "
+                                   "from a (the sketch-rnn paper's latent arithmetic).",
                        epilog=ANALOGY_EPILOG, formatter_class=fmt)
     _common(a)
     a.add_argument("--a", type=int, required=True, help="index of sketch a in --split")
     a.add_argument("--b", type=int, required=True, help="index of sketch b in --split")
     a.add_argument("--c", type=int, required=True, help="index of sketch c in --split")
     a.add_argument("--samples", type=int, default=3, help="how many decodings of the result")
-    a.add_argument("--temperature", type=float, default=None)
-    a.add_argument("--greedy", action="store_true")
+    a.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature (model default)")
+    a.add_argument("--greedy", action="store_true",
+                   help="most likely choices instead of sampling")
     a.set_defaults(func=cmd_analogy)
 
 

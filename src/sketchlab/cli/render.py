@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from sketchlab.data.npz import SPLITS
+from sketchlab.data.npz import SPLITS, npz_keys
 from sketchlab.data.sources import load_sketch_file
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
@@ -27,11 +27,21 @@ examples:
 
 
 def _titles(sketches: Sketches, indices: np.ndarray) -> list[str]:
-    out = []
-    for i in indices:
-        name = sketches.category_name(int(i))
-        out.append(f"#{i} {name}" if name else f"#{i}")
-    return out
+    """Each sketch's category name (its index where the file names no category)."""
+    return [sketches.category_name(int(i)) or f"#{i}" for i in indices]
+
+
+def _load(path: str, split: str | None) -> tuple[Sketches, str | None]:
+    """The sketches of INPUT and, for a sketch-rnn data file (one category per file, named by
+    the file), a caption saying which file, split and category the grid shows."""
+    sketches = load_sketch_file(path, split)
+    if "points" in npz_keys(path):                    # a sketchlab Sketches file
+        return sketches, None
+    category = os.path.splitext(os.path.basename(path))[0]
+    if sketches.category is None:
+        sketches.category = np.zeros(len(sketches), np.int64)
+        sketches.category_names = (category,)
+    return sketches, f"{os.path.basename(path)}, {split or 'test'} split: {category}"
 
 
 def run_render(args: argparse.Namespace) -> int:
@@ -51,7 +61,7 @@ def run_render(args: argparse.Namespace) -> int:
         print(f"wrote {out}")
         return 0
 
-    sketches = load_sketch_file(args.input, args.split)
+    sketches, caption = _load(args.input, args.split)
     if len(sketches) == 0:
         raise DataError(f"{args.input}: holds no sketches")
     if args.index is not None:
@@ -74,8 +84,11 @@ def run_render(args: argparse.Namespace) -> int:
     line_width = args.line_width or max(1.0, size / 90)
     from sketchlab.render import save_grid
 
+    if caption is not None and len(indices) > 1:
+        caption += f" (sketches {indices[0]}-{indices[-1]} of {len(sketches)})"
     save_grid(chosen, out, cols=cols, cell=size, titles=titles, colour_strokes=args.colour_strokes,
-              line_width=line_width, cell_borders=len(indices) > 1)
+              line_width=line_width, cell_borders=len(indices) > 1,
+              caption=caption if len(indices) > 1 else None)
     print(f"wrote {out} ({len(indices)} sketch{'es' if len(indices) != 1 else ''})")
     return 0
 
@@ -83,7 +96,9 @@ def run_render(args: argparse.Namespace) -> int:
 def register_cli(subparsers) -> None:
     p = subparsers.add_parser(
         "render", help="draw sketches (or a training log) to SVG or PNG",
-        description="Draw one sketch or a grid of sketches from an .npz file to SVG or PNG.",
+        description="Draw one sketch or a grid of sketches from an .npz file to SVG or PNG (a "
+                    "grid of a sketch-rnn data file is captioned with its file, split and "
+                    "category), or a training log's columns as curves.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", metavar="INPUT", help="Sketches .npz, sketch-rnn .npz, or log .csv")
     p.add_argument("--out", required=True, help="output file, .svg or .png")
@@ -97,7 +112,8 @@ def register_cli(subparsers) -> None:
     p.add_argument("--colour-strokes", "--color-strokes", dest="colour_strokes",
                    action="store_true", help="one palette colour per stroke, in drawing order")
     p.add_argument("--line-width", type=float, default=None, help="stroke width in pixels")
-    p.add_argument("--titles", action="store_true", help="write the index and category above each cell")
+    p.add_argument("--titles", action="store_true",
+                   help="write each sketch's category above its cell (its index if it has none)")
     p.add_argument("--series", default=None, help="CSV input: comma-separated columns to plot")
     p.add_argument("--logy", action="store_true", help="CSV input: log-scale y axis")
     p.set_defaults(func=run_render)

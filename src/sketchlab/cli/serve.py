@@ -20,6 +20,9 @@ Binds to 127.0.0.1 unless --host says otherwise: the studio has no accounts or p
 
 def register_cli(sub) -> None:
     p = sub.add_parser("serve", help="the studio: draw with the models in a browser",
+                       description="Serve the studio: a web page (and its JSON API) where you "
+                                   "draw, and the models complete, redraw, heal, sample and "
+                                   "interpolate your drawings.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", action="append", default=None, metavar="NAMES|RUN_DIRS",
                    help="comma-separated pretrained names and/or run directories (repeatable; "

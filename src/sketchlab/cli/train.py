@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
+import textwrap
 import time
 import types
 import typing
@@ -12,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sketchlab.config import apply_hparams, from_dict, split_hparams
+from sketchlab.config import TrainingConfig, apply_hparams, field_help, from_dict, split_hparams
 from sketchlab.data.sources import load_splits, parse_categories
 from sketchlab.data.sketches import Sketches
-from sketchlab.errors import ConfigError, DataError
+from sketchlab.errors import ConfigError
 from sketchlab.models import (
     MODELS, PRESETS, get_model_class, model_classes, models_with, paper_categories, preset,
 )
@@ -24,7 +26,19 @@ from sketchlab.nn.device import pick_device
 from sketchlab.train.trainer import Trainer, init_distributed, prepare_data
 from sketchlab import runs
 
+TRAIN_DESCRIPTION = """\
+Train MODEL into a run directory (--out): config.json, weights (model.safetensors, the best as
+best.safetensors), log.csv and loss.png. Data: per-category sketch-rnn .npz files (--data-dir +
+--categories; `sketchlab data import|download` makes them) or, without --data-dir, the built-in
+doodles. Each model starts from its defaults (the original code's values, bugs corrected) or a
+--preset (paper, cpu); `--list-hparams` prints every hyperparameter with its default (or the
+preset's value) and meaning, `--hparams "name=value,..."` changes them (the original
+repositories' syntax). Training stops at --max-steps / --max-epochs / --max-minutes or by early
+stopping; running the same command again resumes from the last checkpoint.
+"""
+
 TRAIN_EPILOG = """examples:
+  sketchlab train sketch-rnn --list-hparams                                # what can be set
   sketchlab train sketch-rnn --out runs/doodles --max-steps 2000          # built-in doodles
   sketchlab train sketch-rnn --data-dir data/sketchrnn --categories aaron_sheep --out runs/sheep \\
       --hparams "dec_model=layer_norm,dec_rnn_size=512"
@@ -48,17 +62,30 @@ its recognizability predictor (`h_model` gets no gradient) and has no shortcut f
 Running the same command again resumes from the run's last checkpoint.
 """
 
+SAMPLE_DESCRIPTION = """\
+Draw sketches from a trained run (a run directory, or a pretrained name from `sketchlab zoo
+list`): new ones from the model's prior, or one per reference sketch (--condition-on: redrawn
+from its code, healed from a corrupted copy, or refined). Writes the sketches as a pickle-free
+.npz in raw data units (what `sketchlab evaluate` and `sketchlab render` read) and a picture
+beside it: conditional samples under the input each was drawn from (and the corrupted input, for
+healing), free samples with a caption naming the model, the run and the temperature. References
+a model cannot take (longer than its max_seq_len, or SketchKnitter's num_points) are left out
+and counted.
+"""
+
 SAMPLE_EPILOG = """examples:
-  sketchlab sample runs/sheep --out sheep.npz --n 64 --temperature 0.3
+  sketchlab sample runs/sheep --out sheep.npz --n 64 --temperature 0.3     # + sheep.png
   sketchlab sample runs/rpcl --out cond.npz --condition-on test --n 100
   sketchlab sample runs/rpcl --out comp3.npz --component 3 --n 25
   sketchlab sample runs/rpcl --out std.npz --prior standard --n 25      # z ~ N(0, I) as sample.py
   sketchlab sample runs/knitter --out healed.npz --condition-on broken.npz --strength 0.3
   sketchlab sample runs/sp --out healed.npz --condition-on test --strength 0.1   # SP-gra2seq, SketchGloc
-  sketchlab sample runs/knitter --out s.npz --classifier runs/clf --sampler rshortcut
+  sketchlab sample runs/knitter --out fast.npz --sampler rshortcut --classifier runs/clf \\
+      --calibration-sketches 64                       # calibrate the r-Shortcut once, then sample
 
 The model options are each model's sampling Options; a flag the run's model does not take is
-refused. Writes a pickle-free Sketches npz (raw data units) and a PNG grid beside it.
+refused. --out FILE.npz writes FILE.png beside it; --out FILE.png (or .svg) writes FILE.npz
+beside it.
 
 SketchKnitter's r-Shortcut (--sampler rshortcut) is sketchlab's reconstruction of the paper's
 recognizability shortcut: the released code never trains its predictor (`h_model` gets no
@@ -67,17 +94,24 @@ gradient) and has no shortcut function; --classifier calibrates sketchlab's pred
 
 
 def register_cli(sub) -> None:
-    p = sub.add_parser("train", help="train a model", epilog=TRAIN_EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", choices=list(MODELS), help="which model")
+    p = sub.add_parser("train", help="train a model", description=TRAIN_DESCRIPTION,
+                       epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", choices=list(MODELS), metavar="MODEL",
+                   help=f"which model: {', '.join(MODELS)}")
     p.add_argument("--data-dir", default=None,
                    help="folder of sketch-rnn npz files (one per category); default: built-in doodles")
-    p.add_argument("--categories", default=None, help="comma-separated categories (or categories=[...] in --hparams)")
-    p.add_argument("--out", required=True, help="run directory (created; resumed if it holds a checkpoint)")
+    p.add_argument("--categories", default=None,
+                   help="comma-separated categories, e.g. cat,bus (or categories=[...] in --hparams)")
+    p.add_argument("--out", default=None,
+                   help="run directory (created; resumed if it holds a checkpoint); required unless "
+                        "--list-hparams")
     p.add_argument("--preset", choices=list(PRESETS), default=None,
                    help="start from a preset configuration: " + "; ".join(
                        f"{k}: {v}" for k, v in PRESETS.items()) + " (--hparams apply on top)")
-    p.add_argument("--hparams", default=None, help='overrides in the originals\' syntax: "k=v,k=[x,y]"')
+    p.add_argument("--hparams", default=None,
+                   help='overrides in the originals\' syntax: "k=v,k=[x,y]" (see --list-hparams)')
+    p.add_argument("--list-hparams", action="store_true",
+                   help="print every hyperparameter of MODEL with its default and meaning, and exit")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total")
     p.add_argument("--max-epochs", type=int, default=None, help="stop after this many epochs")
     p.add_argument("--max-minutes", type=float, default=None,
@@ -86,14 +120,19 @@ def register_cli(sub) -> None:
     p.add_argument("--limit-per-category", type=int, default=None,
                    help="use at most this many sketches per category and split")
     p.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress display (the log lines and validation results still print)")
     p.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("sample", help="draw sketches from a trained run", epilog=SAMPLE_EPILOG,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("run", help="run directory made by `sketchlab train`")
-    s.add_argument("--out", required=True, help="output .npz (a PNG grid is written beside it)")
-    s.add_argument("--n", type=int, default=None, help="how many sketches (default 64, or all references)")
+    s = sub.add_parser("sample", help="draw sketches from a trained run", description=SAMPLE_DESCRIPTION,
+                       epilog=SAMPLE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("run", metavar="RUN",
+                   help="run directory made by `sketchlab train`, or a pretrained name (`sketchlab zoo list`)")
+    s.add_argument("--out", required=True,
+                   help="the samples: FILE.npz (a FILE.png picture is written beside it), or the "
+                        "picture: FILE.png / FILE.svg (the samples go beside it as FILE.npz)")
+    s.add_argument("--n", type=int, default=None,
+                   help="how many sketches (default 64, or one per --condition-on reference)")
     s.add_argument("--condition-on", default=None,
                    help="test | valid | train (the run's data) or a .npz file of reference sketches")
     s.add_argument("--strength", type=float, default=None, help=_strength_help())
@@ -101,13 +140,17 @@ def register_cli(sub) -> None:
                    help="a `sketchlab classifier train` run: calibrates SketchKnitter's r-Shortcut "
                         "(--sampler rshortcut; sketchlab's reconstruction, the released code never "
                         "trains its predictor) from its recognizability scores, saved into RUN")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--calibration-sketches", type=int, default=runs.CALIBRATION_SKETCHES,
+                   help="with --classifier: sampling chains the r-Shortcut calibration walks (default "
+                        "%(default)s; the curve reads half as many more); fewer is faster and noisier")
+    s.add_argument("--seed", type=int, default=0,
+                   help="random seed: the same seed and options give the same sketches (default 0)")
     add_option_flags(s.add_argument_group("model options (each model's sampling Options)"))
     s.add_argument("--which", choices=["best", "latest"], default=None,
                    help="which weights: best (lowest validation loss) or latest (the final ones); "
                         "default: the model's choice (best; SketchKnitter's faithful mode and "
                         "paper preset: latest, as the original samples its last checkpoint)")
-    s.add_argument("--device", default=None)
+    s.add_argument("--device", default=None, help="cuda, cuda:1, mps or cpu (default: best available)")
     s.set_defaults(func=cmd_sample)
 
 
@@ -134,6 +177,12 @@ def _config_for_run(cls, out: Path, hparams: str | None, preset_name: str | None
 
 def cmd_train(args) -> int:
     cls = get_model_class(args.model)
+    if args.list_hparams:
+        config = preset(cls.name, args.preset) if args.preset else None
+        print(hparams_table(cls, config=config, preset_name=args.preset), end="")
+        return 0
+    if args.out is None:
+        raise ConfigError("--out is required: the run directory to train into (or resume)")
     out = Path(args.out)
     if out.exists() and not out.is_dir():   # before minutes of data preparation
         raise ConfigError(f"--out {out}: a file, not a run directory; give a folder")
@@ -190,13 +239,57 @@ def cmd_train(args) -> int:
     init_distributed(device)             # under torchrun: join the process group (else nothing)
     trainer = Trainer(model, data, out, device=device, max_steps=args.max_steps,
                       max_epochs=args.max_epochs, max_seconds=max_seconds,
-                      progress=not args.no_progress, run_info=run_info)
+                      progress=not (args.no_progress or getattr(args, "quiet", False)),
+                      run_info=run_info)
     print(f"device: {trainer.device}")
     summary = trainer.train()
     print(f"done: step {summary['step']}, epoch {summary['epoch']}, best valid "
           f"{model.config.valid_metric} {summary['best_valid']:.4f}; run in {out}")
     _draw_loss_curve(out)
     return 0
+
+
+def hparams_table(cls, width: int | None = None, config=None, preset_name: str | None = None) -> str:
+    """Every field of a model's Config: name, default (or `config`'s value, e.g. a preset's) and
+    meaning (the comments in the Config classes), the model's own fields first, then the
+    training fields every model shares."""
+    width = width or min(110, max(80, shutil.get_terminal_size((100, 24)).columns))
+    help_text = field_help(cls.Config)
+    defaults = config if config is not None else cls.Config()
+    shared = {f.name for f in dataclasses.fields(TrainingConfig)}
+    fields = dataclasses.fields(cls.Config)
+    groups = [(f"{cls.name}", [f for f in fields if f.name not in shared]),
+              ("training (every model)", [f for f in fields if f.name in shared])]
+    rows = [(f.name, _default_text(getattr(defaults, f.name)), help_text.get(f.name, ""))
+            for f in fields]
+    name_w = max(len(r[0]) for r in rows) + 2
+    value_w = min(max(len(r[1]) for r in rows), 22) + 2
+    source = f"preset {preset_name}" if preset_name else "the original code's, bugs corrected"
+    lines = [f"{cls.name} hyperparameters: set them with --hparams \"name=value,...\" (values: "
+             f"{source})", ""]
+    for title, group in groups:
+        if not group:
+            continue
+        lines.append(f"{title}:")
+        for f in group:
+            value = _default_text(getattr(defaults, f.name))
+            head = f"  {f.name:<{name_w}}{value:<{value_w}}"
+            if len(value) >= value_w:
+                head = f"  {f.name:<{name_w}}{value}  "
+            wrapped = textwrap.wrap(help_text.get(f.name, "") or "-",
+                                    max(30, width - 2 - name_w - value_w))
+            lines.append(head + (wrapped[0] if wrapped else ""))
+            lines += [" " * (2 + name_w + value_w) + w for w in wrapped[1:]]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _default_text(value) -> str:
+    if isinstance(value, tuple):
+        return "[" + ",".join(str(v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def _draw_loss_curve(run_dir: Path) -> None:
@@ -214,14 +307,33 @@ def _draw_loss_curve(run_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def sample_paths(out: str) -> tuple[Path, Path]:
+    """(samples .npz, picture) for `--out`: FILE.npz draws FILE.png beside it; FILE.png or
+    FILE.svg is the picture and the samples go beside it as FILE.npz."""
+    path = Path(out)
+    ext = path.suffix.lower()
+    if ext == ".npz":
+        return path, path.with_suffix(".png")
+    if ext in (".png", ".svg"):
+        return path.with_suffix(".npz"), path
+    raise ConfigError(f"--out {out}: give the samples' file, FILE.npz (a FILE.png picture is "
+                      f"written beside it), or the picture, FILE.png or FILE.svg (the samples go "
+                      f"beside it as FILE.npz)")
+
+
 def cmd_sample(args) -> int:
+    npz_path, picture = sample_paths(args.out)
     device = pick_device(args.device)
     run = runs.open_run(args.run, device=device, which=args.which)
     model = run.model
     if args.classifier:
-        runs.calibrate_shortcut(run, args.classifier)
-    refs = runs.load_references(args.condition_on, run) if args.condition_on else None
-    n = args.n if args.n is not None else (None if refs is not None else 64)
+        runs.calibrate_shortcut(run, args.classifier, sketches=args.calibration_sketches)
+    refs = runs.load_references(args.condition_on, run, log=print) if args.condition_on else None
+    if refs is not None and args.n is not None:
+        if args.n < 1:
+            raise ConfigError(f"--n {args.n}: need at least 1")
+        refs = refs[np.arange(min(args.n, len(refs)))]
+    n = None if refs is not None else (64 if args.n is None else args.n)
     overrides = option_overrides(args, model)
     if args.strength is not None:
         if not model.can_heal:
@@ -234,22 +346,89 @@ def cmd_sample(args) -> int:
             raise ConfigError(f"give --strength or --{_flag(model.heal_option)}, not both")
         overrides[model.heal_option] = args.strength
     t0 = time.time()
-    out = model.generate(n, references=refs, seed=args.seed, **overrides)
+    out = model.generate(n, references=refs, seed=args.seed, **overrides,
+                         **runs.generate_kwargs(model, progress=True))
     dt = time.time() - t0
     raw = out.in_units(1.0)
-    raw.save(args.out)
-    print(f"{len(raw)} sketches in {dt:.1f}s ({len(raw) / max(dt, 1e-9):.0f}/s) -> {args.out}")
-    png = Path(args.out).with_suffix(".png")
-    if draw_grid(raw, png, refs_raw=refs.in_units(1.0) if refs is not None else None):
-        print(f"grid: {png}")
+    raw.save(npz_path)
+    print(f"{len(raw)} sketches in {dt:.1f}s ({len(raw) / max(dt, 1e-9):.0f}/s) -> {npz_path}")
+    shown = draw_samples(raw, picture, model, args.run, refs=refs, overrides=overrides,
+                         seed=args.seed, source=args.condition_on)
+    print(f"picture: {picture} ({shown} of {len(raw)} drawn"
+          f"{', each under its input' if refs is not None else ''})")
     return 0
+
+
+def _caption_settings(model, overrides: dict, seed: int) -> list[str]:
+    """What a sample picture was drawn with: temperature (and the diffusion sampler), seed."""
+    opts = model.make_options(**overrides)
+    parts = []
+    if getattr(opts, "sampler", None) is not None or hasattr(opts, "sampler"):
+        sampler = getattr(opts, "sampler", None) or getattr(model.config, "sampler", None)
+        if isinstance(sampler, str):
+            parts.append(f"sampler {sampler}")
+    temperature = opts.temperature
+    if temperature is None:
+        temperature = getattr(model.config, "temperature", None)
+    if temperature is None and hasattr(opts, "sampler"):
+        temperature = 1.0         # SketchKnitter: the noise scale
+    if getattr(opts, "greedy", None):
+        parts.append("greedy")
+    elif temperature is not None:
+        parts.append(f"temperature {temperature:g}")
+    for key in ("category", "component", "unit", "prior"):
+        if getattr(opts, key, None) is not None:
+            parts.append(f"{key} {getattr(opts, key)}")
+    parts.append(f"seed {seed}")
+    return parts
+
+
+def draw_samples(raw: Sketches, picture: Path, model, run: str, *, refs: Sketches | None = None,
+                 overrides: dict | None = None, seed: int = 0, source: str | None = None,
+                 limit: int = 64) -> int:
+    """The picture of `sketchlab sample`: conditional samples each under its input (and, when
+    the model corrupted the input first, the corrupted input in between); free samples with a
+    caption saying what drew them. Returns how many sketches it shows."""
+    from sketchlab.render import save_conditioned_grid, save_grid
+
+    overrides = dict(overrides or {})
+    n = min(limit, len(raw))
+    shown = raw[np.arange(n)]
+    settings = ", ".join(_caption_settings(model, overrides, seed))
+    where = f"{model.name} {run}"
+    if refs is None:
+        cats = shown.category_names
+        drew = (f"category {cats[0]}" if len(cats) == 1 else
+                f"categories {', '.join(cats[:4])}{' ...' if len(cats) > 4 else ''}" if cats else "")
+        caption = f"{where}: free samples ({settings}){'; ' + drew if drew else ''}"
+        save_grid(shown, picture, caption=caption)
+        return n
+    inputs = refs[np.arange(n)]
+    corrupted = None
+    strength = None
+    if model.can_heal:
+        strength = overrides.get(model.heal_option)
+        if strength is None:
+            strength = getattr(model.make_options(**overrides), model.heal_option, 0.0)
+        if strength:
+            corrupted = model.corrupt(inputs, strength=float(strength), seed=seed).in_units(1.0)
+    titles = [inputs.category_name(i) or "input" for i in range(n)]
+    rows = "input (blue), corrupted at strength %g (orange), output" % strength if corrupted \
+        is not None else "input (blue) above its output"
+    caption = f"{where}, conditioned on {source or 'references'}: {rows}; {settings}"
+    save_conditioned_grid(shown, picture, inputs.in_units(1.0), corrupted=corrupted,
+                          input_titles=titles,
+                          output_titles=["healed" if corrupted is not None else "output"] * n,
+                          caption=caption)
+    return n
 
 
 # ---------------------------------------------------------------------------------------------
 # model options -> flags
 # ---------------------------------------------------------------------------------------------
 # `sample`'s own arguments, which no model option may shadow.
-_SAMPLE_ARGS = {"run", "out", "n", "condition_on", "strength", "classifier", "seed", "which", "device"}
+_SAMPLE_ARGS = {"run", "out", "n", "condition_on", "strength", "classifier", "calibration_sketches",
+                "seed", "which", "device", "quiet"}
 
 
 def _flag(name: str) -> str:
@@ -316,11 +495,27 @@ def add_option_flags(group) -> None:
     the fields' metadata and the models that take it."""
     all_models = set(model_classes())
     for name, entry in option_table().items():
-        text = "; ".join(entry["help"])
+        text = _merge_help(entry["help"])
         if set(entry["models"]) != all_models:
             text += f" [{', '.join(entry['models'])}]"
         group.add_argument(f"--{_flag(name)}", dest=name, default=None, help=text,
                            **_flag_kwargs(entry["type"]))
+
+
+def _merge_help(texts: list[str]) -> str:
+    """One help text from the models' texts of an option: a text that extends another (a
+    model's note added inside the shared parenthesis) replaces it; different ones are joined."""
+    kept: list[str] = []
+    for t in texts:
+        for i, k in enumerate(kept):
+            if t.startswith(k.rstrip(")")):
+                kept[i] = t
+                break
+            if k.startswith(t.rstrip(")")):
+                break
+        else:
+            kept.append(t)
+    return "; ".join(kept)
 
 
 def option_overrides(args, model) -> dict:
@@ -343,15 +538,3 @@ def _strength_help() -> str:
     parts = [f"{name}: {cls.heal_option}" for name, cls in model_classes().items() if cls.can_heal]
     return ("how much to corrupt or noise the --condition-on sketches before redrawing them (papers: "
             "0.1, 0.3); it sets each healing model's own option: " + ", ".join(parts))
-
-
-def draw_grid(sketches: Sketches, path: Path, refs_raw: Sketches | None = None, limit: int = 64) -> bool:
-    """A PNG grid of the first `limit` sketches (references above their samples when given)."""
-    from sketchlab.render import save_grid
-
-    shown = sketches[np.arange(min(limit, len(sketches)))]
-    titles = None
-    if shown.category is not None and shown.category_names:
-        titles = [shown.category_name(i) for i in range(len(shown))]
-    save_grid(shown, path, titles=titles)
-    return True

@@ -98,23 +98,32 @@ def register_cli(subparsers) -> None:
     sub = z.add_subparsers(dest="zoo_command", metavar="ACTION")
     z.set_defaults(func=lambda args: (z.print_help(), 1)[1])
 
-    p = sub.add_parser("list", help="a table of the pretrained models")
+    p = sub.add_parser("list", help="a table of the pretrained models",
+                       description="A table of the pretrained models: name, model, categories, "
+                                   "size and what each was trained on.")
     p.set_defaults(func=cmd_list)
-    p = sub.add_parser("info", help="print a model's card (data, recipe, metrics, hash)")
-    p.add_argument("name")
+    p = sub.add_parser("info", help="print a model's card (data, recipe, metrics, hash)",
+                       description="Print a pretrained model's card: its data, training recipe, "
+                                   "metrics and the hash its weights are checked against.")
+    p.add_argument("name", help="a name from `sketchlab zoo list`")
     p.set_defaults(func=cmd_info)
-    p = sub.add_parser("train", help="reproduce a pretrained model from its recipe")
-    p.add_argument("name")
+    p = sub.add_parser("train", help="reproduce a pretrained model from its recipe",
+                       description="Train a pretrained model again from its card's recipe (the "
+                                   "same data, hyperparameters and steps) into --out.")
+    p.add_argument("name", help="a name from `sketchlab zoo list`")
     p.add_argument("--out", required=True, help="run directory to train into")
     p.add_argument("--data-dir", default=None, help="the imported data the recipe names")
     p.add_argument("--device", default=None, help="cpu (the recipes' device), cuda, mps")
     p.add_argument("--max-steps", type=int, default=None, help="stop early (a rehearsal)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_train)
-    p = sub.add_parser("add", help="(developers) package a trained run as a zoo entry")
-    p.add_argument("run")
-    p.add_argument("name")
+    p = sub.add_parser("add", help="(developers) package a trained run as a zoo entry",
+                       description="(For developers) package a trained run as a zoo entry: its "
+                                   "weights in --dtype, its config and a card.")
+    p.add_argument("run", help="the run directory to package")
+    p.add_argument("name", help="the entry's name (what `sketchlab.load(NAME)` will take)")
     p.add_argument("--card", default=None, help="JSON with the card's fields (recipe, metrics, ...)")
-    p.add_argument("--dtype", default="float16", choices=["float16", "float32", "bfloat16"])
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32", "bfloat16"],
+                   help="precision of the packaged weights (default float16)")
     p.add_argument("--zoo-dir", default=None, help="write the entry here instead of the package")
     p.set_defaults(func=cmd_add)

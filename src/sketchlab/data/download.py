@@ -17,13 +17,13 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
 
 from sketchlab.data.npz import SPLITS, load_npz
 from sketchlab.data.quickdraw_categories import QUICKDRAW_CATEGORIES
 from sketchlab.data.sources import category_filename
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.fileio import atomic_open
+from sketchlab.progress import Progress
 
 DEFAULT_BASE_URL = "https://storage.googleapis.com/quickdraw_dataset/sketchrnn"
 
@@ -180,9 +180,7 @@ def download_category(category: str, out_dir: str | os.PathLike, *,
             length = response.headers.get("Content-Length")
             total = int(length) if length is not None else None
         resumed_from = start
-        # disable=None lets tqdm switch itself off when stderr is not a terminal (logs, tests).
-        bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=category,
-                   disable=None if progress else True)
+        bar = Progress(total, category, "B", unit_scale=True, initial=start, enabled=progress)
         try:
             with open(part, "ab" if start else "wb") as fh:
                 while block := response.read(chunk_size):

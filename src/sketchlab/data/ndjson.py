@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from sketchlab.data import strokes as S
 from sketchlab.data.npz import SPLITS, save_sketchrnn_npz
@@ -33,6 +32,7 @@ from sketchlab.data.sources import category_filename, expand_paths, parse_catego
 from sketchlab.data.strokes import BadDrawing, from_polylines
 from sketchlab.errors import ConfigError, DataError, OutputError
 from sketchlab.fileio import atomic_open
+from sketchlab.progress import Progress
 
 IMPORT_FORMATS = ("auto", "simplified", "raw", "spg")
 # Drawings longer than this after simplification are dropped (sketch-rnn data is < 300).
@@ -478,9 +478,7 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
             cat.given.append(given)
         line_base[k] += chunk["lines"]
 
-    # disable=None lets tqdm switch itself off when stderr is not a terminal (logs, tests).
-    bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="import",
-               disable=None if progress else True)
+    bar = Progress(total_bytes, "import", "B", unit_scale=True, enabled=progress)
     try:
         if n_proc <= 1:
             results = map(_run_chunk, jobs)

@@ -3,6 +3,7 @@ doodles, or one file; and the one parser of the category lists users type."""
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Sequence
@@ -75,6 +76,31 @@ def available_categories(data_dir: str | os.PathLike) -> list[str]:
     return sorted(p.name[:-4] for p in Path(data_dir).glob("*.npz"))
 
 
+# Up to this many categories are listed in full in a message; beyond, the closest names.
+LIST_IN_FULL = 12
+
+
+def describe_categories(have: Sequence[str], wanted: Sequence[str] = ()) -> str:
+    """The categories of a folder for a message: all of them when few, else how many and the
+    names closest to the `wanted` ones (a folder of 344 QuickDraw categories is no message)."""
+    have = list(have)
+    if not have:
+        return "no categories (no .npz files)"
+    if len(have) <= LIST_IN_FULL:
+        return f"{len(have)} categor{'y' if len(have) == 1 else 'ies'}: {', '.join(have)}"
+    lowered = {h.lower(): h for h in have}
+    close: list[str] = []
+    for w in wanted:
+        for m in difflib.get_close_matches(w.lower(), list(lowered), n=4, cutoff=0.6):
+            if lowered[m] not in close:
+                close.append(lowered[m])
+        close += [h for h in have if w.lower() in h.lower() and h not in close][:3]
+    hint = (f"; closest to {', '.join(repr(w) for w in wanted)}: {', '.join(close[:8])}"
+            if close else f"; none close to {', '.join(repr(w) for w in wanted)}" if wanted else
+            f", e.g. {', '.join(have[:LIST_IN_FULL])}")
+    return f"{len(have)} categories{hint} (`sketchlab data info DIR` lists them all)"
+
+
 def load_categories(data_dir: str | os.PathLike, categories: str | Sequence[str],
                     splits: Sequence[str] = SPLITS, limit_per_category: int | None = None, *,
                     max_points: int = DEFAULT_MAX_POINTS, on_bad: str = "raise",
@@ -96,8 +122,8 @@ def load_categories(data_dir: str | os.PathLike, categories: str | Sequence[str]
     if missing:
         have = available_categories(data_dir)
         names = ", ".join(c + ".npz" for c in missing)
-        raise DataError(f"{data_dir}: no {names}; the folder holds {len(have)} categories: "
-                        f"{', '.join(have) or '(none)'}. Import or download them with "
+        raise DataError(f"{data_dir}: no {names}; the folder holds "
+                        f"{describe_categories(have, missing)}. Import or download them with "
                         f"`sketchlab data import|download`.")
     if limit_per_category is not None and limit_per_category < 1:
         raise ConfigError(f"limit_per_category must be >= 1, got {limit_per_category}")
@@ -139,8 +165,8 @@ def load_splits(data_dir: str | Path | None, categories: list[str] | None = None
         raise DataError(f"--data-dir {data_dir}: no such folder")
     if not categories:
         found = available_categories(data_dir)
-        raise ConfigError(f"--categories is required with --data-dir; {data_dir} holds: "
-                          f"{', '.join(found) if found else 'no .npz files'}")
+        raise ConfigError(f"--categories is required with --data-dir; {data_dir} holds "
+                          f"{describe_categories(found)}")
     return load_categories(data_dir, categories, limit_per_category=limit_per_category)
 
 

@@ -10,6 +10,13 @@ Protocol (sketchknitter-and-metrics.md 10, A10; rpcl-pix2seq.md 8; sp-gra2seq-sk
 * Reference rows: the reference set itself (its Rec and IS: what real sketches score) and, when
   another real split is available (`valid` for a `test` reference), that split scored exactly like
   a model's samples: the floor a model can hope to reach at this N.
+* Unconditional samples (a multi-category model's free samples carry the categories they were
+  drawn from, `category_names`, but no category per sketch) are scored too: Rec(any)@1 is the
+  share the judge recognises as any of those categories, with the histogram of the judge's
+  top-1 classes; FID, precision/recall and GS compare them with the real reference of those
+  categories (an equal share of each).
+* A run trained on other categories than the references (or a judge that does not know them)
+  is refused unless explicitly allowed, and its row is then marked (`category_mismatch`).
 * GS runs on the same features as FID (spec A9: SketchKnitter probably used flattened fixed-length
   stroke-3, which variable-length samples do not have), x1000, with landmark seeds
   `seed + row index`.
@@ -57,13 +64,20 @@ class RunHooks:
     """How `compare_runs` gets samples and codes out of one trained run.
 
     `sample(reference)` returns one generated sketch per reference sketch, same order (conditioned
-    on it where the model is conditional), ideally carrying `z`, the code it was generated from;
-    `encode(sketches)` returns `(N, D)` latent codes (None: the model has no encoder, no Ret).
+    on it where the model is `conditional`; otherwise as many free samples), ideally carrying
+    `z`, the code it was generated from; `encode(sketches)` returns `(N, D)` latent codes (None:
+    the model has no encoder, no Ret). `categories`: what the run was trained on (None: not
+    checked, for hooks of something else than a sketchlab run). `usable(reference)`: a boolean mask of the references the model can take (None:
+    all), `limit`: why it cannot take the others, in words.
     """
 
     name: str
     sample: Callable[[Sketches], Sketches]
     encode: Callable[[Sketches], np.ndarray] | None = None
+    categories: Sequence[str] | None = None
+    conditional: bool = True
+    usable: Callable[[Sketches], np.ndarray] | None = None
+    limit: str = ""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -101,12 +115,62 @@ def load_split(data_dir: str | Path, categories: Sequence[str], split: str,
                     scale_factor=out.scale_factor)
 
 
+def is_unconditional(sketches: Sketches) -> bool:
+    """Free samples of a multi-category model: the categories they were drawn from
+    (`category_names`) but none per sketch."""
+    return sketches.category is None and bool(sketches.category_names)
+
+
 def per_category_counts(sketches: Sketches) -> dict[str, int]:
+    """How many sketches of each category: the reference takes as many real ones. Unconditional
+    samples ask for an equal share of each category they were drawn from (the first categories
+    take one more when the count does not divide)."""
+    if is_unconditional(sketches):
+        k = len(sketches.category_names)
+        q, r = divmod(len(sketches), k)
+        counts = {c: q + (1 if i < r else 0) for i, c in enumerate(sketches.category_names)}
+        return {c: n for c, n in counts.items() if n > 0}
     if sketches.category is None or not sketches.category_names:
-        raise DataError("samples carry no category names; save them with `category` and "
-                        "`category_names` (sketchlab sample does)")
+        raise DataError("samples carry no category names: give --categories (the categories of "
+                        "the model that drew them) or --run (its run directory); `sketchlab "
+                        "sample` writes them")
     counts = np.bincount(sketches.category, minlength=len(sketches.category_names))
     return {name: int(n) for name, n in zip(sketches.category_names, counts) if n > 0}
+
+
+def category_problem(categories: Sequence[str] | None, reference: Sequence[str],
+                     conditional: bool) -> str | None:
+    """Why a run trained on `categories` cannot be scored honestly against real sketches of the
+    `reference` categories (None: it can). A conditional run must have been trained on every
+    reference category; an unconditional one draws its own categories, so they must be exactly
+    the reference's."""
+    reference = list(reference)
+    if not categories:
+        return "its run records no categories"
+    categories = list(categories)
+    if conditional:
+        unknown = [c for c in reference if c not in categories]
+        if unknown:
+            return (f"trained on {_names(categories)}, not on {_names(unknown)} of the "
+                    f"references")
+    elif set(categories) != set(reference):
+        return f"draws {_names(categories)}, the references are {_names(reference)}"
+    return None
+
+
+def check_judge_knows(categories: Sequence[str], judge: Sequence[str], what: str) -> None:
+    """A judge scores only the categories it was trained on: refuse the others."""
+    blind = [c for c in dict.fromkeys(categories) if c not in judge]
+    if blind:
+        raise DataError(f"{what}: the classifier does not know {_names(blind)} (it knows "
+                        f"{_names(list(judge), 12)}); train a classifier on them (`sketchlab "
+                        f"classifier train`) or leave them out (--categories)")
+
+
+def _names(items: Sequence[str], most: int = 6) -> str:
+    items = list(items)
+    text = ", ".join(items[:most])
+    return text + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -118,23 +182,42 @@ def per_category_counts(sketches: Sketches) -> dict[str, int]:
 class _Extracted:
     name: str
     n: int
-    labels: np.ndarray
+    labels: np.ndarray | None          # each sketch's category (judge index); None: unconditional
     logits: np.ndarray
     features: np.ndarray
+    drawn_from: list[int] | None = None   # unconditional: the judge indices of its categories
 
 
 def _extract(name: str, sketches: Sketches, classifier: SketchANetFeatures,
              extractor: FeatureExtractor, progress: bool) -> _Extracted:
-    labels = classifier.labels(sketches, name)
+    drawn_from = None
+    if is_unconditional(sketches):
+        labels = None
+        judge = list(classifier.categories)
+        blind = [c for c in sketches.category_names if c not in judge]
+        if blind:
+            raise DataError(f"{name}: drawn from {_names(blind)}, which the classifier does not "
+                            f"know ({_names(judge)}); train a classifier on them")
+        drawn_from = [judge.index(c) for c in sketches.category_names]
+    else:
+        labels = classifier.labels(sketches, name)
     feats, logits = classifier.extract(sketches, progress=progress, desc=f"{name}: classifier")
     if extractor is not classifier:
         feats, _ = extractor.extract(sketches, progress=progress, desc=f"{name}: {extractor.name}")
-    return _Extracted(name, len(sketches), labels, logits, feats.astype(np.float64))
+    return _Extracted(name, len(sketches), labels, logits, feats.astype(np.float64), drawn_from)
 
 
 def _rec(e: _Extracted, categories: Sequence[str], ks) -> dict:
-    out = M.recognition_accuracy(e.logits, e.labels, ks)
     pred = e.logits.argmax(1)
+    if e.labels is None:
+        # Unconditional samples have no intended category each: "recognised as one of the
+        # categories the model draws", and which classes the judge sees how often.
+        counts = np.bincount(pred, minlength=len(categories))
+        return {"rec_any@1": float(np.mean(np.isin(pred, e.drawn_from))),
+                "drawn_from": [categories[c] for c in e.drawn_from],
+                "class_histogram": {categories[c]: int(counts[c])
+                                    for c in np.argsort(-counts, kind="stable") if counts[c]}}
+    out = M.recognition_accuracy(e.logits, e.labels, ks)
     out["rec@1_per_category"] = {
         categories[c]: float(np.mean(pred[e.labels == c] == c)) for c in np.unique(e.labels)}
     return out
@@ -145,12 +228,15 @@ def evaluate_sets(samples: dict[str, Sketches], reference: Sketches,
                   extractor: FeatureExtractor | None = None,
                   retrieval: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
                   config: EvalConfig | None = None, reference_name: str = "reference",
-                  real_name: str = "real", progress: bool = False) -> dict:
+                  real_name: str = "real", progress: bool = False,
+                  marks: dict[str, str] | None = None) -> dict:
     """Score each named sample set (and `real`, if given) against `reference`.
 
-    `retrieval[name] = (gallery_codes, query_codes)` adds Ret for that set. Returns
+    `retrieval[name] = (gallery_codes, query_codes)` adds Ret for that set; `marks[name]` records
+    why that set's categories do not match (`category_mismatch`, marked in the table). Returns
     `{"protocol": ..., "rows": [...], "timings": ...}`; rows are dicts with `set`, `n` and the
-    metrics (`rec@k`, `ret@k`, `fid`, `is`, `is_std`, `precision`, `recall`, `gs_x1000`).
+    metrics (`rec@k`, or `rec_any@1` and `class_histogram` for unconditional samples, `ret@k`,
+    `fid`, `is`, `is_std`, `precision`, `recall`, `gs_x1000`).
     """
     cfg = config or EvalConfig()
     extractor = extractor or classifier
@@ -180,6 +266,8 @@ def evaluate_sets(samples: dict[str, Sketches], reference: Sketches,
         row = {"set": name, "n": e.n}
         row.update(_rec(e, classifier.categories, cfg.rec_topk))
         row["is"], row["is_std"] = M.inception_score(e.logits, cfg.is_splits)
+        if name in (marks or {}):
+            row["category_mismatch"] = marks[name]
         if name != reference_name:
             row["fid"] = M.frechet_distance(*M.feature_statistics(e.features), *ref_stats,
                                             method=cfg.fid_method)
@@ -226,28 +314,104 @@ def evaluate_sets(samples: dict[str, Sketches], reference: Sketches,
 
 
 def compare_runs(runs: Sequence[str | Path], load_hooks: Callable[[Path], RunHooks],
-                 reference: Sketches, classifier: SketchANetFeatures, **kw) -> dict:
-    """Sample every run conditioned on the same references, then score them all in one table.
+                 reference: Sketches, classifier: SketchANetFeatures, *,
+                 allow_category_mismatch: bool = False, log: Callable[[str], None] | None = None,
+                 **kw) -> dict:
+    """Sample every run on the same references, then score them all in one table.
+
+    Conditional runs draw one sketch per reference (conditioned on it), unconditional ones as
+    many free samples. Every run's categories are checked against the references' and the
+    judge's first (`category_problem`): a mismatch is refused, or with `allow_category_mismatch`
+    scored and marked. References that some conditional run cannot take (SketchKnitter's are at
+    most num_points long) are left out for every run, so that all rows answer the same inputs;
+    how many, and whose limit, is reported through `log` and in `protocol["skipped_references"]`.
 
     Trains nothing. Ret uses, as gallery, the codes the samples were generated from (`z` on the
     samples, else the encoding of the references) and, as queries, the re-encoded samples.
     Keywords go to `evaluate_sets` (`real`, `extractor`, `config`, `progress`, ...).
     """
-    samples, retrieval = {}, {}
+    ref_cats = [reference.category_names[c] for c in np.unique(reference.category)]
+    judge = list(classifier.categories)
+    check_judge_knows(ref_cats, judge, "the references")
+    loaded, marks, refused = [], {}, []
     for run in runs:
         hooks = load_hooks(Path(run))
+        if hooks.categories is None:
+            loaded.append(hooks)
+            continue
+        if not hooks.conditional and hooks.categories:
+            check_judge_knows(hooks.categories, judge, f"{hooks.name} (unconditional)")
+        problem = category_problem(hooks.categories, ref_cats, hooks.conditional)
+        if problem:
+            if allow_category_mismatch:
+                marks[hooks.name] = problem
+                if log:
+                    log(f"warning: {hooks.name}: {problem}; scored anyway and marked in the table")
+            else:
+                refused.append(f"{hooks.name}: {problem}")
+        loaded.append(hooks)
+    if refused:
+        raise ConfigError("categories do not match, so the scores would not mean what they "
+                          "seem: " + "; ".join(refused) + ". Compare runs on their own "
+                          "categories (--categories, with a judge and data of them), or pass "
+                          "--allow-category-mismatch to score anyway (the rows are marked)")
+
+    keep = np.ones(len(reference), bool)
+    skipped: dict[str, dict] = {}
+    for hooks in loaded:
+        if hooks.conditional and hooks.usable is not None:
+            ok = np.asarray(hooks.usable(reference), bool)
+            if not ok.all():
+                skipped[hooks.name] = {"references": int((~ok).sum()), "why": hooks.limit}
+            keep &= ok
+    if not keep.all():
+        if not keep.any():
+            raise DataError(f"no reference sketch is usable by every run ({_skips(skipped)})")
+        if log:
+            log(f"note: {int((~keep).sum())} of {len(reference)} references left out for every "
+                f"run: {_skips(skipped)}")
+        reference = reference.select(np.nonzero(keep)[0])
+        kw = _trim_real(kw, reference)
+
+    samples, retrieval = {}, {}
+    for hooks in loaded:
         generated = hooks.sample(reference)
         if len(generated) != len(reference):
-            raise DataError(f"{run}: sampled {len(generated)} sketches for {len(reference)} "
-                            f"references (need one per reference, same order)")
-        if generated.category is None:
+            raise DataError(f"{hooks.name}: sampled {len(generated)} sketches for "
+                            f"{len(reference)} references (need one per reference, same order)")
+        if hooks.conditional and generated.category is None:
             generated.category = reference.category.copy()
             generated.category_names = reference.category_names
-        if hooks.encode is not None:
+        elif not hooks.conditional and generated.category is None and not generated.category_names:
+            generated.category_names = tuple(hooks.categories or ())
+        if hooks.encode is not None and hooks.conditional:
             gallery = generated.z if generated.z is not None else hooks.encode(reference)
             retrieval[hooks.name] = (np.asarray(gallery), np.asarray(hooks.encode(generated)))
         samples[hooks.name] = generated
-    return evaluate_sets(samples, reference, classifier, retrieval=retrieval, **kw)
+    result = evaluate_sets(samples, reference, classifier, retrieval=retrieval, marks=marks, **kw)
+    result["protocol"]["skipped_references"] = skipped
+    result["protocol"]["references_used"] = len(reference)
+    return result
+
+
+def _skips(skipped: dict[str, dict]) -> str:
+    return "; ".join(f"{name} cannot take {s['references']}: {s['why']}"
+                     for name, s in skipped.items())
+
+
+def _trim_real(kw: dict, reference: Sketches) -> dict:
+    """The real row is as large as the reference, per category: trim it after references were
+    left out."""
+    real = kw.get("real")
+    if real is None:
+        return kw
+    want = per_category_counts(reference)
+    names = list(real.category_names)
+    idx = []
+    for c, n in want.items():
+        if c in names:
+            idx.extend(np.nonzero(real.category == names.index(c))[0][:n].tolist())
+    return dict(kw, real=real.select(np.array(sorted(idx), np.int64)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,26 +419,54 @@ def compare_runs(runs: Sequence[str | Path], load_hooks: Callable[[Path], RunHoo
 # ------------------------------------------------------------------------------------------------
 
 _COLUMNS = [("n", "N", "{:d}"), ("rec@1", "Rec@1", "{:.3f}"), ("rec@10", "Rec@10", "{:.3f}"),
+            ("rec_any@1", "Rec(any)@1", "{:.3f}"),
             ("ret@1", "Ret@1", "{:.3f}"), ("ret@10", "Ret@10", "{:.3f}"),
             ("ret@50", "Ret@50", "{:.3f}"), ("fid", "FID", "{:.2f}"), ("is", "IS", "{:.2f}"),
             ("precision", "Prec", "{:.3f}"), ("recall", "Recall", "{:.3f}"),
             ("gs_x1000", "GS x1e3", "{:.2f}")]
 
 
+def _cell(value, fmt: str) -> str:
+    text = fmt.format(value)
+    # A value that rounds to zero prints as 0 (an FID of -1e-9 is float rounding, not "-0.00").
+    if text.startswith("-") and float(text) == 0:
+        text = text[1:]
+    return text
+
+
 def markdown_table(result: dict) -> str:
-    """The rows as a markdown table (columns that no row has are left out)."""
+    """The rows as a markdown table (columns that no row has are left out). Rows of runs whose
+    categories do not match are marked `*` and explained under the table, as are unconditional
+    rows' Rec(any) and class histograms."""
     rows = result["rows"]
     cols = [c for c in _COLUMNS if any(c[0] in r for r in rows)]
     lines = ["| set | " + " | ".join(c[1] for c in cols) + " |",
              "|---|" + "---:|" * len(cols)]
     for r in rows:
-        cells = [fmt.format(r[key]) if key in r else "-" for key, _, fmt in cols]
-        lines.append(f"| {r['set']} | " + " | ".join(cells) + " |")
+        cells = [_cell(r[key], fmt) if key in r else "-" for key, _, fmt in cols]
+        mark = " *" if r.get("category_mismatch") else ""
+        lines.append(f"| {r['set']}{mark} | " + " | ".join(cells) + " |")
+    notes = [f"\\* {r['set']}: categories do not match ({r['category_mismatch']}); scored "
+             f"anyway (--allow-category-mismatch)." for r in rows if r.get("category_mismatch")]
+    for r in rows:
+        if "class_histogram" in r:
+            shown = list(r["class_histogram"].items())
+            hist = ", ".join(f"{c} {n}" for c, n in shown[:8])
+            if len(shown) > 8:
+                hist += f", {len(shown) - 8} more classes {sum(n for _, n in shown[8:])}"
+            notes.append(f"{r['set']}: unconditional samples; Rec(any)@1 = share recognised as "
+                         f"any of {_names(r.get('drawn_from', []))}. Judge's top-1 classes: "
+                         f"{hist}.")
     proto = result.get("protocol", {})
-    if proto.get("feature_extractor"):
+    if notes or proto.get("feature_extractor"):
         lines.append("")
+    lines += notes
+    if proto.get("feature_extractor"):
         lines.append(f"Features: {proto['feature_extractor']}; FID, Prec/Recall and GS against "
                      f"`{proto.get('reference')}`. {proto.get('note', '')}.")
+    if proto.get("skipped_references"):
+        lines.append(f"References: {proto.get('references_used')} used; left out for every "
+                     f"run: {_skips(proto['skipped_references'])}.")
     for w in proto.get("warnings", []):
         lines.append(f"Warning: {w}.")
     return "\n".join(lines) + "\n"

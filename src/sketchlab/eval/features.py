@@ -6,10 +6,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import DataError
+from sketchlab.progress import track
 
 
 class FeatureExtractor:
@@ -42,8 +42,8 @@ class FeatureExtractor:
         """Features (float32 `(N, D)`) and logits (float32 `(N, C)` or None) of every sketch."""
         items = list(sketches)
         feats, logits = [], []
-        for s in tqdm(range(0, len(items), self.batch_size), desc=desc, disable=not progress,
-                      leave=False):
+        for s in track(range(0, len(items), self.batch_size), desc=desc, unit="batches",
+                       enabled=progress, leave=False):
             f, lg = self.features_and_logits(self.images(items[s:s + self.batch_size]))
             feats.append(f.float().cpu())
             if lg is not None:

@@ -209,7 +209,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, method: str = "sqrtm", eps: float
     else:
         raise ConfigError(f"FID: unknown method {method!r} (sqrtm or eigh)")
     diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+    value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+    # A squared distance: a slightly negative result (identical sets) is float rounding in the
+    # trace of the matrix square root, not a distance below zero.
+    return max(value, 0.0)
 
 
 def fid(features_a, features_b, method: str = "sqrtm") -> float:

@@ -397,11 +397,15 @@ class SketchModel(nn.Module):
 
     def label_samples(self, result: Sketches, references: Sketches | None) -> Sketches:
         """Give samples the category they are known to have: their reference's, or the model's
-        only category."""
+        only category. Free samples of a model of several categories carry those categories
+        (`category_names`, no `category`: they were drawn from them; the evaluation scores them
+        as unconditional samples)."""
         if references is not None:
             return result.with_categories_of(references)
         if len(self.categories) == 1:
             result.category = np.zeros(len(result), np.int64)
+            result.category_names = self.categories
+        elif self.categories and result.category is None:
             result.category_names = self.categories
         return result
 

@@ -111,7 +111,8 @@ class CodeDecoder:
     def _temperature(self, temperature, greedy) -> float:
         t = self.config.temperature if temperature is None else float(temperature)
         if t <= 0 and not greedy:
-            raise ConfigError(f"temperature must be > 0 (got {t}); use greedy=True for argmax")
+            raise ConfigError(f"temperature must be > 0 (got {t}); for the most likely strokes "
+                              f"sample greedily: --greedy (Python: greedy=True)")
         return t
 
     def generator(self, seed: int) -> torch.Generator:

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError
 from sketchlab.models.sketchknitter import SketchKnitter, length_mask
 from sketchlab.nn.unet1d import timestep_embedding
+from sketchlab.progress import track
 
 ScoreFn = Callable[[Sketches], np.ndarray]
 
@@ -138,7 +138,7 @@ def train_recognizability(model: SketchKnitter, score_fn: ScoreFn, *, n_sketches
     total = len(data[0])
     g = torch.Generator().manual_seed(0)
     history = []
-    for _ in tqdm(range(epochs), disable=not progress, desc="recognizer"):
+    for _ in track(range(epochs), desc="recognizer", unit="epochs", enabled=progress):
         order = torch.randperm(total, generator=g)
         run = 0.0
         for lo in range(0, total, batch_size):

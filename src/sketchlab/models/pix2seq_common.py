@@ -55,27 +55,27 @@ class Pix2SeqConfig(TrainingConfig):
     """Hyperparameters both seeds share (their `get_default_hparams`, code defaults)."""
 
     max_seq_len: int = -1                # -1: the longest sketch of the loaded data (no 250 cap)
-    z_size: int = 128
+    z_size: int = 128                    # latent code size
     dec_model: str = "hyper"             # "lstm" | "layer_norm" | "hyper"
-    dec_rnn_size: int = 2048
-    hyper_num_units: int = 256
-    hyper_embedding_size: int = 32
-    use_recurrent_dropout: bool = True
+    dec_rnn_size: int = 2048             # decoder hidden units
+    hyper_num_units: int = 256           # HyperLSTM: units of the small hyper network
+    hyper_embedding_size: int = 32       # HyperLSTM: size of the hyper embeddings
+    use_recurrent_dropout: bool = True   # recurrent dropout in the decoder (see below)
     recurrent_dropout_prob: float = 0.90  # keep probability
     random_scale_factor: float = 0.10    # sequence: dx, dy *= U(0.9, 1.1) independently
     augment_stroke_prob: float = 0.10    # sequence: sketch-rnn point dropping
-    png_width: int = 48
+    png_width: int = 48                  # side of the rendered input image in pixels
     png_scale_ratio: float = 0.98        # image: int(48 U(0.98, 1)) = 47 px, top-left
-    png_margin: float = 1.5
-    png_line_width: float = 1.0
-    conv_init: str = "seed"              # "seed": every conv filter N(0, sqrt(2/3)) (spec 3.1); "he"
+    png_margin: float = 1.5              # pixels left free around the sketch in the input image
+    png_line_width: float = 1.0          # stroke width in the input image (pixels)
+    conv_init: str = "seed"              # "seed": every conv filter N(0, sqrt(2/3)); "he"
     # CNN widths: encoder stages (layer_1, layer_2, conv0, conv1); the image decoder mirrors them.
     # The seeds' (32, 64, 128, 256); smaller only for quick CPU runs (the demo).
-    cnn_channels: tuple[int, ...] = (32, 64, 128, 256)
-    temperature: float = 0.24            # sample.py's hard-coded tau
+    cnn_channels: tuple[int, ...] = (32, 64, 128, 256)   # CNN widths (encoder stages)
+    temperature: float = 0.24            # sampling temperature (sample.py's hard-coded tau)
     # Where unconditional codes come from: "learned" (the RPCL-learned mixture prior, the
     # paper-consistent reading) or "standard" (z ~ N(0, I), what the seeds' sample.py draws).
-    sample_prior: str = "learned"
+    sample_prior: str = "learned"        # free samples' codes: learned (mixture prior) | standard
     fuse_pointwise: bool = True          # torch.compile the cells' per-step pointwise math on CUDA
     kl_decay_rate: float = 0.9999        # KL warm-up w_KL(s) = 1 - 0.999 * kl_decay_rate^s (hard-coded in the seeds)
     # training (train.py of both seeds)

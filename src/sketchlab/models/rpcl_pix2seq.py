@@ -51,9 +51,9 @@ class Config(Pix2SeqConfig):
     num_sub: int = 2                     # Gaussians per category: K = num_mixture * num_sub
     de_weight: float = 0.5               # weight of the image decoder's squared error
     rpcl_start: int = 500                # RPCL steps when s > rpcl_start and s % rpcl_every == 0
-    rpcl_every: int = 3
+    rpcl_every: int = 3                  # RPCL step period (see rpcl_start)
     faithful_posterior: bool = False     # True: the seed's unshifted float64 exp (uniform on underflow)
-    alive_threshold: float = ALIVE_THRESHOLD
+    alive_threshold: float = ALIVE_THRESHOLD # a prior component counts as alive above this weight
 
 
 # RPCL-pix2seq's sampling options are the ones both seeds share (component, prior, ...).

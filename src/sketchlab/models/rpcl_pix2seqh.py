@@ -49,7 +49,7 @@ class Config(Pix2SeqConfig):
     num_layer_j: int = 16                # level-k Gaussians
     num_layer_i: int = 16                # level-l units (must equal num_layer_j)
     rpcl_start: int = 100                # RPCL steps when s > rpcl_start and s % rpcl_every == 0
-    rpcl_every: int = 3
+    rpcl_every: int = 3                  # RPCL step period (see rpcl_start)
     kl_multiplier: float = 0.1           # L = 0.1 w_KL (L_IJ + L_G) + ...
     image_phase_steps: int = 1000        # the image branch is trained while s < this ...
     image_phase_every: int = 4           # ... on the steps with s % 4 != 0
@@ -57,7 +57,7 @@ class Config(Pix2SeqConfig):
     # validating every N steps, we do not count (or rewind on) evaluations inside that phase,
     # where only 1 step in 4 trains the sequence decoder.
     patience_start: int = 1000
-    alive_threshold: float = ALIVE_THRESHOLD
+    alive_threshold: float = ALIVE_THRESHOLD # a prior component counts as alive above this weight
 
 
 @dataclass

@@ -51,11 +51,11 @@ from sketchlab.models.base import SketchModel
 class Config(TrainingConfig):
     num_classes: int = 0            # set from the training data's categories (adapt_config)
     width: float = 1.0              # channel multiplier: 1.0 is the paper's network (33 MB fp32)
-    input_size: int = 225           # Sketch-a-Net's input
+    input_size: int = 225           # side of Sketch-a-Net's input image (px)
     render_size: int = 256          # render, then crop 225 (random in training, centre otherwise)
     margin: float = 20.0            # px around the sketch in the 256 render: centre crop keeps it all
-    line_width: float = 3.0         # px at 256
-    dropout: float = 0.5
+    line_width: float = 3.0         # stroke width (px at 256)
+    dropout: float = 0.5                 # dropout probability of the fully connected layers
     stretch: float = 0.1            # random_scale factor (sketch-rnn seeds: 0.1)
     drop_prob: float = 0.1          # augment_strokes probability (sketch-rnn seeds: 0.1)
     flip: bool = True               # random horizontal flips in training

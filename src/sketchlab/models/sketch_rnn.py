@@ -52,25 +52,25 @@ from sketchlab.nn.mixture import MixtureHead, mixture_loss_terms
 class Config(TrainingConfig):
     max_seq_len: int = -1                # -1: the longest sketch of the loaded data (magenta)
     max_seq_len_cap: int = 0             # > 0: leave out longer sketches (warned), T <= the cap
-    enc_model: str = "lstm"
-    enc_rnn_size: int = 256
+    enc_model: str = "lstm"              # encoder cell: lstm | layer_norm | hyper (bidirectional)
+    enc_rnn_size: int = 256              # encoder hidden units per direction
     dec_model: str = "lstm"              # "lstm" | "layer_norm" | "hyper"
-    dec_rnn_size: int = 512
-    z_size: int = 128
-    num_mixture: int = 20
+    dec_rnn_size: int = 512              # decoder hidden units
+    z_size: int = 128                    # latent code size
+    num_mixture: int = 20                # Gaussian components of the output mixture per point
     conditional: bool = True             # False: a decoder-only language model of sketches
-    kl_weight: float = 0.5
-    kl_weight_start: float = 0.01
-    kl_tolerance: float = 0.2
-    kl_decay_rate: float = 0.99995
-    use_recurrent_dropout: bool = True
+    kl_weight: float = 0.5               # final weight of the KL term
+    kl_weight_start: float = 0.01        # KL weight at step 0 (annealed toward kl_weight)
+    kl_tolerance: float = 0.2            # free bits: KL below this per dimension is not penalised
+    kl_decay_rate: float = 0.99995       # KL annealing: w = kl_weight - (kl_weight - start) rate^s
+    use_recurrent_dropout: bool = True   # recurrent dropout in the decoder (see below)
     recurrent_dropout_prob: float = 0.90  # keep probability
-    use_input_dropout: bool = False
-    input_dropout_prob: float = 0.90
-    use_output_dropout: bool = False
-    output_dropout_prob: float = 0.90
-    random_scale_factor: float = 0.15
-    augment_stroke_prob: float = 0.10
+    use_input_dropout: bool = False      # dropout on the decoder's inputs
+    input_dropout_prob: float = 0.90     # keep probability
+    use_output_dropout: bool = False     # dropout on the decoder's outputs
+    output_dropout_prob: float = 0.90    # keep probability
+    random_scale_factor: float = 0.15    # training augmentation: dx, dy scaled by U(1 - f, 1 + f)
+    augment_stroke_prob: float = 0.10    # training augmentation: probability of dropping a point
     temperature: float = 0.25            # default sampling temperature
     fuse_pointwise: bool = True          # torch.compile the cells' per-step pointwise math on CUDA
     # training (magenta: Adam, clip by value 1.0, lr decay per step, keep the best valid cost)

@@ -85,31 +85,32 @@ RET_GALLERIES = ("z_ori", "z", "clean")
 
 @dataclass
 class Config(TrainingConfig):
-    # sizes filled in from the data by `adapt_config` when <= 0 (spec 2.2)
+    # sizes filled in from the data by `adapt_config` when <= 0
     max_seq_len: int = -1                # T: the longest sketch of all loaded splits
     max_stroke_len: int = -1             # L: 99.9th pct of stroke lengths (root: 5)
     max_stroke_num: int = -1             # S: 99.9th pct of strokes per sketch
-    enc_model: str = "lstm"
-    enc_rnn_size: int = 512              # root: 256
-    dec_model: str = "hyper"
-    dec_rnn_size: int = 512
-    hyper_num_units: int = 256
-    hyper_embedding_size: int = 32
-    z_size: int = 128                    # root: 64
+    enc_model: str = "lstm"              # encoder cell: lstm | layer_norm | hyper
+    enc_rnn_size: int = 512              # encoder hidden units (root variant: 256)
+    dec_model: str = "hyper"             # decoder cell: lstm | layer_norm | hyper
+    dec_rnn_size: int = 512              # decoder hidden units
+    hyper_num_units: int = 256           # HyperLSTM: units of the small hyper network
+    hyper_embedding_size: int = 32       # HyperLSTM: size of the hyper embeddings
+    z_size: int = 128                    # latent code size (root variant: 64)
     use_recurrent_dropout: bool = True   # encoder LSTMs and decoder main cell (root: off)
     recurrent_dropout_prob: float = 0.90  # keep probability
-    random_scale_factor: float = 0.10    # both gated by augment_stroke_prob > 0 (spec 2.3 step 1)
-    augment_stroke_prob: float = 0.10
+    random_scale_factor: float = 0.10    # dx, dy scaled by U(1 +- f) (if augment_stroke_prob > 0)
+    augment_stroke_prob: float = 0.10    # training augmentation: probability of dropping a point
     re_scale: float = 0.0                # training reorganisation noise PROB (paper: 0.1 / 0.3)
-    stroke_pbias: bool = True            # bug 13, see the module docstring
-    pbias_canvas: float = G.PBIAS_CANVAS
-    faithful_roundtrip: bool = True      # bug 19
-    clamp_stroke_len: bool = True        # bug 12
-    temperature: float = 0.24
-    greedy_sampling: bool = False        # bug 17: the root samples greedily
+    stroke_pbias: bool = True            # the original's training position bias (inverted for
+                                         # 0..255-px data; see the module docstring)
+    pbias_canvas: float = G.PBIAS_CANVAS  # canvas side (px) stroke_pbias assumes (the original's)
+    faithful_roundtrip: bool = True      # keep the original's 1-point first/last stroke round trip
+    clamp_stroke_len: bool = True        # clamp stroke chunks to max_stroke_len (False: L+1)
+    temperature: float = 0.24            # default sampling temperature
+    greedy_sampling: bool = False        # sample greedily, as the original's root variant
     fuse_pointwise: bool = True          # torch.compile the cells' per-step pointwise math on CUDA
-    ret_gallery: str = "z_ori"           # bug 14
-    ret_query_shift: bool = False        # bug 15: True shifts Ret queries by -(last offset)
+    ret_gallery: str = "z_ori"           # Ret gallery code: z_ori (the original's) | z | clean
+    ret_query_shift: bool = False        # True shifts Ret queries by -(last offset), as the original
     # training (train.py): Adam, per-variable clip_by_norm 1.0, constant LR, patience 5
     batch_size: int = 100                # root: 300
     learning_rate: float = 1e-3

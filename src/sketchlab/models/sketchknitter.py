@@ -86,7 +86,7 @@ CHECKPOINTS = ("best", "latest")
 @dataclass
 class Config(TrainingConfig):
     # --- data ---
-    num_points: int = 96                # N: sketches with 0 < L <= N are kept (spec 1.2)
+    num_points: int = 96                # N: sketches with 0 < L <= N points are kept
     faithful: bool = False              # reproduce the original's data/loss/sampling quirks
     random_scale: float = 0.0           # training augmentation (none in the original): stretch
     augment_prob: float = 0.0           # dx, dy by U(1 +- s); sketch-rnn's point dropping
@@ -94,17 +94,17 @@ class Config(TrainingConfig):
     layout: str = "points"              # "points" (original: points are Conv1d channels) | "sequence"
     model_channels: int = 96            # must equal num_points in the points layout
     lift_dim: int = 128                 # Linear(2 -> 128) lifting of each point
-    channel_mult: tuple[int, ...] = (1, 2, 3, 4)
+    channel_mult: tuple[int, ...] = (1, 2, 3, 4) # UNet width multipliers per resolution level
     num_res_blocks: int = 2             # code default 2 (20.33M); the scripts say 3 (26.53M)
-    num_heads: int = 4
-    dropout: float = 0.0
+    num_heads: int = 4                   # attention heads
+    dropout: float = 0.0                 # UNet dropout
     # Class-conditional (the original's `class_cond`, from improved-diffusion: a label embedding
     # added to the timestep embedding); num_classes is filled in from the data's categories.
-    class_cond: bool = False
-    num_classes: int = 0
+    class_cond: bool = False             # class-conditional: sample by category
+    num_classes: int = 0                 # categories (filled in from the data)
     # --- diffusion (spec 4) ---
-    diffusion_steps: int = 1000
-    noise_schedule: str = "linear"
+    diffusion_steps: int = 1000          # T, the diffusion chain's length
+    noise_schedule: str = "linear"       # beta schedule: linear | cosine
     pen_loss_weight: float = 0.01       # loss = mse(eps) + 0.01 * CE(pen)
     # --- sampling (spec 5) ---
     sampler: str = "ddpm"               # "ddpm" | "ddim" | "rshortcut"
@@ -115,11 +115,11 @@ class Config(TrainingConfig):
     # in by `adapt_config`, so config.json records it), a bound no real sketch exceeds. Without
     # it, few-step DDIM (eta 0) on a young model overshoots: on a CPU apple model DDIM-30 drew
     # |offsets| 3.2x the data's, 1.7x with the data bound, while DDPM was unchanged. None: no clamp.
-    clip_x0: float | str | None = "auto"
+    clip_x0: float | str | None = "auto"  # x0 clamp; "auto": the data's largest |dx|, |dy|
     pen_break: float = 0.5              # the threshold of the pen rule (sample.py 0.5, sample.sh 0.1)
     pen_decoding: str | None = None     # "probability" | "original"; None: original when faithful
     sample_from: str | None = None      # "best" | "latest" weights; None: latest when faithful
-    use_ema: bool = True
+    use_ema: bool = True                 # sample with the EMA weights
     # --- optimisation (spec 4.4): AdamW, constant lr 1e-4, no clipping ---
     learning_rate: float = 1e-4
     min_learning_rate: float = 0.0
@@ -133,11 +133,11 @@ class Config(TrainingConfig):
     valid_metric: str = "loss"
     eval_every: int = 1000              # the original never validates; we keep the best EMA-free loss
     patience: int = 0
-    ema_rate: float = 0.9999
+    ema_rate: float = 0.9999             # EMA decay of the sampling weights
     ema_warmup: bool | None = None      # None: on, off when faithful (the original: 0.9999 from step 0)
     # --- r-Shortcut recognizability predictor (spec 6.3) ---
-    recognizer_hidden: int = 256
-    recognizer_layers: int = 2
+    recognizer_hidden: int = 256         # r-Shortcut predictor: GRU hidden units
+    recognizer_layers: int = 2           # r-Shortcut predictor: GRU layers
 
     @property
     def pen_rule(self) -> str:
@@ -550,10 +550,11 @@ class SketchKnitter(SketchModel):
         steps = steps if steps is not None else c.sample_steps
         if name == "rshortcut":
             if not bool((self.shortcut_curve != 0).any()):
-                raise ConfigError("r-Shortcut needs a recognizability curve: calibrate it once "
-                                  "(`sketchlab sample RUN --classifier CLF ...`, or "
-                                  "sketchlab.models.knitter_shortcut.calibrate_shortcut(model, "
-                                  "score_fn); it needs a trained classifier)")
+                raise ConfigError("the r-Shortcut sampler needs a recognizability curve: "
+                                  "calibrate it once with a trained classifier, `sketchlab sample "
+                                  "RUN --sampler rshortcut --classifier CLF_RUN` (saved into RUN; "
+                                  "--calibration-sketches sets its size; Python: "
+                                  "sketchlab.runs.calibrate_shortcut(run, CLF_RUN))")
             spacing = RecognizabilitySpacing(self.shortcut_curve.cpu().numpy())
             steps = 30 if steps is None else steps
         s = make_sampler(name, self.diffusion, clip_x0=self.clip(clip_x0), eta=eta)

@@ -102,19 +102,19 @@ NODE_MASKS = ("faithful", "clean")
 @dataclass
 class Config(TrainingConfig):
     max_seq_len: int = -1                # -1: the longest sketch over all loaded splits (0.1)
-    z_size: int = 128
+    z_size: int = 128                    # latent code size
     dec_rnn_size: int = 1024             # decoder: magenta LSTMCell (dropouts all off in the original)
-    graph_number: int = 21               # 1 global image + 20 patches
+    graph_number: int = 21               # graph nodes: 1 global image + 20 patches
     graph_picture_size: int = 256        # patch and global-image side; smaller for CPU runs
     # Patch CNN widths, one per stride-2 conv: log2(graph_picture_size) - 1 of them.
-    cnn_channels: tuple[int, ...] = (8, 32, 64, 128, 256, 512, 512)
+    cnn_channels: tuple[int, ...] = (8, 32, 64, 128, 256, 512, 512)  # patch CNN widths
     num_mixture: int = 50                # K clustering centroids (code 50, README 30: bug 8)
     mask_prob: float = 0.1               # training patch-masking probability
     cluster_weight: float = 0.25         # L = L_R + 0.25 L_C
     centroid_decay: float = 0.75         # mu' = 0.75 mu + 0.25 batch mean
     scale_mode: str = "faithful"         # "faithful" | "train_dxdy" (bug 3)
     node_mask: str = "faithful"          # "faithful" | "clean" (bugs 1, 2)
-    temperature: float = 0.24            # sample.py's tau
+    temperature: float = 0.24            # sampling temperature (sample.py's tau)
     fuse_pointwise: bool = True          # torch.compile the cells' per-step pointwise math on CUDA
     # training (train.py): Adam, lr decay per step, per-variable clip_by_norm 1.0, per-epoch
     # validation, early stopping after 5 bad epochs rolling back to the best checkpoint.

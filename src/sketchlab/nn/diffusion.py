@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from sketchlab.errors import ConfigError
 from sketchlab.nn.cudagraph import capture, warm_up
+from sketchlab.progress import track
 
 # --------------------------------------------------------------------------------------------
 # Noise schedules and the forward process
@@ -132,7 +133,7 @@ def stride_spacing(num_timesteps: int, steps: int) -> np.ndarray:
         if len(range(0, num_timesteps, stride)) == steps:
             return np.arange(0, num_timesteps, stride)
     raise ConfigError(f"cannot make exactly {steps} steps out of {num_timesteps} with an integer "
-                      "stride; use spacing='even'")
+                      "stride; spread them evenly: --spacing even (Python: spacing='even')")
 
 
 def even_spacing(num_timesteps: int, steps: int) -> np.ndarray:
@@ -428,12 +429,6 @@ def estimated_noise(eps: torch.Tensor, mask: torch.Tensor | None = None) -> torc
     return (sq * mask).sum(-1) / (mask.sum(-1).clamp_min(1) * eps.shape[-1])
 
 
-def _no_bar(progress: bool | None) -> bool | None:
-    """tqdm's `disable` for a `progress` argument; None lets tqdm show the bar only on a
-    terminal (a CPU's DDPM-1000 takes minutes: `sketchlab sample` should say how far it is)."""
-    return None if progress is None else not progress
-
-
 def _noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     dev = generator.device if generator is not None else x.device
     return torch.randn(x.shape, generator=generator, device=dev).to(x.device, x.dtype)
@@ -444,15 +439,14 @@ def reverse_loop(denoiser: Denoiser, sampler: Sampler, x: torch.Tensor, mask: to
                  generator: torch.Generator | None = None, temperature: float = 1.0,
                  callback: StepCallback | None = None, progress: bool | None = False):
     """The plain eager loop: returns (x_0, pen logits of the last denoiser call). `progress`:
-    a bar per step (True), none (False), or one when stderr is a terminal (None)."""
-    from tqdm.auto import tqdm
-
+    progress per step (True: a bar on a terminal, lines in a log), none (False), or a bar only
+    when stderr is a terminal (None)."""
     m = mask[..., None].to(x.dtype)
     table = sampler.table.to(device=x.device, dtype=x.dtype)  # once: no host sync per step
     noisy = (sampler.table[:, SIGMA_COL] > 0).tolist()
     pen = None
-    for i, t in enumerate(tqdm(sampler.timesteps, disable=_no_bar(progress), desc="sampling",
-                               leave=False)):
+    for i, t in enumerate(track(sampler.timesteps, desc="sampling", unit="steps",
+                                enabled=progress, leave=False)):
         tt = torch.full((x.shape[0],), float(t), device=x.device)
         eps, pen = denoiser(x, tt, mask)
         eps = eps.float()
@@ -560,8 +554,6 @@ class StepRunner:
         """Sample from `x` (the static batch); noise is drawn for the first `rows` sketches
         only (the rest pad a short last batch), so the random stream matches `reverse_loop`
         run on those rows."""
-        from tqdm.auto import tqdm
-
         table = sampler.table.to(device=self.device, dtype=torch.float32)
         table[:, SIGMA_COL] *= temperature
         self.x.copy_(x)
@@ -577,8 +569,8 @@ class StepRunner:
                 self._loop_body(static_table)
             return self.x.clone(), self.pen.clone()
         noise = self.noise[:rows] if rows is not None else self.noise
-        for i, t in enumerate(tqdm(sampler.timesteps, disable=_no_bar(progress), desc="sampling",
-                                   leave=False)):
+        for i, t in enumerate(track(sampler.timesteps, desc="sampling", unit="steps",
+                                    enabled=progress, leave=False)):
             self.row.copy_(table[i])
             if noisy[i]:
                 if generator is None or generator.device == self.device:

@@ -10,6 +10,8 @@ fit uses the bounding box of the drawn points only.
 from __future__ import annotations
 
 import math
+import textwrap
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -82,6 +84,54 @@ def grid_shape(n: int, cols: int | None) -> tuple[int, int]:
         cols = math.ceil(math.sqrt(n))
     cols = min(cols, n)
     return math.ceil(n / cols), cols
+
+
+@dataclass
+class GridLayout:
+    """Where each cell of a grid goes (what the PNG and SVG renderers share)."""
+
+    rows: int
+    cols: int
+    cell: int
+    band: int           # title band above (or below) each cell
+    gap: int            # between cells
+    group_rows: int     # a wider gap after every group_rows rows
+    group_gap: int
+    caption_band: int   # the caption lines above the grid
+    caption_lines: list[str]
+    font_px: int
+    caption_px: int
+    width: int
+    height: int
+
+    def origin(self, i: int) -> tuple[int, int]:
+        """Top-left corner of cell i's box (title band included)."""
+        r, c = divmod(i, self.cols)
+        x = self.gap + c * (self.cell + self.gap)
+        y = (self.caption_band + self.gap + r * (self.cell + self.band + self.gap)
+             + (r // self.group_rows) * self.group_gap)
+        return x, y
+
+
+def grid_layout(rows: int, cols: int, cell: int, titles: bool, title_size: int | None,
+                cell_borders: bool, caption: str | None, group_rows: int = 1) -> GridLayout:
+    font_px = title_size or int(min(16, max(10, cell // 9)))
+    band = font_px + 6 if titles else 0
+    gap = 1 if cell_borders else 0
+    group_rows = max(1, int(group_rows))
+    group_gap = max(6, cell // 16) if group_rows > 1 else 0
+    caption_px = max(12, min(16, font_px + 2))
+    rows, cols = max(rows, 1), max(cols, 1)
+    width = cols * cell + (cols + 1) * gap
+    # Wrapped to the picture's width at a generous average glyph width (0.55 em), so that the
+    # PNG and SVG renderings break the same lines.
+    caption_lines = textwrap.wrap(caption, max(10, int((width - 8) / (0.55 * caption_px)))) \
+        if caption else []
+    caption_band = len(caption_lines) * (caption_px + 4) + 6 if caption_lines else 0
+    height = (caption_band + rows * (cell + band) + (rows + 1) * gap
+              + ((rows - 1) // group_rows) * group_gap)
+    return GridLayout(rows, cols, cell, band, gap, group_rows, group_gap, caption_band,
+                      caption_lines, font_px, caption_px, width, height)
 
 
 def check_titles(titles: Sequence[str] | None, n: int, what: str = "titles") -> list[str] | None:

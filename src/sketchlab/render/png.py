@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageFont
 from sketchlab.fileio import atomic_write
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.render.layout import (INK, PALETTE, as_sketch_list, check_titles,
-                                     fit_polylines, grid_shape, stroke_colours)
+                                     fit_polylines, grid_layout, grid_shape, stroke_colours)
 
 SUPERSAMPLE = 4
 BACKGROUND = "white"
@@ -93,37 +93,46 @@ def render_grid(sketches, cols: int | None = None, cell: int = 128,
                 colour: str = INK, line_width: float = 1.5, margin: float | None = None,
                 title_size: int | None = None, titles_below: bool = False,
                 background: str = BACKGROUND, cell_borders: bool = True,
-                upto: Sequence[int] | None = None) -> Image.Image:
+                colours: Sequence[str] | None = None, caption: str | None = None,
+                group_rows: int = 1, upto: Sequence[int] | None = None) -> Image.Image:
     """A grid of sketches, each fitted to a `cell x cell` box with `margin` pixels around it.
 
     `titles` (one per sketch) are written above each cell (below with `titles_below`);
     `colour_strokes` colours strokes in drawing order with the qualitative `PALETTE`,
-    otherwise every stroke is `colour`. `line_width` is in output pixels. `upto` (one count per
-    sketch) draws only each sketch's first points, at their final scale (animation frames).
+    otherwise every stroke is `colours[i]` (one per sketch) or `colour`. `line_width` is in
+    output pixels. `caption` is a line of text above the grid; `group_rows` > 1 leaves a wider
+    gap after every that many rows (an input above its output stays one block). `upto` (one
+    count per sketch) draws only each sketch's first points, at their final scale (animation
+    frames).
     """
     items = as_sketch_list(sketches)
     titles = check_titles(titles, len(items))
+    colours = check_titles(colours, len(items), "colours")
     rows, cols = grid_shape(len(items), cols)
     if not items:
         return Image.new("RGB", (cell, cell), background)
     margin = cell * 0.08 if margin is None else margin
-    font_px = title_size or int(min(16, max(10, cell // 9)))
-    font = _font(font_px)
-    band = font_px + 6 if titles else 0
-    gap = 1 if cell_borders else 0
-    width = cols * cell + (cols + 1) * gap
-    height = rows * (cell + band) + (rows + 1) * gap
-    check_image_size(width, height, f"{len(items)} sketch{'es' if len(items) != 1 else ''} at {cell} px per cell")
-    canvas = Image.new("RGB", (width, height), GRID_LINE if cell_borders else background)
+    lay = grid_layout(rows, cols, cell, bool(titles), title_size, cell_borders, caption,
+                      group_rows)
+    font = _font(lay.font_px)
+    check_image_size(lay.width, lay.height, f"{len(items)} sketch{'es' if len(items) != 1 else ''} "
+                                            f"at {cell} px per cell")
+    canvas = Image.new("RGB", (lay.width, lay.height), GRID_LINE if cell_borders else background)
     draw = ImageDraw.Draw(canvas)
+    if lay.caption_lines:
+        draw.rectangle((0, 0, lay.width - 1, lay.caption_band - 1), fill=background)
+        cap_font = _font(lay.caption_px)
+        for k, line in enumerate(lay.caption_lines):
+            text = _fit_text(draw, line, cap_font, lay.width - 8)
+            draw.text((4, 3 + k * (lay.caption_px + 4)), text, fill=TEXT, font=cap_font)
     for i, sketch in enumerate(items):
-        r, c = divmod(i, cols)
-        x = gap + c * (cell + gap)
-        y = gap + r * (cell + band + gap)
+        x, y = lay.origin(i)
+        band = lay.band
         y_cell = y + (0 if titles_below else band)
         draw.rectangle((x, y, x + cell - 1, y + cell + band - 1), fill=background)
-        canvas.paste(_draw_cell(sketch, cell, None, colour, colour_strokes, line_width, margin,
-                                background, None if upto is None else upto[i]), (x, y_cell))
+        canvas.paste(_draw_cell(sketch, cell, None, colours[i] if colours else colour,
+                                colour_strokes, line_width, margin, background,
+                                None if upto is None else upto[i]), (x, y_cell))
         if titles:
             text = _fit_text(draw, titles[i], font, cell - 4)
             tw = _text_width(draw, text, font)

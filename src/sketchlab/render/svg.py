@@ -12,7 +12,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from sketchlab.fileio import atomic_write
 from sketchlab.render.layout import (INK, as_sketch_list, check_titles, fit_polylines,
-                                     grid_shape, stroke_colours)
+                                     grid_layout, grid_shape, stroke_colours)
 
 BACKGROUND = "white"
 GRID_LINE = "#dddddd"
@@ -43,17 +43,18 @@ def svg_grid(sketches, cols: int | None = None, cell: int = 128,
              titles: Sequence[str] | None = None, colour_strokes: bool = False,
              colour: str = INK, line_width: float = 1.5, margin: float | None = None,
              title_size: int | None = None, titles_below: bool = False,
-             cell_borders: bool = True) -> str:
+             cell_borders: bool = True, colours: Sequence[str] | None = None,
+             caption: str | None = None, group_rows: int = 1) -> str:
     """An SVG document holding a grid of sketches (the same layout as `png.render_grid`)."""
     items = as_sketch_list(sketches)
     titles = check_titles(titles, len(items))
+    colours = check_titles(colours, len(items), "colours")
     rows, cols = grid_shape(len(items), cols)
     margin = cell * 0.08 if margin is None else margin
-    font_px = title_size or int(min(16, max(10, cell // 9)))
-    band = font_px + 6 if titles else 0
-    gap = 1 if cell_borders else 0
-    width = max(cols, 1) * cell + (max(cols, 1) + 1) * gap
-    height = max(rows, 1) * (cell + band) + (max(rows, 1) + 1) * gap
+    lay = grid_layout(rows, cols, cell, bool(titles), title_size, cell_borders, caption,
+                      group_rows)
+    font_px, band = lay.font_px, lay.band
+    width, height = lay.width, lay.height
     parts = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         f'<svg xmlns="http://www.w3.org/2000/svg" version="1.1" width="{width}" height="{height}" '
@@ -61,15 +62,21 @@ def svg_grid(sketches, cols: int | None = None, cell: int = 128,
         f'<rect x="0" y="0" width="{width}" height="{height}" '
         f'fill="{GRID_LINE if cell_borders else BACKGROUND}"/>',
     ]
+    if lay.caption_lines:
+        parts.append(f'<rect x="0" y="0" width="{width}" height="{lay.caption_band}" '
+                     f'fill="{BACKGROUND}"/>')
+        for k, line in enumerate(lay.caption_lines):
+            parts.append(f'<text x="4" y="{3 + k * (lay.caption_px + 4) + lay.caption_px}" '
+                         f'font-family="sans-serif" font-size="{lay.caption_px}" fill="{TEXT}">'
+                         f"{escape(line)}</text>")
     for i, sketch in enumerate(items):
-        r, c = divmod(i, cols)
-        x = gap + c * (cell + gap)
-        y = gap + r * (cell + band + gap)
+        x, y = lay.origin(i)
         y_cell = y + (0 if titles_below else band)
         parts.append(f'<rect x="{x}" y="{y}" width="{cell}" height="{cell + band}" fill="{BACKGROUND}"/>')
         parts.append(f'<g fill="none" stroke-width="{_num(line_width)}" stroke-linecap="round" '
                      f'stroke-linejoin="round">')
-        parts += _cell_elements(sketch, x, y_cell, cell, margin, colour_strokes, colour, line_width)
+        parts += _cell_elements(sketch, x, y_cell, cell, margin, colour_strokes,
+                                colours[i] if colours else colour, line_width)
         parts.append("</g>")
         if titles:
             ty = (y + cell + font_px + 1) if titles_below else (y + font_px + 1)

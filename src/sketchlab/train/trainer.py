@@ -42,11 +42,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from sketchlab.errors import CheckpointError, ConfigError, DataError, OutputError
 from sketchlab.fileio import remove_stale_temporaries
 from sketchlab.nn.device import pick_device
+from sketchlab.progress import Progress
 from sketchlab.train import checkpoint as ckpt
 from sketchlab import zoo
 from sketchlab.train.data import PreparedData, category_labels, prepare_data
@@ -546,8 +546,8 @@ class Trainer:
         self._bar = None
         if self.progress and self.is_main:
             total = self.max_steps
-            self._bar = tqdm(total=total, initial=min(self.step, total or self.step), unit="step",
-                             dynamic_ncols=True, desc=self.model_name)
+            self._bar = Progress(total, self.model_name, "steps",
+                                 initial=min(self.step, total or self.step))
         self._pool = ThreadPoolExecutor(max_workers=1)   # prepares the next batch during a step
         self._bad_steps = 0
         self._t_last = time.time()
