@@ -1142,9 +1142,6 @@ def test_a_real_zip_bomb_is_refused_before_inflating(tmp_path):
     assert peak < 8 << 20, peak
 
 
-@pytest.mark.xfail(strict=False, reason="`sample --out x.png`: the command line (issue 13) is to "
-                                        "write x.npz beside x.png; until then the grid "
-                                        "overwrites the samples")
 def test_sample_out_png_keeps_the_samples(world, tmp_path):
     out = tmp_path / "x.png"
     code = main(["sample", str(world.run), "--out", str(out), "--n", "3", "--device", "cpu"])
