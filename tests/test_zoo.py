@@ -7,6 +7,7 @@ import pytest
 
 from sketchlab import runs, zoo
 from sketchlab.cli import main
+from sketchlab.data.sketches import Sketches
 from sketchlab.errors import CheckpointError, ConfigError
 
 TINY = "enc_rnn_size=8,dec_rnn_size=16,z_size=4,max_seq_len=40,batch_size=8,eval_every=0"
@@ -39,7 +40,8 @@ def test_export_casts_to_float16_and_records_the_hash(tiny_zoo):
     assert card["weights"]["dtype"] == "float16"
     weights = tiny_zoo / "tiny-doodles" / "model.safetensors"
     assert card["weights"]["sha256"] == zoo.sha256_file(weights)
-    assert json.loads((tiny_zoo / "tiny-doodles" / "config.json").read_text())["data_dir"] is None
+    # trained on the built-in doodles, which every installation has
+    assert json.loads((tiny_zoo / "tiny-doodles" / "config.json").read_text())["data_dir"] == "builtin"
 
 
 def test_names_resolve_and_a_local_path_wins(tiny_zoo, tmp_path, monkeypatch):
@@ -103,3 +105,21 @@ def test_every_installed_entry_verifies_loads_and_samples(name):
     assert run.model_name == zoo.read_card(name)["model"]
     if getattr(run.model, "samples_from_prior", False):
         assert len(run.model.generate(n=2, seed=0)) == 2
+
+
+def test_a_pretrained_model_on_a_data_folder_asks_for_it(tiny_run, tmp_path, monkeypatch, capsys):
+    from sketchlab.data.synthetic import write_npz_dataset
+
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path / "zoo")
+    data = tmp_path / "data"
+    write_npz_dataset(data, 30, categories=["star", "fish"])
+    run = tmp_path / "on-files"
+    assert main(["train", "sketch-rnn", "--data-dir", str(data), "--categories", "star,fish",
+                 "--out", str(run), "--max-steps", "2", "--hparams", TINY, "--no-progress"]) == 0
+    zoo.export_run(run, "on-files", {}, zoo_dir=zoo.ZOO_DIR)
+    out = tmp_path / "s.npz"
+    assert main(["sample", "on-files", "--condition-on", "test", "--out", str(out)]) == 2
+    assert "on-files is a pretrained model: give its data folder with --data-dir" in capsys.readouterr().err
+    assert main(["sample", "on-files", "--condition-on", "test", "--data-dir", str(data),
+                 "--out", str(out)]) == 0
+    assert len(Sketches.load(out)) > 0

@@ -44,7 +44,8 @@ class TrainingConfig:
     patience: int = 5                # stop after this many evaluations without improvement; 0 = never
     reload_best: bool = False        # rewind to the best checkpoint after a non-improving evaluation
     rewind_optimizer: bool = True    # reload_best rewinds the optimizer moments too (RPCL); False
-                                     # keeps the current ones, as SP-gra2seq's train.py does
+                                     # keeps the current ones, as SP-gra2seq's train.py does (its
+                                     # rollback's `load_checkpoint` does not restore Adam's slots)
     patience_start: int = 0          # evaluations before this step never count against patience
     valid_metric: str = "recon"      # which loss term (eval mode) selects the best checkpoint
     max_valid_batches: int = 0       # 0 = the whole validation split

@@ -115,10 +115,17 @@ def load_model(run_dir: str | Path, device: str | torch.device = "cpu", which: s
     return open_run(run_dir, device, which, expect_model).model
 
 
-def run_split(run: Run, split: str) -> Sketches:
-    """One split (train, valid or test) of the data a run was trained on, in raw units."""
+def run_split(run: Run, split: str, data_dir: str | Path | None = None) -> Sketches:
+    """One split (train, valid or test) of the data a run was trained on, in raw units, read
+    from the run's data folder or from `data_dir` (where it lives now: a pretrained entry
+    records none)."""
     info = run.info
-    raw = load_splits(info.get("data_dir"), run.categories or None,
+    data_dir = data_dir if data_dir is not None else info.get("data_dir")
+    if data_dir is None and zoo.is_inside_zoo(run.path):
+        raise DataError(f"{run.path.name} is a pretrained model: give its data folder with "
+                        f"--data-dir (its card says how to import it: `sketchlab zoo info "
+                        f"{run.path.name}`)")
+    raw = load_splits(data_dir, run.categories or None,
                       limit_per_category=info.get("limit_per_category"),
                       seed=run.model.config.seed)
     return raw[split]
@@ -168,13 +175,14 @@ def take_usable(model, sketches: Sketches, what: str, log=None) -> Sketches:
     return type(model).filter_sketches(model.config, sketches.in_units(1.0))
 
 
-def load_references(spec: str, run: Run, flag: str = "--condition-on", log=None) -> Sketches:
+def load_references(spec: str, run: Run, flag: str = "--condition-on", log=None,
+                    data_dir: str | Path | None = None) -> Sketches:
     """Reference sketches in the model's normalised units: a split of the run's data (`test`,
-    `valid`, `train`) or a sketch file; sketches the model cannot take are left out, and `log`
-    (e.g. print) is told how many."""
+    `valid`, `train`; from `data_dir` when given) or a sketch file; sketches the model cannot
+    take are left out, and `log` (e.g. print) is told how many."""
     model = run.model
     if spec in SPLIT_NAMES:
-        sk = run_split(run, spec)
+        sk = run_split(run, spec, data_dir)
     else:
         path = Path(spec)
         if path.is_dir():

@@ -20,7 +20,8 @@ from sketchlab import runs
 
 def _load(args):
     run = runs.open_run(args.run, device=pick_device(args.device), which=args.which)
-    return run.model, runs.load_references(args.split, run, flag="--split", log=print)
+    return run.model, runs.load_references(args.split, run, flag="--split", log=print,
+                                           data_dir=args.data_dir)
 
 
 def _subset(refs: Sketches, n: int | None, seed: int) -> Sketches:
@@ -50,6 +51,10 @@ def cmd_map(args) -> int:
     print(f"{'t-SNE' if args.method == 'tsne' else 'PCA'} of {summary['n']} codes"
           + (f" and {summary['centres']} prior means" if summary["centres"] else "")
           + f", coloured by {drawn} -> {args.out}")
+    if "n_alive" in summary:
+        print(f"live prior components: {summary['n_alive']}")
+    for key, agree in summary.get("agreement", {}).items():
+        print(f"{key} vs category: NMI {agree['nmi']:.3f}, purity {agree['purity']:.3f}")
     return 0
 
 
@@ -89,6 +94,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output drawing (.png; strips also .svg)")
     p.add_argument("--split", default="test",
                    help="the sketches to use: test | valid | train of the run's data, or a .npz file")
+    p.add_argument("--data-dir", default=None,
+                   help="where the run's data lives now (a pretrained model records none)")
     p.add_argument("--which", choices=["best", "latest"], default="best", help="which checkpoint")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the subset, the projection and the decoding (default 0)")

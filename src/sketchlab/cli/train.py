@@ -133,6 +133,9 @@ def register_cli(sub) -> None:
                         "picture: FILE.png / FILE.svg (the samples go beside it as FILE.npz)")
     s.add_argument("--n", type=int, default=None,
                    help="how many sketches (default 64, or one per --condition-on reference)")
+    s.add_argument("--data-dir", default=None,
+                   help="where the run's data lives now, for --condition-on test|valid|train "
+                        "(a pretrained model records no data folder)")
     s.add_argument("--condition-on", default=None,
                    help="test | valid | train (the run's data) or a .npz file of reference sketches")
     s.add_argument("--strength", type=float, default=None, help=_strength_help())
@@ -328,7 +331,8 @@ def cmd_sample(args) -> int:
     model = run.model
     if args.classifier:
         runs.calibrate_shortcut(run, args.classifier, sketches=args.calibration_sketches)
-    refs = runs.load_references(args.condition_on, run, log=print) if args.condition_on else None
+    refs = (runs.load_references(args.condition_on, run, log=print, data_dir=args.data_dir)
+            if args.condition_on else None)
     if refs is not None and args.n is not None:
         if args.n < 1:
             raise ConfigError(f"--n {args.n}: need at least 1")

@@ -7,7 +7,7 @@
 * `drop_strokes`: drop whole strokes;
 * `deform`: Gaussian noise on the offsets with std = level x the sketch's offset std
   ("DL 10..50%" in SketchKnitter Table 4 as level 0.1..0.5; the paper's exact protocol is not
-  published, spec 7.1).
+  published, and the released code has no working conditional sampler).
 
 Removing points never moves the points that remain: a removed point's offset is carried into
 the next kept point, and the point before a gap lifts the pen so the gap is not drawn.

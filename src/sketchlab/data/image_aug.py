@@ -1,7 +1,7 @@
 """The Zang-lab seeds' image augmentations, in torch so they run on rasterised batches on the GPU.
 
 RPCL-pix2seq / RPCL-pix2seqH augment each training image (float, [-1, 1], white = +1) with
-`random_scale_png` (docs/specs/rpcl-pix2seq.md, section 2.4 step 4):
+`random_scale_png` (`utils.py` `DataLoader.random_scale_png` -> `rescale`):
 
     r ~ U(png_scale_ratio, 1);  h2 = int(h * r)
     img2 = cv2.resize(img, (h2, h2), interpolation=cv2.INTER_AREA)

@@ -1,4 +1,5 @@
-"""SP-gra2seq's graph nodes: SketchHealer's rasteriser and patch cropper (spec sp-gra2seq 1.3-1.4).
+"""SP-gra2seq's graph nodes: SketchHealer's rasteriser and patch cropper (CMACH508/SP-gra2seq
+`utils.py` `make_graph_`) and the node mask its `train.py` builds.
 
 One sketch becomes `graph_number = 21` grey images: node 0 is the whole (possibly corrupted)
 drawing resized to `S x S` (S = `picture_size`, 256 in the paper), nodes 1..n are `S x S` crops
@@ -6,14 +7,18 @@ centred on every 4th pen position, nodes n+1..20 are blank. The original (`make_
 with numpy and OpenCV one sketch at a time; here the work is split in two:
 
 * `plan_sketch` (numpy, CPU, O(points)): everything that depends on the sketch's geometry and on
-  the masking draws. Scale to the render size with the int16 truncation (step 1), the canvas
-  geometry (step 2), the drawn segments (step 3, row 0 inked, the dot quirk), the patch centres
-  (step 5, stride 4, at most 20, "broken" crops counted), and which candidates are masked
-  (step 6, one uniform per candidate in drawing order from an explicit generator).
+  the masking draws. Scale to the render size with the int16 truncation (`scale_sketch`), the
+  canvas geometry (`canvas_size_google`), the drawn segments (`make_graph_`'s `cv2.line` loop:
+  row 0 inked, and a single-point stroke joined to the next stroke's start), the patch centres
+  (its `tmp_count % 4` loops: stride 4, at most 20, "broken" crops counted), and which
+  candidates are masked (one uniform per candidate in drawing order, from an explicit
+  generator where the original uses numpy's global RNG or `random_seed.npy`).
 * `render_nodes` (torch, batched, on the input's device): the pixels. Every drawn segment is
-  stamped as a thick line (steps 3-4), masked squares are zeroed on the canvas *before* anything
-  is cropped (step 6), then the crops are gathered from the zero-padded canvas and node 0 is the
-  bilinear resize of the unpadded canvas (step 7); pixels go to [-1, 1] (step 8).
+  stamped as a thick line on the canvas padded by `boundary_size`, masked squares are zeroed on
+  the canvas *before* anything is cropped (as `make_graph_`'s masking loop runs before its
+  cropping loop), then the crops are gathered from the zero-padded canvas and node 0 is the
+  bilinear resize of the unpadded canvas (`canvas_first`); pixels go to [-1, 1]
+  (`/ 255 * 2 - 1`).
 
 `make_graph(sketch, ...)` does both for one sketch and returns `(nodes [21, S, S], n, mask_id)`;
 `plan_batch` + `render_nodes` is the batched path the model uses.
@@ -262,10 +267,11 @@ def masked_points(sketch: np.ndarray, plan: SketchPlan, geom: PatchGeometry = Pa
 
 def node_mask(n: int, mask_id: Sequence[int], n_patches: int = 20,
               faithful: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(Mk (P, P), v (P,)) of spec 1.4.
+    """(Mk (P, P), v (P,)): the edge mask `temp_adj` of SP-gra2seq's `train.py` (also in
+    `sample.py`, `retrieval.py`) and the node validity `slide_mask` of `model.py` `gcn_encoder`.
 
-    faithful: `Mk[0:n+1, 0:n+1] = 1` unless n == P (bug 2: one blank padding slot counts as a
-    node) and `v_i = Mk[i, 0]` (bug 1: masking patch 0 invalidates the whole sketch). Clean:
+    faithful: `Mk[0:n+1, 0:n+1] = 1` unless n == P (off by one: one blank padding slot counts as
+    a node) and `v_i = Mk[i, 0]` (column 0: masking patch 0 invalidates the whole sketch). Clean:
     `Mk[0:n, 0:n]` and `v_i = Mk[i, i]`. Masked slots lose their rows and columns in both.
     """
     P = n_patches
@@ -498,7 +504,7 @@ def _stamp_lines(canvas: torch.Tensor, plan: BatchPlan, geom: PatchGeometry, wp:
 
 
 def _zero_masked(canvas: torch.Tensor, plan: BatchPlan, geom: PatchGeometry, B: int, wp: int) -> None:
-    """Zero the S x S square of every masked centre (before anything is cropped: step 6).
+    """Zero the S x S square of every masked centre (before anything is cropped, as `make_graph_`).
 
     One slice assignment per masked patch (about 2 per sketch at the training rate 0.1): cheaper
     than any dense cover map of the padded canvases, on a CPU and on a GPU."""

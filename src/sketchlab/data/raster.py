@@ -3,7 +3,7 @@
 RPCL-pix2seq, RPCL-pix2seqH and SP-gra2seq render every stroke-3 sketch to a PNG with
 `draw_strokes` (an SVG path written by svgwrite) and `cairosvg.svg2png`, one file at a time
 (30-60 minutes per 75,000-sketch category). This module draws the same picture for a whole batch
-at once (spec rpcl-pix2seq.md section 2.2):
+at once (CMACH508/RPCL-pix2seq `seq2png.py` `draw_strokes` and `get_bounds`):
 
 * Bounding box of the absolute positions, **initialised at the origin** (the pen's start is always
   inside it). `norm` = the longer extent, floored at 1e-5; `scale = (size - 2 margin) / norm`;
@@ -226,8 +226,8 @@ def _render_numpy(points: np.ndarray, offsets: np.ndarray, size: int, margin: fl
         # The sketch of every point: the number of sketches starting at or before it, minus 1
         # (an empty sketch starts where the next one does).
         sketch_of = np.cumsum(np.bincount(first[first < N], minlength=N)) - 1
-        # Pixel positions (spec 2.2): absolute positions from one running sum per chunk, minus
-        # the sum before each sketch; the box starts at the origin.
+        # Pixel positions (`draw_strokes`' placement): absolute positions from one running sum
+        # per chunk, minus the sum before each sketch; the box starts at the origin.
         sum_x = np.concatenate([[0.0], np.cumsum(points[:, 0], dtype=np.float64)])
         sum_y = np.concatenate([[0.0], np.cumsum(points[:, 1], dtype=np.float64)])
         before_x, before_y = sum_x[first], sum_y[first]

@@ -1,14 +1,15 @@
 """SketchGloc's data pieces: stroke statistics, the reorganisation noise, stroke chunks and the
-nine grid graphs (docs/specs/sp-gra2seq-sketchgloc.md sections 2.2-2.4).
+nine grid graphs (after CMACH508/SketchGloc `rebranch/utils.py`: `preprocess_data` /
+`get_max_len`, `DataLoader._get_batch_from_indices`, `stroke_pbias`, `get_box`, `get_relgrid`).
 
 All functions work on one normalised stroke-3 sketch `(n, 3)` (rows `(dx, dy, p)`, row 0 the
 first point's position from the origin) except `stroke_stats` (a whole dataset) and
 `grid_graphs` (a batch of chunk boxes, in torch so it runs on the model's device).
 
-Pipeline of `SketchGloc.make_batch` for one sketch D (spec 2.3):
+Pipeline of `SketchGloc.make_batch` for one sketch D (the original's `_get_batch_from_indices`):
 
     D  -> [train: random_scale] -> bound (origin-inclusive) -> [train: augment_strokes, stroke_pbias]
-       -> faithful_roundtrip (identity but for single-point first/last strokes, bug 19)
+       -> faithful_roundtrip (identity but for single-point first/last strokes)
        -> A = cumsum(D)                      the decoder's ABSOLUTE target
        -> Ã = reorganise(A, prob * bound)    each stroke but the first rigidly moved
        -> chunks of Ã (a stroke split every L+1 points), first S kept -> encoder input, boxes
@@ -33,7 +34,7 @@ SELF_RELATION = 4          # c = 3 * gx + gy with (gx, gy) = (1, 1)
 
 
 # --------------------------------------------------------------------------------------------
-# Dataset statistics (spec 2.2)
+# Dataset statistics (`utils.py` `preprocess_data` -> `get_max_len`)
 # --------------------------------------------------------------------------------------------
 
 
@@ -63,7 +64,8 @@ def percentile_999(values: np.ndarray) -> int:
 
 def stroke_stats(splits: Iterable[Sketches]) -> tuple[int, int, int]:
     """(T, L, S) over the given splits together: the longest sketch, the 99.9th percentile of
-    stroke lengths (points) and of strokes per sketch (spec 2.2)."""
+    stroke lengths (points) and of strokes per sketch (`utils.py` `get_max_len`: sorted values
+    at index int(0.999 n))."""
     lengths, counts, longest = [], [], 0
     for sk in splits:
         if len(sk) == 0:
@@ -78,7 +80,7 @@ def stroke_stats(splits: Iterable[Sketches]) -> tuple[int, int, int]:
 
 
 # --------------------------------------------------------------------------------------------
-# Per-sketch steps of the batch construction (spec 2.3)
+# Per-sketch steps of the batch construction (`DataLoader._get_batch_from_indices`)
 # --------------------------------------------------------------------------------------------
 
 
@@ -93,7 +95,8 @@ def origin_bound(sketch: np.ndarray) -> float:
 
 def stroke_pbias(sketch: np.ndarray, scale_factor: float, rng: np.random.Generator,
                  canvas: float = PBIAS_CANVAS) -> tuple[float, float]:
-    """The original's random global translation (x_bias, y_bias) in normalised units [bug 13].
+    """The original's random global translation (x_bias, y_bias) in normalised units
+    (`DataLoader.stroke_pbias`).
 
     The origin-inclusive bounds are taken to "pixels" of a `canvas`-px image centred on the
     origin (times the scale factor, plus canvas/2) and the shift is drawn from
@@ -116,7 +119,8 @@ def stroke_pbias(sketch: np.ndarray, scale_factor: float, rng: np.random.Generat
 
 def faithful_roundtrip(sketch: np.ndarray) -> np.ndarray:
     """The original's two loops that turn stroke starts into absolute positions and back
-    (spec 2.3 step 4, bug 19). They are the identity except in two edge cases, reproduced here:
+    (in `_get_batch_from_indices`, where a stroke shuffle, `flush_strokes`, is commented out
+    between them). They are the identity except in two edge cases, reproduced here:
 
     * a single-point FIRST stroke (p_0 = 1, n >= 3): row 1 keeps its absolute position
       D_0 + D_1 (the second loop never restores it), so the second stroke moves by D_0, and the
@@ -153,7 +157,8 @@ def reorganise(absolute: np.ndarray, pen: np.ndarray, scale: float,
     """Ã: every stroke but the first translated rigidly by its own `scale * N(0, I)` vector.
 
     The original adds the noise to each stroke start (a row whose predecessor is a pen-up) and
-    accumulates the stroke's later offsets from there (spec 2.3 step 6); `scale` = PROB * bound.
+    accumulates the stroke's later offsets from there (`_get_batch_from_indices`' `data_abs`
+    loop, `np.random.randn(1) * bound * PROB` per axis); `scale` = PROB * bound.
     """
     out = np.asarray(absolute, dtype=np.float32).copy()
     if scale == 0 or len(out) < 2:
@@ -171,7 +176,7 @@ def reorganise(absolute: np.ndarray, pen: np.ndarray, scale: float,
 def chunk_bounds(pen: np.ndarray, max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """(start, length) of each chunk: a stroke is cut after its pen-up and every `max_len + 1`
     points (the original's `cnt == L` rule lets a chunk hold L+1 points). The trailing points of
-    an unfinished last chunk (no closing pen-up) are dropped (spec 2.3 step 7)."""
+    an unfinished last chunk (no closing pen-up) are dropped, as in `_get_batch_from_indices`."""
     n = len(pen)
     if n == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -256,7 +261,7 @@ def chunk_batch(clean: list[np.ndarray], noisy: list[np.ndarray], max_len: int, 
 
 
 # --------------------------------------------------------------------------------------------
-# The nine grid graphs (spec 2.4)
+# The nine grid graphs (`DataLoader.get_box`)
 # --------------------------------------------------------------------------------------------
 
 
@@ -267,11 +272,11 @@ def _grid(v: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
 
 def grid_graphs(boxes: Tensor, valid: Tensor) -> Tensor:
     """The nine relation graphs `A[b, i, j, c]` from chunk boxes `(B, S, 4)` and a slot mask
-    `(B, S)` (spec 2.4): node i receives from node j through relation c = 3 gx + gy for every
-    cell (gx, gy) of the 3x3 grid around i's box that the PERIMETER of j's box crosses. That is
-    the footprint rectangle [xa..xb] x [ya..yb] of j's corners, without the centre cell when
-    j's box strictly encloses i's on all four sides. i = j gives the centre cell only (channel
-    4). Padded slots have all-zero rows and columns. No normalisation."""
+    `(B, S)` (the original's `DataLoader.get_box`): node i receives from node j through relation
+    c = 3 gx + gy for every cell (gx, gy) of the 3x3 grid around i's box that the PERIMETER of
+    j's box crosses. That is the footprint rectangle [xa..xb] x [ya..yb] of j's corners, without
+    the centre cell when j's box strictly encloses i's on all four sides. i = j gives the centre
+    cell only (channel 4). Padded slots have all-zero rows and columns. No normalisation."""
     x0, x1, y0, y1 = boxes.unbind(-1)                          # (B, S) each; i is dim 1, j dim 2
     ci = lambda t: t.unsqueeze(2)                              # noqa: E731  centre i
     cj = lambda t: t.unsqueeze(1)                              # noqa: E731  other j

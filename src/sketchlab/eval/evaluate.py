@@ -1,6 +1,7 @@
 """The evaluation protocol: score sets of sketches against a real reference set, one table row each.
 
-Protocol (sketchknitter-and-metrics.md 10, A10; rpcl-pix2seq.md 8; sp-gra2seq-sketchgloc.md 0.10-0.11):
+Protocol (what the papers report: Rec/Ret of RPCL-pix2seq, SP-gra2seq and SketchGloc; FID, IS,
+precision/recall and GS of SketchKnitter):
 * The **reference** is a real split (by default `test`), per category as many sketches as the
   samples hold of that category (FID and P/R depend on N), in category-major order.
 * Every set is scored against the reference, pooled over categories: FID, improved
@@ -17,8 +18,8 @@ Protocol (sketchknitter-and-metrics.md 10, A10; rpcl-pix2seq.md 8; sp-gra2seq-sk
   categories (an equal share of each).
 * A run trained on other categories than the references (or a judge that does not know them)
   is refused unless explicitly allowed, and its row is then marked (`category_mismatch`).
-* GS runs on the same features as FID (spec A9: SketchKnitter probably used flattened fixed-length
-  stroke-3, which variable-length samples do not have), x1000, with landmark seeds
+* GS runs on the same features as FID (SketchKnitter's paper does not say which it used; flattened
+  fixed-length stroke-3 is likely, which variable-length samples do not have), x1000, with landmark seeds
   `seed + row index`.
 With sketchlab's default extractor (the Sketch-a-Net classifier), FID/IS/P-R/GS are not comparable
 with numbers computed on ImageNet Inception-v3 features.

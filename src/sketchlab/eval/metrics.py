@@ -1,18 +1,18 @@
-"""Sample-quality metrics for sketch generation, each as the specs define it.
+"""Sample-quality metrics for sketch generation, as the papers' evaluation code defines them.
 
 * `recognition_accuracy` -- Rec: top-k accuracy of a sketch classifier on generated sketches
-  against the category of their reference (sp-gra2seq-sketchgloc.md 0.11, rpcl-pix2seq.md 8.2).
+  against the category of their reference (RPCL-pix2seq, SP-gra2seq and SketchGloc's Rec).
 * `retrieval_metrics` -- Ret: re-encoded generated sketches retrieve the code they were generated
-  from among all N codes (rpcl-pix2seq.md 8.1, sp-gra2seq-sketchgloc.md 0.10).
-* `fid` / `frechet_distance` -- FID (sketchknitter-and-metrics.md 11).
-* `inception_score` -- IS on a classifier's softmax (section 14).
-* `precision_recall` -- improved precision and recall, k = 3 (section 13).
-* `geometry_score` -- GS (section 12; implemented in `sketchlab.eval.topology`).
+  from among all N codes (the same papers' Ret; SketchGloc's `retrieval.py`).
+* `fid` / `frechet_distance` -- FID (Heusel et al. 2017; pytorch-fid's `calculate_frechet_distance`).
+* `inception_score` -- IS on a classifier's softmax (Salimans et al. 2016, 10 splits).
+* `precision_recall` -- improved precision and recall, k = 3 (Kynkaanniemi et al. 2019).
+* `geometry_score` -- GS (Khrulkov & Oseledets 2018; implemented in `sketchlab.eval.topology`).
 
 Feature-based metrics take plain `(N, D)` arrays: which network made them is the caller's choice
 (`sketchlab.eval.features.FeatureExtractor`). With sketchlab's default, a Sketch-a-Net trained on
 the experiment's categories, FID/IS/P-R are *not* comparable with figures computed with the
-ImageNet Inception-v3 (spec section 10).
+ImageNet Inception-v3 that the papers' FID and IS use.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Geometry Score (Khrulkov & Oseledets, ICML 2018), spec sketchknitter-and-metrics.md section 12.
+"""Geometry Score (Khrulkov & Oseledets, ICML 2018), as SketchKnitter reports it.
 
 GS compares the topology of two point clouds: for each cloud, build a witness complex on a few
 random landmarks (all points are witnesses), read off how long the complex has i one-dimensional
@@ -10,7 +10,7 @@ licence): landmarks drawn with replacement; Euclidean (not squared) witness-land
 to `gudhi.WitnessComplex`; `max_alpha_square = gamma * max_dist` with
 `gamma = 1/128 * N/5000` by default; homology over Z/2; infinite deaths replaced by alpha_max.
 
-Conventions of this implementation (spec A9):
+Conventions of this implementation (where the sketch papers leave GS's settings open):
 * `scale=1000` by default, as piq does and as sketch papers' GS values (3-100) suggest; the
   original code reports unscaled values. Metric tables call the column "GS x1e3".
 * Landmark draws come from `numpy.random.default_rng(seed)` drawn up front in the calling process,

@@ -23,8 +23,12 @@ from PIL import Image, ImageDraw, ImageOps
 
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
+from sketchlab.latent.codes import label_agreement
 from sketchlab.latent.interpolate import analogy, interpolate
 from sketchlab.nn.rpcl import ALIVE_THRESHOLD
+from sketchlab.render import save_grid
+from sketchlab.render.layout import PALETTE
+from sketchlab.render.png import render_sketch, save_png, text_font
 
 PANEL = 520            # scatter panel side, pixels
 LEGEND = 150           # legend column width
@@ -36,19 +40,11 @@ DEAD_WEIGHT = ALIVE_THRESHOLD  # centres with less prior weight are drawn hollow
 
 def label_colour(i: int) -> str:
     """The render palette for the first 10 labels, then golden-angle hues."""
-    from sketchlab.render.layout import PALETTE
-
     if i < len(PALETTE):
         return PALETTE[i]
     h = (i * 0.618033988749895) % 1.0
     r, g, b = colorsys.hsv_to_rgb(h, 0.75, 0.8)
     return "#%02x%02x%02x" % (int(r * 255), int(g * 255), int(b * 255))
-
-
-def _font(size: int):
-    from sketchlab.render.png import _font as font
-
-    return font(size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,37 +85,36 @@ def _scatter_panel(pos: np.ndarray, labels: np.ndarray, names: list[str], title:
                    centres: np.ndarray | None, weights: np.ndarray | None) -> Image.Image:
     img = Image.new("RGB", (PANEL + LEGEND, PANEL + BAND), "white")
     draw = ImageDraw.Draw(img)
-    draw.text((8, 6), title, fill="#333333", font=_font(16))
+    draw.text((8, 6), title, fill="#333333", font=text_font(16))
     order = np.random.default_rng(0).permutation(len(pos))  # no label painted last everywhere
     for i in order:
         x, y = pos[i]
         c = label_colour(int(labels[i]))
         draw.ellipse((x - 3, y - 3 + BAND, x + 3, y + 3 + BAND), fill=c)
     if centres is not None:
-        font = _font(11)
+        small = text_font(11)
         for k, (x, y) in enumerate(centres):
             alive = weights is None or weights[k] > DEAD_WEIGHT
             box = (x - 6, y - 6 + BAND, x + 6, y + 6 + BAND)
             draw.rectangle(box, outline="black", width=2, fill=("white" if not alive else None))
-            draw.text((x + 8, y - 6 + BAND), str(k), fill="black" if alive else "#999999", font=font)
-    font = _font(12)
+            draw.text((x + 8, y - 6 + BAND), str(k), fill="black" if alive else "#999999", font=small)
+    legend = text_font(12)
     used = np.unique(labels)
     for row, lab in enumerate(used[:40]):
         y = BAND + 8 + row * 16
         draw.rectangle((PANEL + 6, y, PANEL + 18, y + 12), fill=label_colour(int(lab)))
         name = names[int(lab)] if int(lab) < len(names) else str(int(lab))
-        draw.text((PANEL + 24, y - 1), f"{name} ({int((labels == lab).sum())})", fill="#333333", font=font)
+        draw.text((PANEL + 24, y - 1), f"{name} ({int((labels == lab).sum())})", fill="#333333", font=legend)
     if centres is not None:
-        draw.text((PANEL + 6, PANEL + BAND - 18), "squares: prior means", fill="#333333", font=font)
+        draw.text((PANEL + 6, PANEL + BAND - 18), "squares: prior means", fill="#333333", font=legend)
     return img
 
 
 def _thumbnail_panel(sketches: Sketches, pos: np.ndarray, labels: np.ndarray, count: int,
                      seed: int) -> Image.Image:
-    from sketchlab.render.png import render_sketch
 
     img = Image.new("RGB", (THUMB_PANEL, THUMB_PANEL + BAND), "white")
-    ImageDraw.Draw(img).text((8, 6), "sketches at their codes", fill="#333333", font=_font(16))
+    ImageDraw.Draw(img).text((8, 6), "sketches at their codes", fill="#333333", font=text_font(16))
     pick = np.random.default_rng(seed).permutation(len(sketches))[:count]
     for i in pick:
         x, y = pos[i]
@@ -181,11 +176,18 @@ def latent_map(model, sketches: Sketches, out, *, perplexity: float = 30.0, thum
         r, c = divmod(k, cols)
         canvas.paste(p, (c * pw, r * ph))
     canvas.paste(thumbs, ((width - thumbs.size[0]) // 2, rows * ph))
-    from sketchlab.render.png import save_png
-
     save_png(canvas, out)
-    return {"n": int(len(codes)), "labels": {k: int(len(np.unique(v))) for k, v in labels.items()},
-            "centres": 0 if centres is None else int(len(centres)), "method": method}
+    summary = {"n": int(len(codes)),
+               "labels": {k: int(len(np.unique(v))) for k, v in labels.items()},
+               "centres": 0 if centres is None else int(len(centres)), "method": method}
+    if model.has_components:
+        summary["n_alive"] = int(model.n_alive())
+    if "category" in labels:
+        # How well each latent label (an RPCL component) tells the categories apart.
+        summary["agreement"] = {
+            k: {m: label_agreement(labels["category"], v)[m] for m in ("nmi", "purity")}
+            for k, v in labels.items() if k not in ("category", "codes")}
+    return summary
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,8 +214,6 @@ def _decode(model, codes: torch.Tensor, temperature, seed: int, greedy: bool) ->
 
 
 def _save_strip(items: list[np.ndarray], captions: list[str], out) -> None:
-    from sketchlab.render import save_grid
-
     save_grid(items, out, cols=len(items), titles=captions, titles_below=True)
 
 

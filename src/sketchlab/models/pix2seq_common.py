@@ -1,4 +1,5 @@
-"""What RPCL-pix2seq and RPCL-pix2seqH share: image in, sketch out (docs/specs/rpcl-pix2seq.md).
+"""What RPCL-pix2seq and RPCL-pix2seqH share: image in, sketch out (after the TensorFlow code of
+CMACH508/RPCL-pix2seq and CMACH508/RPCL-pix2seqH).
 
 Both seeds have the same networks and data pipeline; they differ only in the latent prior and in
 how the loss terms are weighted over the steps. This module holds the shared part once:
@@ -11,7 +12,8 @@ how the loss terms are weighted over the steps. This module holds the shared par
   augmentation), and the 48x48 image is rasterised on the device inside `loss` / `encode`
   (`rasterize_torch`: seq2png's placement, origin-inclusive box, margin 1.5, 1-px line), scaled
   to [-1, 1] with a white (+1) background; training images get the seeds' `random_scale_png`
-  (in practice always a 47-px copy anchored top-left, spec 2.4);
+  (`utils.py` `DataLoader.random_scale_png` -> `rescale`: in practice always a 47-px copy
+  anchored top-left, since int(48 r) = 47 for every r < 1);
 * the networks: CNN encoder q(z|x) = N(mu, diag var) (`nn.conv.ImageEncoder`), the HyperLSTM
   decoder fed [S_{t-1}, z] from the state tanh(FC(z)), the 20-component mixture head, and the
   deconv image decoder used as a regulariser (`nn.conv.ImageDecoder`);
@@ -69,6 +71,8 @@ class Pix2SeqConfig(TrainingConfig):
     png_margin: float = 1.5              # pixels left free around the sketch in the input image
     png_line_width: float = 1.0          # stroke width in the input image (pixels)
     conv_init: str = "seed"              # "seed": every conv filter N(0, sqrt(2/3)); "he"
+                                         # (the seeds' `Cnn.py` `xavier_init` takes the kernel
+                                         # height as the fan-in)
     # CNN widths: encoder stages (layer_1, layer_2, conv0, conv1); the image decoder mirrors them.
     # The seeds' (32, 64, 128, 256); smaller only for quick CPU runs (the demo).
     cnn_channels: tuple[int, ...] = (32, 64, 128, 256)   # CNN widths (encoder stages)
@@ -110,8 +114,9 @@ def zero_touch(*modules: torch.nn.Module) -> Tensor:
     """0 x (a sum touching every parameter of `modules`).
 
     Added to a loss that skips a branch, it gives that branch's parameters zero (not None)
-    gradients, so Adam still moves them by momentum as TF's Adam does (spec 6.2), from the very
-    first step and with the same per-parameter step count as the rest."""
+    gradients, so Adam still moves them by momentum as TF's Adam does (the originals'
+    `optimizer.apply_gradients` in `model.py` updates every variable, zero gradient or not),
+    from the very first step and with the same per-parameter step count as the rest."""
     params = [p for m in modules for p in m.parameters()]
     return torch.stack([p.reshape(-1)[0].float() for p in params]).sum() * 0.0
 
@@ -143,8 +148,8 @@ class Pix2SeqBase(CodeDecoder, SketchModel):
         self.decoder = make_cell(c.dec_model, 5 + c.z_size, c.dec_rnn_size, recurrent_dropout_keep=keep,
                                  hyper_num_units=c.hyper_num_units,
                                  hyper_embedding_size=c.hyper_embedding_size, fusion=c.fuse_pointwise)
-        # spec 3.4: initial state tanh(FC(z)), FC He-normal std sqrt(2/z) and zero bias;
-        # output FC std sqrt(2/H), bias 0.
+        # `model.py` `build_RPCL_pix2seq`: initial state tanh(FC(z)) (`Cnn.FcNet`: He-normal std
+        # sqrt(2/z), zero bias); output FC (`rnn_decoder`) std sqrt(2/H), bias 0.
         self.fc_init = seed_linear(c.z_size, self.decoder.state_size)
         self.head = MixtureHead(c.dec_rnn_size, 20, bias=True, init_std=math.sqrt(2.0 / c.dec_rnn_size))
         self.image_decoder = ImageDecoder(c.z_size, c.png_width, tuple(reversed(c.cnn_channels)),
@@ -206,7 +211,8 @@ class Pix2SeqBase(CodeDecoder, SketchModel):
         return self.encode_dist(batch)[1]
 
     def latent(self, batch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(image, mu, var, z): z = mu + sqrt(var) eps in training, z = mu in evaluation (spec 3.2)."""
+        """(image, mu, var, z): z = mu + sqrt(var) eps in training (`model.py` `get_z`), z = mu in
+        evaluation (`train.py` `evaluate_model` feeds `batch_z = mu`)."""
         x, mu, var = self.encode_dist(batch)
         z = mu + var.sqrt() * torch.randn_like(mu) if self.training else mu
         return x, mu, var, z

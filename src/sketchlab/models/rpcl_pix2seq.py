@@ -1,5 +1,6 @@
 """RPCL-pix2seq (Zang, Ying & Xu, Neural Networks 2021): a sketch image -> z with a GMM prior
-learned by rival-penalised EM -> a stroke sequence (docs/specs/rpcl-pix2seq.md, sections 0-4).
+learned by rival-penalised EM -> a stroke sequence (after CMACH508/RPCL-pix2seq, TensorFlow:
+`model.py` `Model.build_RPCL_pix2seq`, `train.py`, `sample.py`).
 
 Reads top to bottom: config (the seed's code defaults), model (encoder, decoders and data come
 from `pix2seq_common`), loss, labels and sampling, and the small CPU demo configuration.
@@ -8,16 +9,18 @@ from `pix2seq_common`), loss, labels and sampling, and the small CPU demo config
   buffers (`nn.gmm_prior.GMMPrior`) and never touched by the optimiser: every training step's
   `loss` computes the responsibilities gamma from the OLD prior and stages an update (EMA EM
   with rate 0.05; after step 500 every third step a rival-penalised hard step instead), and
-  `on_step_end` writes it after the optimiser step (spec 4.3-4.4, 6.2).
-* Loss (spec 4.6): `w_KL(s) (L_alpha + L_G) + L_R + de_weight L_D`, with w_KL(s) =
+  `on_step_end` writes it after the optimiser step (`model.py` `em` / `rpcl`, chosen by the
+  step in `build_RPCL_pix2seq` and assigned to `de_mu`, `de_sigma2`, `de_alpha` in the same
+  `sess.run` as the gradient step).
+* Loss (`build_RPCL_pix2seq`): `w_KL(s) (L_alpha + L_G) + L_R + de_weight L_D`, with w_KL(s) =
   1 - 0.999 * 0.9999^s, L_alpha = KL(gamma || alpha'), L_G the gamma-weighted Gaussian KL against
   the detached NEW prior, L_R the sequence NLL (sum over time, mean over batch), L_D the squared
   error of the deconv image decoder (summed over pixels, mean over batch).
-* Elimination (spec 4.5): nothing is removed; components that stop winning end with alpha ~ 0
+* Elimination: the original removes nothing; components that stop winning end with alpha ~ 0
   and never win again. `n_alive` counts those with alpha above `alive_threshold`, and is logged.
 * Sampling (`Pix2SeqBase.generate`): z from the learned prior, z ~ N(m_k, diag v_k) with
   k ~ alpha or k = `component` (the paper-consistent reading), or `prior="standard"`: the seed's
-  own `sample.py` draws z ~ N(0, I) (spec 7.3).
+  own `sample.py` (`main`, `--conditional=False`) draws z ~ N(0, I).
 * Responsibilities are computed in log space (a float32 softmax of log alpha + log-likelihood,
   then the seed's clip to [1e-5, 1]): identical to the seed wherever its float64 exp does not
   underflow, and near-one-hot instead of uniform where it does. `faithful_posterior=True` gives

@@ -1,5 +1,5 @@
 """RPCL-pix2seqH (Zang et al., TNNLS 2023): RPCL-pix2seq with a two-level latent hierarchy
-(docs/specs/rpcl-pix2seq.md, sections 0, 5 and 6).
+(after CMACH508/RPCL-pix2seqH, TensorFlow: `model.py` `Model.build_RPCL_pix2seqH`, `train.py`).
 
 The networks, data and sampling are RPCL-pix2seq's (`pix2seq_common`). What differs:
 
@@ -7,10 +7,13 @@ The networks, data and sampling are RPCL-pix2seq's (`pix2seq_common`). What diff
   I = 16 level-l units (`nn.hierarchy_prior.HierarchicalPrior`; I must equal J). Buffers again, updated
   by EMA EM and, after step 100 on every third step, by RPCL on both levels; q(j|i) by the
   co-responsibility "merge" rule. Unlike pix2seq, the posteriors in the loss are computed
-  after the update and gradient flows through it (spec 5.8).
+  after the update and gradient flows through it (`update_em` / `update_rpcl` return `p_j`,
+  `p_i`, `p_ji` built from the new means and variances; `build_RPCL_pix2seqH` stops the gradient
+  only on the prior arguments of the KL terms).
 * The KL term is the "structural constraint" L_IJ = KL(q(j, i | x) || q(i) q(j|i)) plus the
   gamma-weighted Gaussian KL L_G, times 0.1 * w_KL(s).
-* The image branch (L1 loss) is a short pre-training regulariser (spec 5.7):
+* The image branch (L1 loss) is a short pre-training regulariser (`build_RPCL_pix2seqH`'s
+  `self.loss`):
 
       s < 1000 and s % 4 != 0:  L = 0.1 w_KL (L_IJ + L_G) + L_D     (image steps: no L_R)
       otherwise:                L = 0.1 w_KL (L_IJ + L_G) + L_R     (the deconv branch gets 0)
@@ -25,7 +28,8 @@ What differs from the seed, and the switch (`paper_config` sets every one to the
   never counts against patience (`patience_start`; the seed's first validation comes after a
   whole epoch anyway);
 * latent labels come from the stored prior (the seed's `sample.py` reads them off a
-  batch-updated posterior, spec 7.4);
+  batch-updated posterior: `i_label` / `j_label` of `model.py` `update_em` run on the batch of
+  codes being decoded);
 * unconditional samples come from the learned prior by default; the seed's `sample.py` draws
   z ~ N(0, I) (`sample_prior="standard"`, or per call `prior="standard"`, `sketchlab sample
   --prior standard`).
@@ -80,7 +84,8 @@ class RPCLPix2SeqH(Pix2SeqBase):
 
     # ---- loss ----------------------------------------------------------------------------------
     def is_image_step(self, step: int) -> bool:
-        """Steps that train the image branch instead of the sequence decoder (spec 5.7)."""
+        """Steps that train the image branch instead of the sequence decoder (`model.py`
+        `build_RPCL_pix2seqH`: `global_ < 1000` and `global_ % 4 != 0`)."""
         c = self.config
         return step < c.image_phase_steps and step % c.image_phase_every != 0
 
@@ -128,7 +133,8 @@ class RPCLPix2SeqH(Pix2SeqBase):
     @torch.no_grad()
     def latent_labels(self, z) -> dict[str, np.ndarray]:
         """Level-k Gaussian and level-l unit of each code under the STORED prior (the seed's
-        sample.py reads them off a batch-updated posterior instead, spec 7.4 [BUG?])."""
+        `sample.py` reads `i_label` / `j_label` off the posterior after a 0.05 EMA update on the
+        batch of codes being decoded instead, so its labels depend on the batch)."""
         post = self.prior.posterior(z.to(self.prior.mean.device))
         return {"level_k": post.p_j.argmax(-1).cpu().numpy(),
                 "level_l": post.p_i.argmax(-1).cpu().numpy()}
@@ -137,7 +143,8 @@ class RPCLPix2SeqH(Pix2SeqBase):
         return self.latent_labels(z)["level_k"]
 
     def prior_weights(self):
-        """q(j) = sum_i q(j|i) q(i) of each level-k Gaussian (never stored, spec 5.1)."""
+        """q(j) = sum_i q(j|i) q(i) of each level-k Gaussian (never stored: the original computes it
+        as `q_j_old = tf.matmul(q_ji_old, q_i_old)` in `update_em` / `update_rpcl`)."""
         return self.prior.q_j()
 
     def n_alive_units(self) -> int:

@@ -1,9 +1,13 @@
 """SketchGloc (Zang lab, 2024): strokes -> per-stroke bi-LSTM -> nine grid graphs -> GCN -> z ->
-HyperLSTM over ABSOLUTE coordinates (docs/specs/sp-gra2seq-sketchgloc.md, sections 0 and 2).
+HyperLSTM over ABSOLUTE coordinates (after CMACH508/SketchGloc, TensorFlow: `model.py`
+`Model.build_sketchBoard`, `rebranch/utils.py` `DataLoader`, `rebranch/train.py`,
+`rebranch/sample_abs.py`).
 
-Reads top to bottom: config (the `rebranch/` code, spec 2.1; `root_config` gives the root
-variant), data (spec 2.2-2.4, pieces in `sketchlab.data.strokegrid`), encoder (2.5-2.6), decoder
-(2.7), loss (2.8), generation (2.11) and the small CPU demo configuration.
+Reads top to bottom: config (the `rebranch/` code, whose hyper-parameters the README lists;
+`root_config` gives the repository root's variant), data (`rebranch/utils.py`
+`preprocess_data` and `DataLoader._get_batch_from_indices`, pieces in
+`sketchlab.data.strokegrid`), encoder and decoder (`model.py` `build_sketchBoard`), loss
+(`get_lil_loss`), generation (`sample_abs.py`) and the small CPU demo configuration.
 
 * Data: T (longest sketch), L (99.9th percentile of stroke lengths) and S (of strokes per
   sketch) come from all loaded splits in `adapt_config`; offsets are divided by the train std of
@@ -16,39 +20,48 @@ variant), data (spec 2.2-2.4, pieces in `sketchlab.data.strokegrid`), encoder (2
   `sketchlab sample --strength` set) disrupts the references before encoding (healing).
 * Encoder: a bi-LSTM over each chunk's absolute points (final states at the last valid step,
   concatenated, D = 2 enc_rnn_size), a 9-relation GCN, sum readout over the chunks,
-  tanh(BatchNorm), mu and a log-variance s. No KL and no prior (spec 0.4, bug 9): z = mu +
-  exp(s/2) eps in training, z = mu in validation and when encoding.
+  tanh(BatchNorm), mu and a log-variance s. No KL and no prior (the original's loss is
+  `lil_loss` alone, so nothing regularises s): z = mu + exp(s/2) eps in training, z = mu in
+  validation and when encoding.
 * Decoder: HyperLSTM(512) from tanh(Linear(z)) fed [x_abs, y_abs, p1, p2, p3, z]; the
   20-component mixture head models absolute positions. Loss = L_R only (sum over time / B, pen
   cross-entropy unmasked in training, masked in evaluation).
 * Optimisation: Adam, per-variable clip_by_norm 1.0 (`clip_mode="norm"`), a CONSTANT learning
-  rate (bug 11), validation every epoch, early stop after 5 bad epochs.
+  rate (the original's), validation every epoch, early stop after 5 bad epochs.
 
-Choices on the spec's bugs and ambiguities (each a config field):
+Choices on the original's quirks and open points (each a config field):
 
-* bug 11 (LR never decays): `decay_rate = 1.0`, constant 1e-3 (the original's 9.9999e-4 differs
-  by 1e-5 relative); `--hparams decay_rate=0.99999` gives the intended step decay.
-* bug 12 (chunk length L+1): `clamp_stroke_len=True` clamps it to L (recommended); False
-  reproduces the GPU original, whose backward LSTM then reads the next chunk slot's first point
-  and never sees point 0.
-* bug 13 (stroke_pbias interval inverted for 0..255-px data): `stroke_pbias=True` keeps it
-  (training sketches are shifted left/up by ~19-185 px, valid/test are not; see
-  `strokegrid.stroke_pbias`); set False for a clean run.
-* bug 14 (Ret gallery code): `ret_gallery="z_ori"` as the original (noisy strokes + clean boxes);
-  "z" = the code the sketch was decoded from, "clean" = the clean reference's code. All three
-  coincide when re_scale = 0.
-* bug 17 (greedy root vs tau = 0.24 rebranch): `greedy_sampling=False`, tau 0.24.
-* bug 19 (single-point first/last stroke in the round trip): `faithful_roundtrip=True` keeps it.
-* bug 15 (Ret queries): the original's `retrieval.py` converts each generated sketch back to
+* The LR never decays: `model.py` `build_sketchBoard` decays it by `decay_rate ** global_`, but
+  `train.py` never feeds or increments `global_` (it stays 1). `decay_rate = 1.0`, constant 1e-3
+  (the original's 9.9999e-4 differs by 1e-5 relative); `--hparams decay_rate=0.99999` gives the
+  intended step decay.
+* Chunk length L+1: `DataLoader._get_batch_from_indices` gives a closed chunk of L+1 points its
+  full length unless the sketch fills all S slots. `clamp_stroke_len=True` clamps it to L
+  (recommended); False reproduces the GPU original, whose backward LSTM
+  (`bidirectional_dynamic_rnn` in `build_sketchBoard`) then reads the next chunk slot's first
+  point and never sees point 0.
+* `DataLoader.stroke_pbias` draws its random translation from an interval that is inverted for
+  0..255-px data: `stroke_pbias=True` keeps it (training sketches are shifted left/up by
+  ~19-185 px, valid/test are not; see `strokegrid.stroke_pbias`); set False for a clean run.
+* Ret gallery code: `ret_gallery="z_ori"` as the original (`sample_abs.py` saves `z_ori`, the
+  code of the noisy strokes with the clean boxes, as `code_*.npy`); "z" = the code the sketch
+  was decoded from, "clean" = the clean reference's code. All three coincide when re_scale = 0.
+* Greedy vs stochastic sampling: the root's `sample_abs.py` `sample` defaults to greedy, the
+  rebranch's to tau = 0.24; `greedy_sampling=False`, tau 0.24.
+* The stroke-start round trip in `_get_batch_from_indices` (to absolute and back) is the
+  identity except when the first or last stroke is a single point: `faithful_roundtrip=True`
+  keeps those edge cases.
+* Ret queries: the original's `retrieval.py` converts each generated sketch back to
   offsets with a loop that runs once too often, so row 0 also subtracts the last offset: every
   query is translated by -(last offset) before it is re-encoded. sketchlab computes Ret on the
   generated sketch as drawn (`ret_query_shift=False`); `ret_query_shift=True` applies the
   original's shift to the queries (`retrieval_queries`, used by `sketchlab evaluate --run` and
   `sketchlab compare`).
-* Known parity gap: grid cells use the spec's inclusive box boundaries exactly. The original
-  re-accumulates each chunk's offsets in float64, so two box edges that are equal in float32
-  can fall on either side there (12 of 150 sheep validation sketches get a different graph
-  entry); this cannot be matched without copying its arithmetic.
+* Known parity gap: grid cells use inclusive box boundaries exactly (`DataLoader.get_relgrid`:
+  strictly below / above the box is outside). The original re-accumulates each chunk's offsets
+  in float64, so two box edges that are equal in float32 can fall on either side there (12 of
+  150 sheep validation sketches get a different graph entry); this cannot be matched without
+  copying its arithmetic.
 
 What differs from the rebranch code by default, and the switch (`paper_config` sets each to the
 original's): the learning rate 1e-3 instead of its 9.999901e-4 (`learning_rate`), chunk lengths
@@ -85,7 +98,7 @@ RET_GALLERIES = ("z_ori", "z", "clean")
 
 @dataclass
 class Config(TrainingConfig):
-    # sizes filled in from the data by `adapt_config` when <= 0
+    # sizes filled in from the data by `adapt_config` when <= 0 (`utils.py` `preprocess_data`)
     max_seq_len: int = -1                # T: the longest sketch of all loaded splits
     max_stroke_len: int = -1             # L: 99.9th pct of stroke lengths (root: 5)
     max_stroke_num: int = -1             # S: 99.9th pct of strokes per sketch
@@ -114,7 +127,7 @@ class Config(TrainingConfig):
     # training (train.py): Adam, per-variable clip_by_norm 1.0, constant LR, patience 5
     batch_size: int = 100                # root: 300
     learning_rate: float = 1e-3
-    decay_rate: float = 1.0              # bug 11: the original's LR is constant
+    decay_rate: float = 1.0              # the original's LR is constant (`global_` is never fed)
     min_learning_rate: float = 1e-5
     grad_clip: float = 1.0
     clip_mode: str = "norm"
@@ -125,8 +138,9 @@ class Config(TrainingConfig):
 
 
 def root_config(**overrides) -> Config:
-    """The repository root's variant (spec 2.1): 6-point chunks, no reorganisation noise, smaller
-    encoder and code, no dropout or augmentation, batch 300, greedy sampling."""
+    """The repository root's variant (root `train.py` / `utils.py` instead of `rebranch/`):
+    6-point chunks (`max_part_len` = 5), no reorganisation noise, smaller encoder and code, no
+    dropout or augmentation, batch 300, greedy sampling."""
     base = Config(max_stroke_len=5, enc_rnn_size=256, z_size=64, use_recurrent_dropout=False,
                   random_scale_factor=0.0, augment_stroke_prob=0.0, re_scale=0.0, batch_size=300,
                   greedy_sampling=True)
@@ -186,7 +200,8 @@ class SketchGloc(CodeDecoder, SketchModel):
 
     @classmethod
     def adapt_config(cls, config, splits):
-        """T, L and S from every loaded split (train, valid and test together; spec 2.2)."""
+        """T, L and S from every loaded split (train, valid and test together, as the original's
+        `utils.py` `preprocess_data` -> `get_max_len`)."""
         if min(config.max_seq_len, config.max_stroke_len, config.max_stroke_num) > 0:
             return config
         T, L, Sn = G.stroke_stats(splits.values())
@@ -196,8 +211,9 @@ class SketchGloc(CodeDecoder, SketchModel):
             max_stroke_num=config.max_stroke_num if config.max_stroke_num > 0 else Sn)
 
     def make_batch(self, sketches, train, rng, re_scale: float | None = None):
-        """One batch (spec 2.3). `re_scale` is the reorganisation noise PROB: the config's in
-        training, 0 in evaluation, or the caller's (sampling). Keys:
+        """One batch (`utils.py` `DataLoader._get_batch_from_indices`). `re_scale` is the
+        reorganisation noise PROB: the config's in training, 0 in evaluation, or the caller's
+        (sampling). Keys:
 
         strokes (B, T+1, 5)    decoder sequence, ABSOLUTE x, y (row 0 = S0)
         chunks (B, S, L, 2)    each kept chunk's first L noisy absolute points, zero-padded
@@ -234,8 +250,8 @@ class SketchGloc(CodeDecoder, SketchModel):
             clean, noisy = self.reorganised(d, bound, prob, rng)
             targets.append(clean)
             noisies.append(noisy)
-        # Chunks of every sketch at once; chunk_len may be L+1 unless clamped (bug 12; the
-        # original clamps only when a sketch fills all S slots).
+        # Chunks of every sketch at once; chunk_len may be L+1 unless clamped (the original
+        # clamps only when a sketch fills all S slots).
         chunks, chunk_len, boxes, boxes_clean = G.chunk_batch(targets, noisies, L, Sn, c.clamp_stroke_len)
         batch = {
             "strokes": torch.from_numpy(S.pad_batch(targets, T)),   # refuses a sketch longer than T
@@ -305,7 +321,7 @@ class SketchGloc(CodeDecoder, SketchModel):
             x_bw = reverse_padded(x, n_fw)
         else:
             # GPU TF's reverse_sequence with length L+1 reads one step past the chunk: the next
-            # packed chunk's first point (`chunk_next`); point 0 is never seen (bug 12).
+            # packed chunk's first point (`chunk_next`); point 0 is never seen.
             x_bw = reverse_padded(torch.cat([x, nxt], 1), n)[:, :L]
         h_bw, _ = self.enc_bw.sequence(x_bw, zeros(self.enc_bw))
         v = torch.cat([last_valid(h_fw, n_fw), last_valid(h_bw, n_fw)], -1)
@@ -372,7 +388,7 @@ class SketchGloc(CodeDecoder, SketchModel):
                         component=sketches.component, scale_factor=sketches.scale_factor)
 
     def greedy_by_default(self) -> bool:
-        return bool(self.config.greedy_sampling)      # bug 17: the root samples greedily
+        return bool(self.config.greedy_sampling)      # the root's `sample_abs.py` samples greedily
 
     @torch.no_grad()
     def generate(self, n: int | None = None, *, references: Sketches | None = None, seed: int = 0,
@@ -381,7 +397,7 @@ class SketchGloc(CodeDecoder, SketchModel):
         reorganisation noise `displacement` (`heal(strength=...)`), encoded (z = mu), and
         decoded at temperature tau (or greedily). SketchGloc has no prior, so it cannot sample
         without references. The result carries the references' categories and, as `z`, the Ret
-        gallery code chosen by `gallery` (config `ret_gallery`; bug 14)."""
+        gallery code chosen by `gallery` (config `ret_gallery`, see the module docstring)."""
         self.eval()
         self.require_references(references)
         opts = self.make_options(options, **overrides)

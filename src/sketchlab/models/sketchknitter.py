@@ -2,16 +2,21 @@
 
 A sketch is up to N = 96 stroke-3 points. The offsets (dx, dy) are diffused with the linear
 schedule (T = 1000) and a 1-D UNet predicts the noise (epsilon) plus pen-state logits from a
-separate head; pen states are not diffused (spec sections 2-4). Sampling: DDPM, DDIM, and the
-recognizability-guided shortcut (r-Shortcut, spec 6); conditional refinement / healing is
-SDEdit: noise a given sketch to an intermediate step and denoise it (spec 7.3).
+separate head; pen states are not diffused (wangqiang9/SketchKnitter `sketch_diffusion/unet.py`
+`UNetModel`, `gaussian_diffusion.py` `GaussianDiffusion.training_losses`). Sampling: DDPM, DDIM,
+and the recognizability-guided shortcut (r-Shortcut, see below); conditional refinement /
+healing is SDEdit: noise a given sketch to an intermediate step and denoise it (our choice: the
+original's guided sampler, `gaussian_diffusion_noise.py`, does not run as written).
 
 Two modes (`Config.faithful`):
 
 * ``faithful=True`` reproduces the original code (`train.py`, `sample.py`): sketches padded with
   (0, 0, 0) rows to 96 points, no mask, the loss covers the padding, the scale factor is the std
-  of all three columns (B3), x0_hat is clamped to [-1, 1] (B2), every sample has 96 points, the
-  pen is decoded as `sample.py`'s `bin_pen` does (B1: lifted where the RAW class-0 logit >=
+  of all three columns (`image_datasets.py` `SketchDataset.calculate_normalizing_scale_factor`
+  takes the std of dx, dy and the pen bits together), x0_hat is clamped to [-1, 1]
+  (`gaussian_diffusion.py` `p_mean_variance` with `clip_denoised=True`, although the offsets are
+  not bounded by 1), every sample has 96 points, the pen is decoded as `sample.py`'s `bin_pen`
+  does (it thresholds the RAW class-0 "pen stays down" logit, so lifted where that logit >=
   pen_break; 0.5 in `sample.py`, 0.1 in `sample.sh`), the EMA runs at 0.9999 from step 0 with no
   warm-up, and samples come from the final weights (the original samples the last checkpoint it
   wrote; it never validates).
@@ -25,7 +30,9 @@ Two modes (`Config.faithful`):
 
 Each of those has its own switch, whatever the mode: `pen_decoding` ("probability" |
 "original"; also a sampling option), `ema_warmup`, `sample_from` ("best" | "latest";
-`runs.open_run` and `sketchlab sample` follow it), `clip_x0`. Samples use the EMA weights (A12).
+`runs.open_run` and `sketchlab sample` follow it), `clip_x0`. Samples use the EMA weights (the
+original's `sample.py` loads whichever `--model_path` it is given, raw or EMA; `TrainLoop.save`
+writes both).
 
 Sampling options (`Options`): the sampler and its steps, spacing, eta and clamp, the EMA weights,
 the pen rule and threshold, the refinement noise level t0/T (`noise_level`, what
@@ -77,8 +84,8 @@ __all__ = ["Config", "Options", "PAPER_CATEGORIES", "PEN_DECODINGS", "config_fro
            "paper_config"]
 
 # How pen states are read off the pen head's logits: "probability" lifts where
-# softmax(logits)[..., 1] >= pen_break; "original" is `sample.py`'s `bin_pen` (B1), which lifts
-# where the raw class-0 ("pen stays down") logit >= pen_break.
+# softmax(logits)[..., 1] >= pen_break; "original" is `sample.py`'s `bin_pen`, which lifts
+# where the raw class-0 ("pen stays down") logit >= pen_break: inverted, and not a probability.
 PEN_DECODINGS = ("probability", "original")
 CHECKPOINTS = ("best", "latest")
 
@@ -90,7 +97,7 @@ class Config(TrainingConfig):
     faithful: bool = False              # reproduce the original's data/loss/sampling quirks
     random_scale: float = 0.0           # training augmentation (none in the original): stretch
     augment_prob: float = 0.0           # dx, dy by U(1 +- s); sketch-rnn's point dropping
-    # --- network (spec 3.2) ---
+    # --- network (`script_util.py` `model_and_diffusion_defaults`, `create_model`) ---
     layout: str = "points"              # "points" (original: points are Conv1d channels) | "sequence"
     model_channels: int = 96            # must equal num_points in the points layout
     lift_dim: int = 128                 # Linear(2 -> 128) lifting of each point
@@ -102,32 +109,33 @@ class Config(TrainingConfig):
     # added to the timestep embedding); num_classes is filled in from the data's categories.
     class_cond: bool = False             # class-conditional: sample by category
     num_classes: int = 0                 # categories (filled in from the data)
-    # --- diffusion (spec 4) ---
+    # --- diffusion (`gaussian_diffusion.py` `get_named_beta_schedule`, `training_losses`) ---
     diffusion_steps: int = 1000          # T, the diffusion chain's length
     noise_schedule: str = "linear"       # beta schedule: linear | cosine
     pen_loss_weight: float = 0.01       # loss = mse(eps) + 0.01 * CE(pen)
-    # --- sampling (spec 5) ---
+    # --- sampling (`gaussian_diffusion.py` `p_sample`, `ddim_sample`; `sample.py`) ---
     sampler: str = "ddpm"               # "ddpm" | "ddim" | "rshortcut"
     sample_steps: int | str | None = None  # None: all T (ddpm, ddim), 30 (rshortcut); or "ddim30"
     spacing: str = "ddim"               # respacing of ddpm/ddim: ddim | even | linear | quadratic
-    # x0_hat is clamped to [-clip, clip] at every reverse step. "auto": 1.0 when faithful (B2, the
-    # original's clamp on unbounded data); else the training split's largest |dx|, |dy| (filled
-    # in by `adapt_config`, so config.json records it), a bound no real sketch exceeds. Without
-    # it, few-step DDIM (eta 0) on a young model overshoots: on a CPU apple model DDIM-30 drew
-    # |offsets| 3.2x the data's, 1.7x with the data bound, while DDPM was unchanged. None: no clamp.
+    # x0_hat is clamped to [-clip, clip] at every reverse step. "auto": 1.0 when faithful (the
+    # original's `clip_denoised` clamp, applied to unbounded data); else the training split's
+    # largest |dx|, |dy| (filled in by `adapt_config`, so config.json records it), a bound no
+    # real sketch exceeds. Without it, few-step DDIM (eta 0) on a young model overshoots: on a
+    # CPU apple model DDIM-30 drew |offsets| 3.2x the data's, 1.7x with the data bound, while
+    # DDPM was unchanged. None: no clamp.
     clip_x0: float | str | None = "auto"  # x0 clamp; "auto": the data's largest |dx|, |dy|
     pen_break: float = 0.5              # the threshold of the pen rule (sample.py 0.5, sample.sh 0.1)
     pen_decoding: str | None = None     # "probability" | "original"; None: original when faithful
     sample_from: str | None = None      # "best" | "latest" weights; None: latest when faithful
     use_ema: bool = True                 # sample with the EMA weights
-    # --- optimisation (spec 4.4): AdamW, constant lr 1e-4, no clipping ---
+    # --- optimisation (`train_util.py` `TrainLoop`): AdamW, constant lr 1e-4, no clipping ---
     learning_rate: float = 1e-4
     min_learning_rate: float = 0.0
     decay_rate: float = 1.0             # constant learning rate (lr_anneal_steps = 0)
     optimizer: str = "adamw"
     weight_decay: float = 0.0
     batch_size: int = 4                 # the original's; use 128-256 on a GPU
-    max_steps: int = 50001              # hard-coded in the original (B6)
+    max_steps: int = 50001              # hard-coded in the original (`TrainLoop.run_loop`)
     grad_clip: float = 0.0
     clip_mode: str = "none"             # the original clips nothing
     valid_metric: str = "loss"
@@ -135,7 +143,7 @@ class Config(TrainingConfig):
     patience: int = 0
     ema_rate: float = 0.9999             # EMA decay of the sampling weights
     ema_warmup: bool | None = None      # None: on, off when faithful (the original: 0.9999 from step 0)
-    # --- r-Shortcut recognizability predictor (spec 6.3) ---
+    # --- r-Shortcut recognizability predictor (sketchlab's; not in the released code) ---
     recognizer_hidden: int = 256         # r-Shortcut predictor: GRU hidden units
     recognizer_layers: int = 2           # r-Shortcut predictor: GRU layers
 
@@ -222,8 +230,11 @@ class Options(SampleOptions):
 
 
 # The original's flags (script_util / train.py / sample.py) that sketchlab ignores: they have no
-# effect there (attention_resolutions, B9) or are bookkeeping of its scripts. (use_fp16 maps to
-# `amp`: its broken fp16 path (B7) becomes bf16 autocast; without it the original is float32.)
+# effect there (attention_resolutions: `script_util.py` `create_model` turns "16,8" into ds 6
+# and 12, which the UNet's ds of 1, 2, 4, 8 never equals, so only the middle block attends) or
+# are bookkeeping of its scripts. (use_fp16 maps to `amp`: the original's fp16 path does not work,
+# as `unet.py` `UNetModel.convert_to_fp16` halves only the convolutions while `inner_dtype` stays
+# float32, and becomes bf16 autocast; without it the original is float32.)
 _ORIGINAL_IGNORED = {
     "attention_resolutions", "use_checkpoint", "num_heads_upsample", "microbatch",
     "rescale_timesteps", "rescale_learned_sigmas", "log_interval", "save_interval",
@@ -252,7 +263,7 @@ def config_from_original(flags: dict, **overrides) -> Config:
             for other in ("num_points", "model_channels"):
                 if other in out and out[other] != n:
                     raise ConfigError(f"image_size and num_channels must be equal (the points are "
-                                      f"the UNet's channels, spec 3.1); got {out[other]} and {n}")
+                                      f"the UNet's channels); got {out[other]} and {n}")
             out["num_points"] = out["model_channels"] = n
         elif key in ("num_res_blocks", "num_heads", "diffusion_steps", "batch_size"):
             out[key] = int(value)
@@ -274,8 +285,9 @@ def config_from_original(flags: dict, **overrides) -> Config:
             out["class_cond"] = as_bool(value)
         elif key in ("learn_sigma", "use_kl", "predict_xstart"):
             if as_bool(value):
-                raise ConfigError(f"--{key} True is not supported (the original cannot use it "
-                                  "either: spec 4.2, B8, 1.4)")
+                # learn_sigma cannot work in the original either: `unet.py` `UNetModel`'s
+                # epsilon head always outputs 2 channels, whatever `out_channels` says.
+                raise ConfigError(f"--{key} True is not supported")
         elif key == "use_scale_shift_norm":
             if not as_bool(value):
                 raise ConfigError("--use_scale_shift_norm False is not supported")
@@ -286,7 +298,9 @@ def config_from_original(flags: dict, **overrides) -> Config:
 
 
 def faithful_scale_factor(sketches: Sequence[np.ndarray]) -> float:
-    """The original's `np.std(np.concatenate(sketches))`: all three columns, pen bits included (B3)."""
+    """The original's `np.std(np.concatenate(sketches))` (`image_datasets.py`
+    `SketchDataset.calculate_normalizing_scale_factor`): all three columns, pen bits included,
+    unlike sketch-rnn's dx, dy only."""
     arr = np.concatenate([np.asarray(s, dtype=np.float64).reshape(-1, 3) for s in sketches])
     if arr.size == 0:
         raise DataError("cannot compute a scale factor from an empty training set")
@@ -300,7 +314,7 @@ def decode_pen(logits: torch.Tensor, pen_break: float = 0.5, rule: str = "probab
     """Pen states (1.0 = lifted) from the pen head's logits (..., 2).
 
     "probability" (corrected): lifted where P(lift) = softmax(logits)[..., 1] >= pen_break.
-    "original": `sample.py`'s `bin_pen` (B1), which thresholds column 2 of cat(sample, logits),
+    "original": `sample.py`'s `bin_pen`, which thresholds column 2 of cat(sample, logits),
     i.e. the RAW logit of class 0 ("pen stays down"): lifted where logits[..., 0] >= pen_break.
     """
     if rule == "probability":
@@ -372,7 +386,8 @@ class SketchKnitter(SketchModel):
 
     @classmethod
     def compute_scale_factor(cls, config, train_sketches: Sequence[np.ndarray]) -> float:
-        """The offset scale for this mode (faithful: pen column included, B3)."""
+        """The offset scale for this mode (faithful: pen column included, as the original's
+        `SketchDataset.calculate_normalizing_scale_factor`)."""
         if config.faithful:
             return faithful_scale_factor(train_sketches)
         return xy_scale_factor(train_sketches)
@@ -467,12 +482,14 @@ class SketchKnitter(SketchModel):
         return batch["category"].to(self.data_scale.device, torch.long)
 
     def _loss_mask(self, valid: torch.Tensor) -> torch.Tensor:
-        # Faithful: every row, padding included, is data (spec 1.4, 4.3).
+        # Faithful: every row, padding included, is data (`SketchDataset.__getitem__` pads with
+        # (0, 0, 0) rows and `training_losses` averages over all of them).
         return torch.ones_like(valid) if self.config.faithful else valid
 
     def loss(self, batch: dict, step: int = 0, t: torch.Tensor | None = None,
              noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """mean over sketches of mse(eps, eps_hat) over real rows + 0.01 * CE(pen) (spec 4.3).
+        """mean over sketches of mse(eps, eps_hat) over real rows + 0.01 * CE(pen)
+        (`gaussian_diffusion.py` `GaussianDiffusion.training_losses`).
 
         `t` and `noise` override the random timesteps / noise (for tests).
         """

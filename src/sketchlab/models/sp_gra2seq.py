@@ -1,5 +1,6 @@
 """SP-gra2seq (Zang et al., AAAI 2023): sketch patches -> synonymous-proximity graph -> GCN -> z
--> LSTM (docs/specs/sp-gra2seq-sketchgloc.md, sections 0, 1, 3, 4).
+-> LSTM (after CMACH508/SP-gra2seq, TensorFlow: `model.py` `Model.build_RPCLVQ` and
+`gcn_encoder`, `utils.py` `make_graph_` and `DataLoader`, `train.py`, `sample.py`, `retrieval.py`).
 
 Reads top to bottom: config (`train.py:get_default_hparams`), data (scale factor, patch graphs),
 encoder, decoder, losses, generation, and the small CPU demo configuration.
@@ -19,40 +20,50 @@ encoder, decoder, losses, generation, and the small CPU demo configuration.
   y = tanh(BN2(g)), mu = y W_mu, s = y W_s (no bias), z = mu + exp(s / 2) eps.
 * Decoder: magenta LSTMCell(1024) fed [S_{t-1}, z] from the state tanh(z W0) (no bias), head
   Linear(1024 -> 123) without bias; the 20-component mixture (`sketchlab.nn.mixture`).
-* Loss (1.9): L_R (sum over time / B; pen CE unmasked in training, masked in evaluation) plus
-  0.25 L_C, a hard-assignment k-means loss of the valid patch embeddings against K centroids
-  (`latent_mu`, a buffer): assignment by cosine to the OLD centroids, new centroids
-  0.75 old + 0.25 batch mean (staged in `loss`, written in `on_step_end` after the optimiser step),
-  L_C = mean over valid patches of 1/2 ||e - mu'_a||^2. The centroids start as the first K patch
-  embeddings of the first training batch. No KL term (0.4): s is free.
-* Validation: L_R with a SAMPLED z (1.11), masked pen CE, no patch masking; early stopping with
-  patience 5 rewinding to the best checkpoint (`reload_best`).
-* Generation (1.12): z = mu of reference sketches, optionally corrupted by patch masking
-  (the sampling option `mask_prob`, the original's `--prob`; it is what `heal(strength=P)` and
-  `sketchlab sample --strength P` set), tau = 0.24, T steps.
+* Loss (`build_RPCLVQ`: `lil_loss + 0.25 * gaussian_loss`): L_R (sum over time / B; pen CE
+  unmasked in training, masked in evaluation) plus 0.25 L_C, a hard-assignment k-means loss of
+  the valid patch embeddings against K centroids (`latent_mu`, a buffer): assignment by cosine
+  to the OLD centroids, new centroids 0.75 old + 0.25 batch mean (staged in `loss`, written in
+  `on_step_end` after the optimiser step), L_C = mean over valid patches of 1/2 ||e - mu'_a||^2.
+  The centroids start as the first K patch embeddings of the first training batch (`train.py`
+  `_train`, epoch 0). No KL term: s is free.
+* Validation: L_R with a SAMPLED z (`train.py` `evaluate_model` feeds no z, so the eval graph
+  samples its own `batch_z`), masked pen CE, no patch masking; early stopping with patience 5
+  rewinding to the best checkpoint (`reload_best`).
+* Generation (`sample.py` `main`): z = mu of reference sketches, optionally corrupted by patch
+  masking (the sampling option `mask_prob`, the original's `--prob`; it is what
+  `heal(strength=P)` and `sketchlab sample --strength P` set), tau = 0.24, T steps.
 
-Choices the spec leaves open or flags (section 4):
-* num_mixture (K, bug 8): 50, the `train.py` default that training actually uses and saves
-  (the README says 30; `--hparams num_mixture=30` gives that).
-* Scale factor (bug 3): `scale_mode="faithful"` (default) is the original's per-split population
-  std of ALL values of the split's rows, pen column included. The trainer computes one factor, on
-  train (`compute_scale_factor`); `setup_from_data` re-normalises the validation and test splits
-  by their own std, so validation L_R is computed in the original's units. At sampling and
+Choices the original leaves open, and its quirks:
+* num_mixture (K): 50, the `train.py` `get_default_hparams` value that training actually uses
+  and saves (the README says 30; `--hparams num_mixture=30` gives that).
+* Scale factor: `scale_mode="faithful"` (default) is the original's per-split population
+  std of ALL values of the split's rows, pen column included (`utils.py`
+  `DataLoader.calculate_normalizing_scale_factor`, run on each split's own loader, so valid,
+  test and sampling use different scales). The trainer computes one factor, on train
+  (`compute_scale_factor`); `setup_from_data` re-normalises the validation and test splits by
+  their own std, so validation L_R is computed in the original's units. At sampling and
   encoding time references arrive in the training split's units: the encoder is scale-invariant
   (every sketch is rescaled to the render size) except for the integer truncation of its extent,
   and the decoder's output is converted back with the training factor, so the original's per-
   category test std only changes that truncation. The std is taken after the +-1000 clipping
   (the original: before; identical for QuickDraw, whose offsets stay within +-255).
   `scale_mode="train_dxdy"`: sketch-rnn's train std of dx, dy for every split.
-* Node mask (bugs 1, 2): `node_mask="faithful"` (default) keeps the n+1 block and the validity
-  taken from column 0; "clean" uses the n x n block and the diagonal.
-* Kept as in the original (bugs 4-7, 9): row 0 drawn as ink, the dot quirk, top picks before
-  masking with signed cosines, empty clusters decaying toward 0, no KL.
-* Rollback (bug 10): as the original, a rewind restores weights, BN statistics, centroids and
-  the step counter (so the lr schedule rewinds) but keeps Adam's current moments
-  (`rewind_optimizer=False`); the retried epoch sees a new order and new masking draws.
-* Healing and Ret (1.13): the query is generated from the corrupted sketch, the gallery is the
-  CLEAN reference's mu, so samples generated with mask_prob > 0 carry the clean mu as `z`.
+* Node mask: `node_mask="faithful"` (default) keeps the original's (n+1) x (n+1) block, which
+  counts one blank padding patch as a node (`train.py` `_train`'s `temp_adj`), and the validity
+  taken from column 0 (`gcn_encoder`'s `slide_mask`: masking patch 0 invalidates every patch of
+  the sketch); "clean" uses the n x n block and the diagonal.
+* Kept as in the original: row 0 drawn as ink and the dot quirk (`make_graph_`), top picks before
+  masking with signed cosines (`gcn_encoder`), empty clusters decaying toward 0 (their batch mean
+  is 0), no KL.
+* Rollback: as the original (`train.py` `train_model` -> `utils.py` `load_checkpoint`, which
+  restores only trainable variables, BN statistics and `latent_*`), a rewind restores weights,
+  BN statistics, centroids and the step counter (so the lr schedule rewinds) but keeps Adam's
+  current moments (`rewind_optimizer=False`); the retried epoch sees a new order and new
+  masking draws.
+* Healing and Ret (`retrieval.py` encodes the gallery with `mask_prob=0.0`): the query is
+  generated from the corrupted sketch, the gallery is the CLEAN reference's mu, so samples
+  generated with mask_prob > 0 carry the clean mu as `z`.
 * Generation rolls out max_seq_len steps (the longest sketch of all loaded splits); the
   original uses the longest of the category's test split. Outputs are cut at the first end
   token, so this only matters for a rollout that never ends.
@@ -101,19 +112,19 @@ NODE_MASKS = ("faithful", "clean")
 
 @dataclass
 class Config(TrainingConfig):
-    max_seq_len: int = -1                # -1: the longest sketch over all loaded splits (0.1)
+    max_seq_len: int = -1                # -1: the longest sketch over all loaded splits
     z_size: int = 128                    # latent code size
     dec_rnn_size: int = 1024             # decoder: magenta LSTMCell (dropouts all off in the original)
     graph_number: int = 21               # graph nodes: 1 global image + 20 patches
     graph_picture_size: int = 256        # patch and global-image side; smaller for CPU runs
     # Patch CNN widths, one per stride-2 conv: log2(graph_picture_size) - 1 of them.
     cnn_channels: tuple[int, ...] = (8, 32, 64, 128, 256, 512, 512)  # patch CNN widths
-    num_mixture: int = 50                # K clustering centroids (code 50, README 30: bug 8)
+    num_mixture: int = 50                # K clustering centroids (code 50, README 30)
     mask_prob: float = 0.1               # training patch-masking probability
     cluster_weight: float = 0.25         # L = L_R + 0.25 L_C
     centroid_decay: float = 0.75         # mu' = 0.75 mu + 0.25 batch mean
-    scale_mode: str = "faithful"         # "faithful" | "train_dxdy" (bug 3)
-    node_mask: str = "faithful"          # "faithful" | "clean" (bugs 1, 2)
+    scale_mode: str = "faithful"         # "faithful" | "train_dxdy" (see the module docstring)
+    node_mask: str = "faithful"          # "faithful" | "clean" (see the module docstring)
     temperature: float = 0.24            # sampling temperature (sample.py's tau)
     fuse_pointwise: bool = True          # torch.compile the cells' per-step pointwise math on CUDA
     # training (train.py): Adam, lr decay per step, per-variable clip_by_norm 1.0, per-epoch
@@ -128,7 +139,7 @@ class Config(TrainingConfig):
     eval_every: int = 0
     patience: int = 5
     reload_best: bool = True
-    rewind_optimizer: bool = False       # the rollback keeps Adam's moments (bug 10)
+    rewind_optimizer: bool = False       # the original's rollback keeps Adam's moments
     valid_metric: str = "recon"
 
 
@@ -215,8 +226,8 @@ class SPGra2Seq(CodeDecoder, SketchModel):
         self.decoder = make_cell("lstm", 5 + c.z_size, c.dec_rnn_size, fusion=c.fuse_pointwise)
         self.fc_init = normal_linear(c.z_size, self.decoder.state_size, math.sqrt(5.0 / (3.0 * c.z_size)), bias=False)
         self.head = MixtureHead(c.dec_rnn_size, 20, bias=False, init_std=math.sqrt(1.0 / c.dec_rnn_size))
-        # Clustering centroids: never touched by the optimiser (1.9). U[0, 5) until the first
-        # training batch replaces them.
+        # Clustering centroids (`model.py` `de_mu`): never touched by the optimiser. U[0, 5)
+        # until the first training batch replaces them.
         self.register_buffer("latent_mu", torch.rand(c.num_mixture, D) * 5.0)
         self.register_buffer("latent_ready", torch.zeros((), dtype=torch.bool))
         self._staged: Tensor | None = None
@@ -239,7 +250,8 @@ class SPGra2Seq(CodeDecoder, SketchModel):
 
     def setup_from_data(self, data) -> None:
         """Keep the training scale factor; in faithful mode re-normalise every other split by its
-        own all-column std (1.2 step 2), in place in the trainer's prepared data."""
+        own all-column std (each split's `DataLoader` in the original's `utils.py`
+        `preprocess_data`), in place in the trainer's prepared data."""
         super().setup_from_data(data)
         if self.config.scale_mode != "faithful":
             return
@@ -332,7 +344,7 @@ class SPGra2Seq(CodeDecoder, SketchModel):
     def loss(self, batch, step: int = 0):
         c = self.config
         e, mu, s = self.encode_dist(batch)
-        # z is sampled in training AND validation (1.11); no KL term (0.4).
+        # z is sampled in training AND validation (`evaluate_model` feeds no z); no KL term.
         z = mu + torch.exp(s / 2) * torch.randn_like(mu)
         strokes = batch["strokes"]
         seq = mixture_loss_terms(self.decode(strokes[:, :-1], z), strokes[:, 1:],
@@ -399,7 +411,7 @@ class SPGra2Seq(CodeDecoder, SketchModel):
         (0: plain reconstruction; 0.1 / 0.3: the paper's healing, `heal(strength=...)`), then
         decoded at temperature tau for max_seq_len steps. Returns normalised sketches carrying
         the references' categories and, as `z`, the Ret gallery code: mu of the CLEAN reference
-        (1.13; equal to the decoded code when mask_prob = 0)."""
+        (as `retrieval.py`; equal to the decoded code when mask_prob = 0)."""
         self.require_references(references)
         opts = self.make_options(options, **overrides)
         greedy = self.sample_greedily(opts.greedy)

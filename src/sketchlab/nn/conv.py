@@ -1,8 +1,8 @@
 """Convolution pieces with TensorFlow 'SAME' semantics, and RPCL-pix2seq's image encoder/decoder.
 
 The Zang-lab seeds (RPCL-pix2seq, RPCL-pix2seqH; `Cnn.py`) use TF 1.x layers whose behaviour
-differs from PyTorch's defaults in ways that shift every feature map by a pixel
-(docs/specs/rpcl-pix2seq.md, section 3.1):
+differs from PyTorch's defaults in ways that shift every feature map by a pixel (`Cnn.py`
+`ConvNet.build_conv_layer` / `build_deconv_layer`, `DilatedConv`, `FcNet`):
 
 * 'SAME' padding puts the odd pixel of padding at the bottom/right: a stride-2, 3x3 conv on an
   even input pads (0, 1) per axis, where PyTorch's `padding=1` pads (1, 1) and shifts the grid.
@@ -12,10 +12,10 @@ differs from PyTorch's defaults in ways that shift every feature map by a pixel
   biased variance), including the final 1-channel deconv before `tanh`.
 * Weights are "xavier_init", which is really He-normal `N(0, sqrt(2/size[0]))`. For FC layers
   size[0] is fan-in; for conv filters `[kh, kw, in, out]` it is the kernel height, so EVERY conv
-  filter gets std sqrt(2/3) = 0.816 whatever its channel count ([BUG?] in the spec). We keep it by
-  default (`init="seed"`): InstanceNorm cancels the scale in the forward pass, but Adam's steps
-  are the same size for any weight scale, so the scale sets the effective learning rate of the
-  convs. `init="he"` gives the textbook sqrt(2/fan_in).
+  filter gets std sqrt(2/3) = 0.816 whatever its channel count (most likely unintended). We keep
+  it by default (`init="seed"`): InstanceNorm cancels the scale in the forward pass, but Adam's
+  steps are the same size for any weight scale, so the scale sets the effective learning rate of
+  the convs. `init="he"` gives the textbook sqrt(2/fan_in).
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def deconv_norm(cin: int, cout: int, activation: str | None = "relu", init: str 
 
 
 class DilatedBlock(nn.Module):
-    """The seeds' dilated block (spec 3.2):
+    """The seeds' dilated block (`model.py` `create_dilated_blocks`):
 
         a_r = IN(conv3x3 dilation r (u)) for r in (1, 2, 5)      # stride 1, SAME, linear
         out = relu(IN(conv3x3 stride s (relu(a_1 + a_2 + a_5))))
@@ -133,7 +133,7 @@ def _as_nchw(img: Tensor) -> Tensor:
 
 
 class ImageEncoder(nn.Module):
-    """RPCL-pix2seq's CNN q(z|x) (spec 3.2): 48x48 image in [-1, 1] -> (mu, sigma^2).
+    """RPCL-pix2seq's CNN q(z|x) (`model.py` `cnn_encoder`): 48x48 image in [-1, 1] -> (mu, sigma^2).
 
         layer_1  DilatedBlock(32, stride 2)   24x24x32
         layer_2  DilatedBlock(64, stride 2)   12x12x64
@@ -171,7 +171,7 @@ class ImageEncoder(nn.Module):
 
 
 class ImageDecoder(nn.Module):
-    """RPCL-pix2seq's deconv regulariser (spec 3.3): z -> 48x48 image in [-1, 1].
+    """RPCL-pix2seq's deconv regulariser (`model.py` `cnn_decoder`): z -> 48x48 image in [-1, 1].
 
     FC z -> 3x3x256 + ReLU (no IN), then four SAME transposed convs (k3 s2), each followed by
     IN: 6x6x128 ReLU, 12x12x64 ReLU, 24x24x32 ReLU, 48x48x1 tanh (IN on the single channel too).

@@ -38,7 +38,8 @@ from sketchlab.progress import track
 
 
 def linear_beta_schedule(num_timesteps: int) -> np.ndarray:
-    """DDPM's linear betas, rescaled so any T covers the same range as T=1000 (spec 4.1)."""
+    """DDPM's linear betas, rescaled so any T covers the same range as T=1000 (SketchKnitter's
+    `sketch_diffusion/gaussian_diffusion.py` `get_named_beta_schedule("linear", T)`)."""
     scale = 1000.0 / num_timesteps
     return np.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=np.float64)
 
@@ -125,7 +126,8 @@ class Spacing(Protocol):
 def stride_spacing(num_timesteps: int, steps: int) -> np.ndarray:
     """The original's "ddimK": range(0, T, i) for the integer stride giving exactly K steps.
 
-    For T=1000, K=30 the stride is 34 and sampling starts at t=986, not 999 (spec 4.5, B19).
+    For T=1000, K=30 the stride is 34 and sampling starts at t=986, not 999 (`respace.py`
+    `space_timesteps`).
     """
     if steps >= num_timesteps:
         return np.arange(num_timesteps)
@@ -147,18 +149,21 @@ def even_spacing(num_timesteps: int, steps: int) -> np.ndarray:
 
 
 def linear_spacing(num_timesteps: int, steps: int) -> np.ndarray:
-    """DDIM paper's "uniform": range(0, T, T // S) (31 steps for T=1000, S=30; spec 5.7)."""
+    """DDIM paper's "uniform": range(0, T, T // S) (31 steps for T=1000, S=30; the "Linear-DDIMs"
+    baseline of SketchKnitter's Table 1, which its repository does not implement)."""
     return np.arange(0, num_timesteps, max(num_timesteps // steps, 1))
 
 
 def quadratic_spacing(num_timesteps: int, steps: int) -> np.ndarray:
-    """DDIM paper's "quadratic": int(linspace(0, sqrt(0.8 T), S)^2), de-duplicated (spec 5.7)."""
+    """DDIM paper's "quadratic": int(linspace(0, sqrt(0.8 T), S)^2), de-duplicated (the first two
+    values are both 0; SketchKnitter's "Quadratic-DDIMs" baseline, not in its repository)."""
     seq = np.linspace(0, np.sqrt(num_timesteps * 0.8), steps) ** 2
     return np.unique(seq.astype(np.int64))
 
 
 class RecognizabilitySpacing:
-    """The r-Shortcut schedule (spec 6.3 option A): steps where predicted recognizability rises.
+    """The r-Shortcut schedule (sketchlab's reconstruction; the paper's shortcut function is not in
+    the released code): steps where predicted recognizability rises.
 
     `curve[t]` is the mean predicted recognizability of x_t along sampling trajectories. With
     F(t) the normalised gain from t=T-1 down to t (monotonised by a running maximum, so
@@ -351,8 +356,8 @@ def _ratios(abar, abar_prev):
 class DDPMSampler(Sampler):
     """Ancestral sampling (`p_sample`) on the (possibly respaced) schedule.
 
-    Respaced betas beta'_i = 1 - abar_{tau_i} / abar_{tau_{i-1}} (spec 4.5). The mean is the
-    posterior mean given x0_hat; the variance is the original's fixed *large* beta'_t
+    Respaced betas beta'_i = 1 - abar_{tau_i} / abar_{tau_{i-1}} (`respace.py` `SpacedDiffusion`).
+    The mean is the posterior mean given x0_hat; the variance is the original's fixed *large* beta'_t
     (`FIXED_LARGE_ORIGIN`, `variance="large"`) or the posterior variance (`"small"`). No noise
     is added on the last step.
     """
@@ -422,7 +427,8 @@ StepCallback = Callable[[int, int, torch.Tensor, torch.Tensor, torch.Tensor, tor
 
 def estimated_noise(eps: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample mean(eps_hat^2) over the valid points: the paper's "estimated noise" statistic
-    (the original logged a signed int sum over the batch, spec 4.6 / B16)."""
+    (the original's `p_mean_variance` returns `int(th.sum(model_output))`, a signed sum over the
+    whole batch cast to int)."""
     sq = eps.float().square().sum(-1)
     if mask is None:
         return sq.mean(-1) / eps.shape[-1]

@@ -36,7 +36,7 @@ class GMMState(NamedTuple):
 
 
 def gmm_log_likelihood(z: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-    """pix2seq's per-component log N(z; m_k, diag v_k), float32 (spec 4.2).
+    """pix2seq's per-component log N(z; m_k, diag v_k), float32 (`model.py` `calculate_prob`).
 
     `-1/2 sum_d (z-m)^2/(1e-30+v) - sum_d log sqrt(v+1e-30) - D/2 log(2*3.1416)`; (B, K).
     """
@@ -48,10 +48,12 @@ def gmm_log_likelihood(z: Tensor, mean: Tensor, var: Tensor) -> Tensor:
 
 
 def gmm_posterior(z: Tensor, state: GMMState, faithful: bool = False) -> Tensor:
-    """Responsibilities gamma (B, K) of the GMM for codes z (B, D) (spec 4.2).
+    """Responsibilities gamma (B, K) of the GMM for codes z (B, D) (`model.py`
+    `calculate_posterior`).
 
     Both paths end the seeds' way: clip into [1e-5, 1], then renormalise with +1e-10, so no
-    responsibility is ever below ~1e-5 (this floor drives the elimination dynamics, spec 4.5).
+    responsibility is ever below ~1e-5 (this floor drives the elimination dynamics: EM steps
+    lift a component that never wins only to alpha ~ 1e-5, so it never wins again).
 
     * `faithful=True` is the seeds' arithmetic: exp of the float64 log-likelihood with NO shift,
       `alpha p / (1e-300 + sum alpha p)`. When every component underflows (log-likelihoods below
@@ -76,7 +78,7 @@ def gmm_posterior(z: Tensor, state: GMMState, faithful: bool = False) -> Tensor:
 def gmm_update(
     weights: Tensor, mu: Tensor, var_enc: Tensor, state: GMMState, eta: float = EMA_RATE
 ) -> GMMState:
-    """The seeds' `em` / `rpcl` batch update, computed from the OLD state (spec 4.3).
+    """The seed's `model.py` `em` / `rpcl` batch update, computed from the OLD state.
 
     `weights` are gamma for EM or `rpcl_signs(gamma)` for RPCL (hard, NOT multiplied by gamma).
     `alpha' = clip((1-eta) alpha + eta mean_b w, 0, 1) / sum`; a component that only ever rivals
@@ -90,15 +92,16 @@ def gmm_update(
 
 
 def alpha_kl(resp: Tensor, alpha: Tensor) -> Tensor:
-    """`mean_b sum_k gamma log(gamma/(alpha'+1e-10) + 1e-10)` = mean_b KL(gamma_b || alpha') (4.6.1)."""
+    """`mean_b sum_k gamma log(gamma/(alpha'+1e-10) + 1e-10)` = mean_b KL(gamma_b || alpha')
+    (`model.py` `get_alpha_loss`)."""
     return (resp * torch.log(resp / (alpha.unsqueeze(0) + 1e-10) + 1e-10)).sum(-1).mean()
 
 
 class GMMPrior(nn.Module):
     """RPCL-pix2seq's latent prior: K diagonal Gaussians with weights alpha, held as buffers.
 
-    Schedule (spec 4.4): step s > `rpcl_start` and s % `rpcl_every` == 0 -> RPCL, else EM.
-    Components are never removed (spec 4.5): losers end with alpha ~ 0 and never win again;
+    Schedule (`model.py` `build_RPCL_pix2seq`): step s > `rpcl_start` and s % `rpcl_every` == 0
+    -> RPCL, else EM. Components are never removed: losers end with alpha ~ 0 and never win again;
     `n_alive()` counts those with alpha > `alive_threshold`.
     """
 
@@ -120,7 +123,7 @@ class GMMPrior(nn.Module):
         self.faithful_posterior = faithful_posterior
         self.rpcl_start, self.rpcl_every = rpcl_start, rpcl_every
         self.eta, self.rival_rate, self.alive_threshold = eta, rival_rate, alive_threshold
-        # spec 4.1: m ~ U(-1, 1), v = 1, alpha = 1/K
+        # `model.py` `config_model`: m ~ U(-1, 1), v = 1, alpha = 1/K
         self.register_buffer("mean", torch.rand(n_components, z_size) * 2 - 1)
         self.register_buffer("var", torch.ones(n_components, z_size))
         self.register_buffer("alpha", torch.full((n_components,), 1.0 / n_components))
@@ -137,10 +140,11 @@ class GMMPrior(nn.Module):
         return gmm_posterior(z.float(), self.state(), self.faithful_posterior)
 
     def forward(self, z: Tensor, mu: Tensor, var_enc: Tensor, step: int) -> dict[str, Tensor]:
-        """Posterior, update and KL terms for one batch (spec 4.2-4.6).
+        """Posterior, update and KL terms for one batch (`model.py` `build_RPCL_pix2seq`).
 
         z is the sampled code (E-step), mu / var_enc the encoder outputs (M-step). gamma carries
-        gradient to z; the update does not (it is built from detached inputs, spec 4.7).
+        gradient to z; the update does not (it is built from detached inputs, as the original's
+        loss sees the update only through `tf.stop_gradient`).
         Returns gamma, label, loss_alpha, loss_gauss and the new state; stages the new state for
         `on_step_end` when training.
         """
@@ -184,7 +188,7 @@ class GMMPrior(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         """n codes z ~ N(m_k, diag v_k) with k = `component`, or k ~ alpha when None.
 
-        Not in the seeds (their "unconditional" mode is N(0, I), spec 7.3); this is the
+        Not in the seeds (their `sample.py` "unconditional" mode draws N(0, I)); this is the
         paper-consistent way to sample one mode of the prior. Returns (z (n, D), k (n,)).
         """
         check_component(component, self.n_components, "components")

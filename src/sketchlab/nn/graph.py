@@ -1,5 +1,5 @@
-"""Graph pieces of SP-gra2seq (spec sp-gra2seq 1.5-1.6): the patch CNN and the
-synonymous-proximity adjacency.
+"""Graph pieces of SP-gra2seq (CMACH508/SP-gra2seq `model.py` `gcn_encoder`): the patch CNN and
+the synonymous-proximity adjacency.
 
 * `PatchCNN`: stride-2 2x2 convolutions without bias or normalisation, ReLU between them, the last
   one linear, then a 2x2 max-pool: an S x S image becomes one vector (256 -> 1 with the paper's
@@ -65,7 +65,8 @@ class PatchCNN(nn.Module):
 
 
 def proximity_adjacency(e: Tensor, mk: Tensor, v: Tensor) -> Tensor:
-    """The row-normalised `(B, P+1, P+1)` adjacency of spec 1.6 (node 0 = the global image).
+    """The row-normalised `(B, P+1, P+1)` adjacency (`gcn_encoder`'s `coff_adjs`; node 0 = the
+    global image).
 
     e: `(B, P, D)` patch embeddings (nodes 1..P); mk: `(B, P, P)` edge mask; v: `(B, P)` node
     validity (both from `sketchlab.data.patches.node_mask`).

@@ -35,7 +35,7 @@ class HierarchyState(NamedTuple):
         return HierarchyState(*(t.detach() for t in self))
 
     def q_j(self) -> Tensor:
-        """Level-k weights q(j) = sum_i q(j|i) q(i); never stored (spec 5.1)."""
+        """Level-k weights q(j) = sum_i q(j|i) q(i); never stored (the seed's `q_j_old`)."""
         return self.q_j_given_i @ self.q_i
 
 
@@ -47,13 +47,14 @@ class HierarchyPosterior(NamedTuple):
 
 
 def diag_heavy_q(n: int) -> Tensor:
-    """`de_ij` of a fresh run: (1 + n*I) normalised per column -> diag (n+1)/(2n), off 1/(2n)."""
+    """`de_ij` of a fresh run (`train.py` `prepare`): (1 + n*I) normalised per column -> diag
+    (n+1)/(2n), off 1/(2n)."""
     q = 1.0 + n * torch.eye(n)
     return q / q.sum(0, keepdim=True)
 
 
 def hierarchy_log_prob(z: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-    """pix2seqH's `calculate_prob` (spec 5.2): likelihoods (B, J) in float64, scaled per sample.
+    """pix2seqH's `model.py` `calculate_prob`: likelihoods (B, J) in float64, scaled per sample.
 
     `l = -1/2 sum (z-m)^2/(1e-10+v) - sum log sqrt(v+1e-10)` (no 2*pi), then
     `l + 700 - max_j l`, clipped to [-700, 700], and `exp` in float64. The per-sample scale
@@ -88,7 +89,8 @@ def unit_responsibility(prob: Tensor, q_j_given_i: Tensor) -> Tensor:
 
 
 def merge_target(rho: Tensor, rpcl: bool = False, rival_rate: float = RIVAL_RATE) -> Tensor:
-    """The "merge" target T (J, I) for q(j|i) (spec 5.3 / 5.4; needs I == J).
+    """The "merge" target T (J, I) for q(j|i) (`update_em` / `update_rpcl`'s
+    `heuristics_j_given_yi`; needs I == J).
 
     Co-responsibility of Gaussian c with unit i's own Gaussian j = i:
     `C[c, i] = sum_b rho_b[i, i] rho_b[c, i]` (c != i), `C[i, i] = 0`; `win_i = argmax_c C[c, i]`
@@ -129,11 +131,12 @@ def hierarchy_update(
     eta: float = EMA_RATE,
     rival_rate: float = RIVAL_RATE,
 ) -> tuple[HierarchyState, HierarchyPosterior]:
-    """The seed's `update_em` (rpcl=False) / `update_rpcl` (rpcl=True), spec 5.3 / 5.4.
+    """The seed's `model.py` `update_em` (rpcl=False) / `update_rpcl` (rpcl=True).
 
     E-steps use the sampled z, M-steps the encoder mu / var_enc; everything starts from the OLD
     `state`. Runs inside autograd: the returned posteriors depend on the new means and variances,
-    which depend on this batch, so gradient flows through the update (spec 5.8). Detach the new
+    which depend on this batch, so gradient flows through the update (as in the seed, which
+    stops the gradient only on the prior arguments of its KL terms). Detach the new
     state before using it as a prior in the loss or writing it to buffers.
     """
     if z.shape[0] == 0:
@@ -142,7 +145,7 @@ def hierarchy_update(
     # Level k with the old parameters.
     q_j0 = q @ q_i
     gamma0 = level_k_posterior(hierarchy_log_prob(z, m, v), q_j0)
-    if rpcl:  # weights multiplied by the soft posterior, unlike pix2seq (spec 5.4)
+    if rpcl:  # weights multiplied by the soft posterior, unlike pix2seq's `rpcl`
         w = gamma0 * rpcl_signs(gamma0.detach(), rival_rate)
     else:
         w = gamma0
@@ -164,7 +167,8 @@ def hierarchy_update(
 
 
 def structural_kl(p_j: Tensor, p_ji: Tensor, q_i: Tensor, q_j_given_i: Tensor) -> Tensor:
-    """L_IJ = mean_b sum_ji g k log(g k / (q'_i Q'_ji + 1e-10) + 1e-10), g k = q(j, i | x) (5.7.2)."""
+    """L_IJ = mean_b sum_ji g k log(g k / (q'_i Q'_ji + 1e-10) + 1e-10), g k = q(j, i | x)
+    (`model.py` `calculate_ij_loss`)."""
     joint = p_j.unsqueeze(-1) * p_ji  # (B, J, I)
     prior = (q_i.unsqueeze(0) * q_j_given_i).unsqueeze(0)  # (1, J, I)
     return (joint * torch.log(joint / (prior + 1e-10) + 1e-10)).sum((1, 2)).mean()
@@ -173,9 +177,11 @@ def structural_kl(p_j: Tensor, p_ji: Tensor, q_i: Tensor, q_j_given_i: Tensor) -
 class HierarchicalPrior(nn.Module):
     """RPCL-pix2seqH's prior p(z) = sum_i q(i) sum_j q(j|i) N(z; m_j, v_j), held as buffers.
 
-    J level-k Gaussians are shared by I level-l units; the seed requires I == J (spec 5.8).
-    Schedule (5.5): s > `rpcl_start` (100) and s % 3 == 0 -> RPCL, else EM. Gaussians die by
-    drifting to the origin with vanishing variance, units by losing q(i) (5.6); `n_alive()`
+    J level-k Gaussians are shared by I level-l units; the seed requires I == J (`update_em`
+    adds `winner_merge` (J, I) to `tf.diag(ones(J))`, and `train.py` `prepare` builds a square
+    `de_ij`). Schedule (`build_RPCL_pix2seqH`): s > `rpcl_start` (100) and s % 3 == 0 -> RPCL,
+    else EM. Gaussians die by drifting to the origin with vanishing variance (no posterior floor,
+    so an unused Gaussian's batch mean is 0), units by losing q(i) to the RPCL penalty; `n_alive()`
     counts Gaussians with q(j) > threshold, `n_alive_units()` units with q(i) > threshold.
     """
 
@@ -194,14 +200,15 @@ class HierarchicalPrior(nn.Module):
         if n_units != n_gaussians:
             raise ConfigError(
                 f"num_layer_i ({n_units}) must equal num_layer_j ({n_gaussians}): the seed's "
-                "q(j|i) update anchors unit i on Gaussian i (spec 5.8)"
+                "q(j|i) update anchors unit i on Gaussian i"
             )
         if n_gaussians < 2:
             raise ConfigError(f"the hierarchy needs at least 2 Gaussians, got {n_gaussians}")
         self.n_gaussians, self.n_units, self.z_size = n_gaussians, n_units, z_size
         self.rpcl_start, self.rpcl_every = rpcl_start, rpcl_every
         self.eta, self.rival_rate, self.alive_threshold = eta, rival_rate, alive_threshold
-        # spec 5.1 (with train.prepare's diagonal-heavy q(j|i) of a fresh run)
+        # `model.py` `config_model`'s initial values (with `train.py` `prepare`'s diagonal-heavy
+        # q(j|i) of a fresh run)
         self.register_buffer("mean", torch.rand(n_gaussians, z_size) * 2 - 1)
         self.register_buffer("var", torch.ones(n_gaussians, z_size))
         self.register_buffer("q_i", torch.full((n_units,), 1.0 / n_units))
@@ -215,7 +222,8 @@ class HierarchicalPrior(nn.Module):
         return step > self.rpcl_start and step % self.rpcl_every == 0
 
     def forward(self, z: Tensor, mu: Tensor, var_enc: Tensor, step: int) -> dict[str, Tensor]:
-        """Update (with gradient, spec 5.8) and the KL terms L_G and L_IJ for one batch (5.7).
+        """Update (with gradient, as the seed) and the KL terms L_G and L_IJ for one batch
+        (`model.py` `build_RPCL_pix2seqH`).
 
         The prior arguments of both KL terms are the detached new state; the posteriors keep
         their gradient through the update. Stages the new state for `on_step_end` when training.
@@ -243,7 +251,7 @@ class HierarchicalPrior(nn.Module):
         """Posteriors under the STORED parameters (labels for sampling and t-SNE).
 
         The seed's sample.py instead reads labels off `update_em` run on the batch, i.e. after a
-        non-persisted 0.05 EMA step, which makes them batch-dependent (spec 7.4, [BUG?]); use
+        non-persisted 0.05 EMA step, which makes them batch-dependent; use
         `hierarchy_update(...)` directly to reproduce that.
         """
         state = self.state()
@@ -282,7 +290,8 @@ class HierarchicalPrior(nn.Module):
         """n codes from the hierarchy; returns (z (n, D), gaussian j (n,), unit i (n,)).
 
         `component=j` draws z ~ N(m_j, v_j) (its unit i ~ q(i | j) ∝ q(j|i) q(i)); `unit=i`
-        draws j ~ q(j|i) then z; neither: i ~ q(i), j ~ q(j|i). Not in the seeds (spec 7.3).
+        draws j ~ q(j|i) then z; neither: i ~ q(i), j ~ q(j|i). Not in the seeds (their
+        `sample.py` "unconditional" mode draws N(0, I)).
         """
         check_component(component, self.n_gaussians, "level-k Gaussians")
         check_component(unit, self.n_units, "level-l units")

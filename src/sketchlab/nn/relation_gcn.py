@@ -1,4 +1,4 @@
-"""SketchGloc's multi-relation graph convolution (docs/specs/sp-gra2seq-sketchgloc.md section 2.6).
+"""SketchGloc's multi-relation graph convolution (CMACH508/SketchGloc `model.py` `build_sketchBoard`).
 
 For node features V (B, S, D) and R binary adjacency matrices A_c (B, S, S, R):
 

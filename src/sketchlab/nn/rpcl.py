@@ -5,10 +5,12 @@ M-step of diagonal Gaussians, rival selection, the Gaussian KL term, and the fin
 Neither prior is learned by gradient. Each is a set of float32 buffers that is rewritten after
 every optimiser step by an exponential-moving-average EM step (rate eta = 0.05) computed on the
 batch's latent codes; on a schedule, a rival-penalised (RPCL) step replaces the EM step. The
-numbers, floors and quirks follow docs/specs/rpcl-pix2seq.md (sections 4 and 5); comments cite
-its sections.
+numbers, floors and quirks follow the TensorFlow `model.py` of CMACH508/RPCL-pix2seq
+(`calculate_posterior`, `em`, `rpcl`) and CMACH508/RPCL-pix2seqH (`calculate_prob`,
+`update_em`, `update_rpcl`); comments name those functions.
 
-How a model uses a prior (spec 6.2):
+How a model uses a prior (the originals compute the update in the same `sess.run` as the
+gradient step and assign it to the GMM variables afterwards; in PyTorch order):
 
     out = prior(z, mu, var, step)      # posteriors from the OLD buffers, the update computed from
                                        # the OLD buffers, loss terms against the detached NEW state
@@ -35,7 +37,7 @@ from torch import Tensor
 
 from sketchlab.errors import ConfigError
 
-# Constants hard-coded in both seeds (spec section 1).
+# Constants hard-coded in both seeds' `model.py` (`em`, `rpcl`, `update_em`, `update_rpcl`).
 EMA_RATE = 0.05  # eta: new = 0.95 * old + 0.05 * batch estimate
 RIVAL_RATE = 1e-4  # RPCL de-learning weight of the rival
 VAR_MIN, VAR_MAX = 1e-10, 1e10  # clip of the updated variances
@@ -46,7 +48,7 @@ ALIVE_THRESHOLD = 1e-3
 
 
 def kl_weight(step: int, floor: float = 0.001, decay: float = 0.9999) -> float:
-    """KL warm-up of both seeds: `1 - 0.999 * 0.9999**step` (spec 4.6)."""
+    """KL warm-up of both seeds: `1 - 0.999 * 0.9999**step` (`model.py` `self.kl_weight`)."""
     return 1.0 - (1.0 - floor) * decay**step
 
 
@@ -99,7 +101,8 @@ def ema_gaussian_update(
     eta: float = EMA_RATE,
     spread_about: str = "batch",
 ) -> tuple[Tensor, Tensor]:
-    """One EMA M-step of diagonal Gaussians from weighted encoder outputs (spec 4.3 / 5.3).
+    """One EMA M-step of diagonal Gaussians from weighted encoder outputs (pix2seq's `em` /
+    `rpcl`, the level-k part of pix2seqH's `update_em` / `update_rpcl`).
 
     weights (B, K) (soft responsibilities, or signed RPCL weights), mu / var_enc (B, D) the
     encoder's mean and variance (not the sampled z), mean / var (K, D) the old parameters.
@@ -113,7 +116,7 @@ def ema_gaussian_update(
     `spread_about="batch"` centres v~ on the batch mean c = m~ (pix2seq); `"blended"` on the new
     mean c = m' (pix2seqH). Quirks kept on purpose: N_k = 0 gives m~ = v~ = 0, so the component
     drifts to the origin and to zero variance; a negative N_k (a pure RPCL rival) cancels in the
-    ratio and pulls the component *toward* its rival samples (spec 4.5).
+    ratio and pulls the component *toward* its rival samples, not away from them.
     """
     n = weights.sum(0)
     denom = (n + 1e-10).unsqueeze(-1)
@@ -132,7 +135,8 @@ def ema_gaussian_update(
 
 
 def gaussian_kl(resp: Tensor, mu: Tensor, var_enc: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-    """Responsibility-weighted KL(N(mu, s2) || N(m_k, v_k)), mean over the batch (spec 4.6.2).
+    """Responsibility-weighted KL(N(mu, s2) || N(m_k, v_k)), mean over the batch (pix2seq's
+    `get_gaussian_loss`, pix2seqH's `calculate_gaussian_loss`).
 
     `(1/B) sum_bk resp_bk * 1/2 sum_d [log(v+1e-10) + (s2 + (mu-m)^2)/(v+1e-10) - 1 - log(s2+1e-10)]`.
     Pass the *detached* new prior as `mean`, `var`.

@@ -2,9 +2,10 @@
 
 Two layouts of the same network body:
 
-* ``layout="points"`` (the original, spec 3.1): each point's features are lifted by a shared
-  ``Linear(F_in -> lift_dim)`` and the **points are the Conv1d channels**; the 1-D "sequence" the
-  convolutions slide over is the lifted feature axis (128 -> 64 -> 32 -> 16). Every point index
+* ``layout="points"`` (the original, wangqiang9/SketchKnitter `sketch_diffusion/unet.py`
+  `UNetModel`): each point's features are lifted by a shared ``Linear(F_in -> lift_dim)`` and
+  the **points are the Conv1d channels**; the 1-D "sequence" the convolutions slide over is the
+  lifted feature axis (128 -> 64 -> 32 -> 16). Every point index
   has its own weights, so the number of points must equal ``model_channels`` (96) and be a
   multiple of 32 (GroupNorm(32)). With the defaults the network has 20.33M parameters.
 * ``layout="sequence"`` (optional, not in the paper): the usual layout, features are channels and
@@ -15,7 +16,8 @@ Module names mirror the original (``input_blocks.0.0``, ``middle_block.1.qkv``,
 ``layout="points", in_features=2`` unchanged.
 
 Attention exists only in the middle block: the original's ``attention_resolutions`` never match
-(spec 3.2, B9), so it is not a parameter here.
+(`script_util.py` `create_model` turns "16,8" into ds 6 and 12, while the UNet's ds is 1, 2, 4 or
+8), so it is not a parameter here.
 """
 
 from __future__ import annotations
@@ -108,8 +110,9 @@ class ResBlock(nn.Module):
 class AttentionBlock(nn.Module):
     """Self-attention over the length axis with guided-diffusion's *legacy* head-then-qkv order.
 
-    `qkv (B, 3C, L)` is viewed as `(B*heads, 3*C/heads, L)` and split into q, k, v (spec 3.3), so a
-    ported checkpoint's weights mean the same thing here.
+    `qkv (B, 3C, L)` is viewed as `(B*heads, 3*C/heads, L)` and split into q, k, v (`unet.py`
+    `AttentionBlock._forward` / `QKVAttention`), so a ported checkpoint's weights mean the same
+    thing here.
     """
 
     def __init__(self, channels: int, num_heads: int = 4):
@@ -167,7 +170,7 @@ class UNet1D(nn.Module):
         if layout == "points" and num_points != model_channels:
             raise ConfigError(
                 f"layout='points' makes the points the Conv1d channels, so num_points ({num_points}) "
-                f"must equal model_channels ({model_channels}) (spec 3.1, B5)")
+                f"must equal model_channels ({model_channels})")
         if length % (2 ** (levels - 1)):
             raise ConfigError(f"the conv length {length} must be divisible by 2**{levels - 1}")
         for m in channel_mult:

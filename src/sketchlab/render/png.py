@@ -33,7 +33,7 @@ TEXT = "#333333"
 
 
 @functools.lru_cache(maxsize=16)
-def _font(size: int) -> ImageFont.ImageFont:
+def text_font(size: int) -> ImageFont.ImageFont:
     """PIL's bundled scalable font (Pillow >= 10.1); the old bitmap font otherwise."""
     try:
         return ImageFont.load_default(size=size)
@@ -114,14 +114,14 @@ def render_grid(sketches, cols: int | None = None, cell: int = 128,
     margin = cell * 0.08 if margin is None else margin
     lay = grid_layout(rows, cols, cell, bool(titles), title_size, cell_borders, caption,
                       group_rows)
-    font = _font(lay.font_px)
+    font = text_font(lay.font_px)
     check_image_size(lay.width, lay.height, f"{len(items)} sketch{'es' if len(items) != 1 else ''} "
                                             f"at {cell} px per cell")
     canvas = Image.new("RGB", (lay.width, lay.height), GRID_LINE if cell_borders else background)
     draw = ImageDraw.Draw(canvas)
     if lay.caption_lines:
         draw.rectangle((0, 0, lay.width - 1, lay.caption_band - 1), fill=background)
-        cap_font = _font(lay.caption_px)
+        cap_font = text_font(lay.caption_px)
         for k, line in enumerate(lay.caption_lines):
             text = _fit_text(draw, line, cap_font, lay.width - 8)
             draw.text((4, 3 + k * (lay.caption_px + 4)), text, fill=TEXT, font=cap_font)
@@ -255,8 +255,8 @@ def plot_curves(csv_path: str | os.PathLike, out_path: str | os.PathLike | None 
     ss = 2  # lines drawn at 2x, then averaged down
     img = Image.new("RGB", (w * ss, h * ss), BACKGROUND)
     draw = ImageDraw.Draw(img)
-    font = _font(13 * ss)
-    small = _font(11 * ss)
+    font = text_font(13 * ss)
+    small = text_font(11 * ss)
     left, right, top, bottom = 70 * ss, 20 * ss, (36 if title else 16) * ss, 48 * ss
     x_lo = min(v.min() for v in xs.values())
     x_hi = max(v.max() for v in xs.values())

@@ -116,7 +116,9 @@ def export_run(run_dir: str | os.PathLike, name: str, card: dict[str, Any], *,
     if not src.is_file():
         src = run_dir / WEIGHTS
     info = json.loads((run_dir / "config.json").read_text())
-    info["data_dir"] = None            # a path on the machine that trained it: meaningless here
+    # The training machine's data path means nothing elsewhere (the card says how to import the
+    # data); the built-in doodles are everywhere.
+    info["data_dir"] = "builtin" if info.get("data_dir") in (None, "builtin") else None
     with safe_open(str(src), framework="pt") as f:
         meta = dict(f.metadata() or {})
         state = {k: f.get_tensor(k) for k in f.keys()}

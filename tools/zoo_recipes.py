@@ -1,0 +1,104 @@
+"""The recipes of the pretrained zoo (data, not code): what `sketchlab zoo train NAME` runs.
+
+`tools/zoo_build.py` trains nothing; it evaluates a run trained from one of these recipes with
+`sketchlab evaluate` / `sketchlab compare` and packages it into src/sketchlab/zoo/NAME with its
+card (the recipe, the metrics, the evaluation commands, the sha256 of the weights).
+"""
+
+SPG5 = ["airplane", "apple", "butterfly", "cactus", "pig"]
+SPG20 = ["airplane", "alarm_clock", "ambulance", "ant", "apple", "backpack", "basket",
+         "butterfly", "cactus", "calculator", "campfire", "candle", "coffee_cup", "crab", "duck",
+         "face", "ice_cream", "pig", "pineapple", "suitcase"]
+SPG_IMPORT = "sketchlab data import ../shared/data/spg20 --out data/spg20"
+SPG_DATA = {"name": "SPG-5", "source": "QuickDraw SPG (Li et al., ECCV 2018; 650 train + 50 valid "
+            "per category, CC BY 4.0)", "import": SPG_IMPORT,
+            "splits": "train 600 / valid 50 / test 50 per category; the test split is carved "
+                      "out of SPG's train split with seed 0 at import (SPG withholds its own)",
+            "evaluated_on": "test (250 sketches, never trained on)"}
+SHEEP_DATA = {"name": "aaron_sheep", "source": "Aaron Koblin's Sheep Market, sketch-rnn's npz "
+              "(CC BY-NC 4.0)", "import": "the npz file as it is (folder ../shared/data/sketchrnn)",
+              "splits": "train 7400 / valid 300 / test 300", "evaluated_on": "valid (loss)"}
+
+# The CPU recipes: LSTM-256 decoders without recurrent dropout (torch's native kernel), small
+# CNNs, batch 100; every other setting is the model's default (its paper's).
+RPCL_HP = ("cnn_channels=[16,32,64,128],dec_model=lstm,dec_rnn_size=256,use_recurrent_dropout=0,"
+           "z_size=64,batch_size=100,eval_every=500,patience=0,reload_best=0")
+
+RECIPES = {
+    "sketch-rnn-spg5": dict(
+        model="sketch-rnn", categories=SPG5, data=SPG_DATA, data_dir="data/spg20", max_steps=5000,
+        hparams="enc_rnn_size=128,dec_rnn_size=256,z_size=64,max_seq_len=143,"
+                "use_recurrent_dropout=0,eval_every=500,patience=0",
+        description="sketch-rnn VAE (bi-LSTM encoder, LSTM decoder, 20-Gaussian head) on five "
+                    "SPG categories: reconstructs and samples airplanes, apples, butterflies, "
+                    "cacti and pigs; completes partial drawings.",
+        differs=["encoder LSTM 128 and decoder LSTM 256 (paper: 256 / 512, HyperLSTM in the "
+                 "large models), z 64 (paper 128)", "no recurrent dropout (paper: keep 0.9)",
+                 "5,000 steps (paper: hundreds of thousands)"]),
+    "rpcl-pix2seq-spg5": dict(
+        model="rpcl-pix2seq", categories=SPG5, data=SPG_DATA, data_dir="data/spg20",
+        max_steps=5000, hparams=RPCL_HP,
+        description="RPCL-pix2seq: a 48x48 image -> CNN -> z with a 10-Gaussian prior learned "
+                    "by rival penalised EM -> LSTM decoder, on five SPG categories.",
+        differs=["CNN widths 16-128 (paper 32-256), LSTM-256 decoder (paper HyperLSTM-2048), "
+                 "z 64 (paper 128), batch 100 (paper 200)", "no recurrent dropout",
+                 "no early stopping (5,000 steps)"]),
+    "rpcl-pix2seqh-spg5": dict(
+        model="rpcl-pix2seqh", categories=SPG5, data=SPG_DATA, data_dir="data/spg20",
+        max_steps=5000, hparams=RPCL_HP + ",image_phase_steps=400",
+        description="RPCL-pix2seqH: RPCL-pix2seq with a two-level prior (level-k Gaussians, "
+                    "level-l units), on five SPG categories.",
+        differs=["as rpcl-pix2seq-spg5", "image phase 400 steps (paper 1,000)"]),
+    "sp-gra2seq-spg5": dict(
+        model="sp-gra2seq", categories=SPG5, data=SPG_DATA, data_dir="data/spg20",
+        max_steps=5000,
+        hparams="graph_picture_size=64,cnn_channels=[8,16,32,64,128],dec_rnn_size=256,z_size=64,"
+                "num_mixture=10,batch_size=50,eval_every=500,patience=0,reload_best=0",
+        description="SP-gra2seq: 21 image patches -> CNN -> synonymous-proximity graph -> GCN -> "
+                    "z -> LSTM decoder; heals sketches whose patches are masked.",
+        differs=["64-px patches (paper 256), CNN widths 8-128, LSTM-256 decoder (paper 1024), "
+                 "z 64 (paper 128), K = 10 centroids (code 50), batch 50 (paper 128)",
+                 "no early stopping (5,000 steps)"]),
+    "sketchgloc-spg5": dict(
+        model="sketchgloc", categories=SPG5, data=SPG_DATA, data_dir="data/spg20",
+        max_steps=5000,
+        hparams="enc_rnn_size=64,dec_model=lstm,dec_rnn_size=256,z_size=64,batch_size=100,"
+                "use_recurrent_dropout=0,re_scale=0.1,eval_every=500,patience=0,reload_best=0",
+        description="SketchGloc: strokes -> bi-LSTM per stroke -> nine grid graphs -> GCN -> z -> "
+                    "decoder of absolute positions; puts misplaced strokes back.",
+        differs=["encoder LSTM 64, LSTM-256 decoder (rebranch: HyperLSTM-1024), z 64 (128)",
+                 "reorganisation noise 0.1 in training", "5,000 steps"]),
+    "sketchknitter-spg5": dict(
+        model="sketchknitter", categories=SPG5, data=SPG_DATA, data_dir="data/spg20",
+        max_steps=4000,
+        hparams="class_cond=1,layout=sequence,num_points=96,model_channels=64,channel_mult=[1,2],"
+                "num_res_blocks=1,batch_size=32,learning_rate=0.0002,ema_rate=0.999,"
+                "eval_every=500,checkpoint_every=250",
+        description="SketchKnitter: class-conditional diffusion over 96 stroke points + pen "
+                    "states; DDPM and DDIM sampling, refinement of corrupted sketches.",
+        differs=["class-conditional (the original's class_cond, unused in its paper)",
+                 "sketchlab's 'sequence' UNet layout, 64 channels, mult (1, 2), one res block "
+                 "(1.4M parameters; the original: points as channels, 20.3M)",
+                 "batch 32, lr 2e-4, EMA 0.999 (original: batch 4... 256, lr 1e-4, EMA 0.9999)",
+                 "4,000 steps (original 50,001)"]),
+    "sketch-rnn-sheep": dict(
+        model="sketch-rnn", categories=["aaron_sheep"], data=SHEEP_DATA,
+        data_dir="../shared/data/sketchrnn", max_steps=5000,
+        hparams="conditional=0,dec_rnn_size=256,max_seq_len=250,use_recurrent_dropout=0,"
+                "eval_every=500,patience=0",
+        description="Decoder-only sketch-rnn on aaron_sheep: draws sheep and completes partial "
+                    "ones (the sketch-rnn demos' model).",
+        differs=["LSTM-256 decoder (demos: LayerNorm-LSTM 512)", "no recurrent dropout",
+                 "5,000 steps"]),
+    "judge-spg5": dict(
+        model="sketch-a-net", categories=SPG5, data=SPG_DATA, data_dir="data/spg20",
+        max_steps=800, hparams="width=0.5",
+        description="Sketch-a-Net judge for Rec (and the features of FID / precision / recall) "
+                    "on the five SPG categories.",
+        differs=["half width (2.1M parameters; the full network is 8.4M, 33 MB)"]),
+    "judge-spg20": dict(
+        model="sketch-a-net", categories=SPG20, data=dict(SPG_DATA, name="SPG-20"),
+        data_dir="data/spg20", max_steps=1500, hparams="width=0.5",
+        description="Sketch-a-Net judge on the twenty SPG categories.",
+        differs=["half width (2.1M parameters)"]),
+}
