@@ -367,3 +367,76 @@ def test_batches_carry_categories_as_indices_into_the_runs_categories(tmp_path):
     with pytest.raises(DataError, match=r"\['c'\]"):
         category_labels(Sketches.from_list([np.zeros((2, 3), np.float32)], category=[0],
                                            category_names=("c",)), ("a", "b"))
+
+
+class Noisy(Tiny):
+    """A loss that draws from torch's RNG in eval mode too (as a VAE's sampled code does)."""
+
+    def loss(self, batch, step=0):
+        out = super().loss(batch, step)
+        noise = torch.rand(()) * 0.1
+        out["loss"] = out["loss"] + noise
+        out["mse"] = out["mse"] + noise
+        return out
+
+
+def test_validation_is_seeded_and_leaves_the_training_rng_alone(tmp_path):
+    cfg = TinyConfig()
+    data = prepare_data(Noisy, cfg, toy_splits())
+    tr = Trainer(Noisy(data.config), data, tmp_path / "run", progress=False, log=lambda m: None)
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    first = tr.evaluate()
+    assert torch.equal(torch.get_rng_state(), state)     # the training's stream did not move
+    torch.manual_seed(6)
+    assert tr.evaluate() == first                         # the same weights score the same
+
+
+def test_a_step_or_time_limit_is_not_a_plateau(tmp_path):
+    """RPCL-style training (rewind to the best checkpoint after a non-improving validation):
+    the validation of a run cut by its step or time limit neither rewinds nor counts against
+    patience (both cuts end in the same `_finish`)."""
+    model, data = build(tmp_path, learning_rate=50.0, min_learning_rate=50.0, patience=3,
+                        reload_best=True, clip_mode="none", eval_every=3)
+    msgs = []
+    tr = Trainer(model, data, tmp_path / "run", progress=False, max_steps=4, log=msgs.append)
+    tr.train()                          # validates at 3 (best), then cut at 4: worse, kept
+    assert any(m.startswith("step 4 ") and "(best " in m for m in msgs), msgs
+    assert tr.step == 4 and tr.bad_evals == 0 and tr.rewinds == 0
+    assert not any("rewound" in m for m in msgs)
+    assert ckpt.load_state(tmp_path / "run" / "state.pt")["step"] == 4
+
+
+def test_resume_refuses_other_categories(tmp_path):
+    model, data = build(tmp_path)
+    Trainer(model, data, tmp_path / "run", progress=False, max_steps=2, log=lambda m: None).train()
+    raw = toy_splits()
+    for sk in raw.values():
+        sk.category_names = ("other",)
+    data2 = prepare_data(Tiny, TinyConfig(), raw)
+    with pytest.raises(CheckpointError, match=r"trained on categories toy, not other"):
+        Trainer(Tiny(data2.config), data2, tmp_path / "run", progress=False, max_steps=4,
+                log=lambda m: None).train()
+
+
+def test_run_directories_of_the_two_file_checkpoint_still_resume(tmp_path):
+    """Before the weights moved into state.pt, a checkpoint was model.safetensors + state.pt.
+    Such a pair resumes when both carry the same step; a pair torn by a kill between the two
+    renames is not mixed: the best pair is used instead, with a note."""
+    model, data = build(tmp_path)
+    run = tmp_path / "run"
+    Trainer(model, data, run, progress=False, max_steps=8, log=lambda m: None).train()
+    for name in ("state.pt", "best_state.pt"):       # the old layout: no weights inside
+        state = torch.load(run / name, weights_only=True)
+        del state["weights"]
+        torch.save(state, run / name)
+    model2, data2 = build(tmp_path)
+    tr = Trainer(model2, data2, run, progress=False, max_steps=8, log=lambda m: None)
+    assert tr.maybe_resume() and tr.step == 8
+    for (k, a), (_, b) in zip(model.state_dict().items(), model2.state_dict().items()):
+        assert torch.equal(a, b), k
+    ckpt.save_weights(run / "model.safetensors", model, {"model": "tiny", "step": 9})  # torn
+    msgs = []
+    tr = Trainer(build(tmp_path)[0], data2, run, progress=False, max_steps=8, log=msgs.append)
+    assert tr.maybe_resume()
+    assert any("step 9 but state.pt at step 8" in m and "best checkpoint" in m for m in msgs)

@@ -278,8 +278,9 @@ def _coerce(value: Any, hint, name: str, where: str):
             return float(_strip_quotes(str(value)))
         if hint is str:
             return _strip_quotes(str(value))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: {name}={value!r}: {e}") from e
+    except (TypeError, ValueError, OverflowError) as e:   # OverflowError: an int of inf
+        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        raise ConfigError(f"{where}: {name}={shown}: {e}") from None
     return value
 
 

@@ -21,3 +21,9 @@ class ConfigError(SketchlabError):
 
 class CheckpointError(SketchlabError):
     """A run directory or checkpoint cannot be used (missing, torn, other model or version)."""
+
+
+class OutputError(SketchlabError, OSError):
+    """A file cannot be written where asked (a folder in the way, the disk full, no permission).
+
+    Also an OSError, so code that handles failed writes as OSErrors keeps doing so."""

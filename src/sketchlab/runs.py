@@ -185,6 +185,8 @@ def load_references(spec: str, run: Run, flag: str = "--condition-on", log=None,
         sk = run_split(run, spec, data_dir)
     else:
         path = Path(spec)
+        if path.is_dir():
+            raise DataError(f"{flag} {spec}: is a folder; give a .npz file of sketches")
         if not path.is_file():
             raise DataError(f"{flag} {spec}: not a split name ({', '.join(SPLIT_NAMES)}) and no "
                             f"such file")

@@ -107,7 +107,8 @@ def _cmd_import(args) -> int:
           f"({', '.join(f'{k}: {v}' for k, v in report['formats'].items()) or 'none'}) "
           f"in {report['seconds']} s ({report['processes']} processes)")
     if report["dropped"]:
-        print("dropped: " + ", ".join(f"{k}: {v}" for k, v in sorted(report["dropped"].items())))
+        print("dropped: " + ", ".join(f"{k}: {v}" for k, v in sorted(report["dropped"].items()))
+              + " (file and line of each: dropped_lines in import_report.json)")
     carved = {n: c["test_carved_from_train"] for n, c in report["categories"].items()
               if c.get("test_carved_from_train")}
     if carved:

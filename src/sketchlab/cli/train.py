@@ -187,6 +187,10 @@ def cmd_train(args) -> int:
     if args.out is None:
         raise ConfigError("--out is required: the run directory to train into (or resume)")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():   # before minutes of data preparation
+        raise ConfigError(f"--out {out}: a file, not a run directory; give a folder")
+    if args.max_minutes is not None and not args.max_minutes >= 0:
+        raise ConfigError(f"--max-minutes {args.max_minutes}: must be a number >= 0")
     categories = parse_categories(args.categories)
     rest = []
     for k, v in split_hparams(args.hparams or ""):
@@ -197,6 +201,10 @@ def cmd_train(args) -> int:
     cfg, saved = _config_for_run(cls, out, ",".join(rest), args.preset)
     preset_name = args.preset
     if saved is not None:
+        if categories and saved.get("categories") and categories != list(saved["categories"]):
+            raise ConfigError(f"--categories {','.join(categories)}: {out} was trained on "
+                              f"{','.join(saved['categories'])}; resuming it keeps the run's "
+                              f"categories (drop --categories), or train these into another --out")
         categories = saved.get("categories") or categories
         data_dir = saved.get("data_dir", args.data_dir)
         limit = saved.get("limit_per_category", args.limit_per_category)

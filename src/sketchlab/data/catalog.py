@@ -62,5 +62,22 @@ def describe_npz(path: str | os.PathLike, *, max_points: int = DEFAULT_MAX_POINT
         except DataError:
             info["scale_factor"] = None
     if "sketchlab_import" in keys:
-        info["provenance"] = json.loads(str(read_npz_array(path, "sketchlab_import")))
+        info["provenance"] = _provenance(path)
     return info
+
+
+def _provenance(path) -> dict:
+    """The `sketchlab_import` JSON string an imported file carries."""
+    arr = read_npz_array(path, "sketchlab_import")
+    if arr.dtype.kind != "U" or arr.shape != ():
+        raise DataError(f"{path} [sketchlab_import]: a {arr.dtype} array of shape {arr.shape}, "
+                        f"not the import's JSON description")
+    try:
+        prov = json.loads(str(arr))
+    except RecursionError:
+        raise DataError(f"{path} [sketchlab_import]: JSON nested too deeply") from None
+    except ValueError as e:
+        raise DataError(f"{path} [sketchlab_import]: not JSON ({e})") from None
+    if not isinstance(prov, dict):
+        raise DataError(f"{path} [sketchlab_import]: not a JSON object")
+    return prov

@@ -47,14 +47,16 @@ def read_checksums(path: str | os.PathLike) -> dict[str, str]:
     """
     try:
         text = Path(path).read_text()
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read checksums ({e})") from None
     table: dict[str, str] = {}
     if text.lstrip().startswith("{"):
         try:
             items = json.loads(text).items()
-        except ValueError as e:
-            raise DataError(f"{path}: invalid JSON ({e})") from None
+        except RecursionError:
+            raise DataError(f"{path}: invalid JSON (nested too deeply)") from None
+        except (ValueError, AttributeError) as e:   # AttributeError: valid JSON, not an object
+            raise DataError(f"{path}: invalid JSON checksums ({e})") from None
     else:
         items = []
         for n, line in enumerate(text.splitlines(), 1):

@@ -30,7 +30,7 @@ from sketchlab.data import strokes as S
 from sketchlab.data.npz import SPLITS, save_sketchrnn_npz
 from sketchlab.data.sources import category_filename, expand_paths, parse_categories
 from sketchlab.data.strokes import BadDrawing, from_polylines
-from sketchlab.errors import ConfigError, DataError
+from sketchlab.errors import ConfigError, DataError, OutputError
 from sketchlab.fileio import atomic_open
 from sketchlab.progress import Progress
 
@@ -121,7 +121,9 @@ def _file_category(path: Path) -> str:
 def read_splits_file(path: str | os.PathLike) -> dict[str, dict[str, str]]:
     """`{category: {split: [key_id, ...]}}` (SPG's splits.json) -> `{category: {key_id: split}}`."""
     try:
-        raw = json.loads(Path(path).read_text())
+        raw = json.loads(Path(path).read_bytes())
+    except RecursionError:
+        raise DataError(f"{path}: cannot read the splits file (JSON nested too deeply)") from None
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot read the splits file ({e})") from None
     if not isinstance(raw, dict):
@@ -229,7 +231,7 @@ _MIN_PARALLEL_BYTES = 2 << 20
 _RDP_BATCH = 2000
 
 # Outcome of one non-blank line, as a worker reports it (merged in order by `import_ndjson`).
-_BAD_LINE, _FILTERED, _DRAWING = 0, 1, 2
+_BAD_LINE, _FILTERED, _DRAWING, _JOINED = 0, 1, 2, 3
 
 
 def default_processes() -> int:
@@ -299,11 +301,14 @@ def _convert_chunk(path: str, start: int, end: int | None, fmt: str, wanted: fro
                 n_lines, n_bytes = lineno, n_bytes + len(raw_line)
                 if not raw_line.strip():
                     continue
-                try:
-                    obj = json.loads(raw_line)
-                except ValueError:
+                # Raw QuickDraw exports glue two objects on some lines (`...}{"word": ...`):
+                # each readable object is converted; what cannot be read is a bad line.
+                objs, problem = S.json_values(raw_line)
+                if len(objs) > 1 or (objs and problem):
+                    records.append((lineno, _JOINED))
+                if problem is not None:
                     records.append((lineno, _BAD_LINE, "invalid JSON"))
-                else:
+                for obj in objs:
                     if not isinstance(obj, dict) or "drawing" not in obj:
                         records.append((lineno, _BAD_LINE, "no drawing field"))
                     else:
@@ -354,7 +359,10 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     splits file (`splits_file="auto"` uses a `splits.json` beside the ndjson, `None` uses none),
     otherwise from a seeded split by `split` fractions. Bad lines are dropped and counted.
     Each npz is written atomically, also holds `<split>_key_ids` and a `sketchlab_import` JSON
-    string, and `import_report.json` in `out_dir` sums everything up. Returns that report.
+    string, and `import_report.json` in `out_dir` sums everything up, with the line numbers of
+    every dropped line per file (`dropped_lines`) and of the lines that held several JSON objects
+    glued together (`joined_lines`, as raw QuickDraw exports have; each object is imported).
+    Returns that report.
 
     `processes` (default: every core this process may use) convert chunks of about
     `chunk_bytes` (default 4 MiB; a gzip file is one chunk) in parallel; the chunks are merged
@@ -375,6 +383,9 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     if chunk_bytes is not None and int(chunk_bytes) < 1:
         raise ConfigError(f"chunk_bytes must be >= 1, got {chunk_bytes}")
     files = _ndjson_files(sources)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir}: a file, not a folder; give a folder for the npz files")
     wanted = ({_category_key(c): c for c in parse_categories(categories, "categories")}
               if categories else None)
 
@@ -396,13 +407,21 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     examples: dict[str, list[str]] = {}
     formats: Counter = Counter()
     lines_read = 0
+    # Every dropped line by file and reason, and the lines that held several glued objects
+    # (each recovered): import_report.json lists their line numbers.
+    dropped_lines: dict[str, dict[str, list[int]]] = {}
+    joined_lines: dict[str, list[int]] = {}
 
-    def drop(cat: _Category | None, reason: str, where: str):
+    def drop(cat: _Category | None, reason: str, where: tuple[str, int]):
         dropped[reason] += 1
         if cat is not None:
             cat.dropped[reason] += 1
+        file_name, lineno = where
+        numbers = dropped_lines.setdefault(file_name, {}).setdefault(reason, [])
+        if not numbers or numbers[-1] != lineno:
+            numbers.append(lineno)
         if len(examples.setdefault(reason, [])) < 3:
-            examples[reason].append(where)
+            examples[reason].append(f"{file_name}:{lineno}")
 
     total_bytes = sum(f.stat().st_size for f in files)
     tasks = _plan_tasks(files, int(chunk_bytes or DEFAULT_CHUNK_BYTES))
@@ -419,9 +438,15 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         nonlocal lines_read
         file, table = files[k], tables[k]
         points = np.split(chunk["points"], np.cumsum(chunk["lengths"])[:-1]) if len(chunk["lengths"]) else []
+        last_line = None
         for r, rec in enumerate(chunk["records"]):
-            lines_read += 1
-            where = f"{file}:{line_base[k] + rec[0]}"
+            if rec[0] != last_line:   # a line may hold several records (glued objects)
+                lines_read += 1
+                last_line = rec[0]
+            where = (os.fspath(file), line_base[k] + rec[0])
+            if rec[1] == _JOINED:
+                joined_lines.setdefault(where[0], []).append(where[1])
+                continue
             if rec[1] == _BAD_LINE:
                 drop(None, rec[2], where)
                 continue
@@ -485,8 +510,11 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
                             f"{', '.join(unknown)}; the sources hold: "
                             f"{', '.join(sorted(seen_names.values())) or '(none)'}")
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{out_dir}: cannot create the output folder ({e.strerror or e})") \
+            from None
     report_cats = {cats[key].name: _write_category(cats[key], out_dir, fractions, seed, epsilon,
                                                    max_points) for key in sorted(cats)}
     report = {
@@ -497,6 +525,12 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
         "imported": int(sum(len(c.sketches) for c in cats.values())),
         "dropped": dict(dropped),
         "dropped_examples": examples,
+        # {file: {reason: [line numbers]}}: every line (or object of a line) left out
+        "dropped_lines": {f: {r: sorted(set(n)) for r, n in by.items()}
+                          for f, by in dropped_lines.items()},
+        # {file: [line numbers]}: lines holding several glued JSON objects (each readable one
+        # is imported; a torn one after them is in dropped_lines too)
+        "joined_lines": joined_lines,
         "seed": seed, "split_fractions": list(fractions), "epsilon": epsilon,
         "max_points": max_points,
         "categories": report_cats,

@@ -11,8 +11,10 @@ global before anything runs.
 What a bad file gets (the policy every loader here follows):
 
 * **always a DataError** naming the file, the split and, where it applies, the sketch index: not a
-  zip or truncated, a missing split, a refused pickle global, an element that is not a numeric
-  array, rows that are not stroke-3 `(n, 3)`;
+  zip or truncated, a zip bomb (a member declaring a size out of proportion to the file, refused
+  before it is inflated: `sketchlab.data.safezip`), a malformed `.npy` header, a missing split, a
+  refused pickle global, an element that is not a numeric array, rows that are not stroke-3
+  `(n, 3)`;
 * **per-sketch content problems** (an empty sketch, NaN/inf, a pen value other than 0/1, more than
   `max_points` rows): a DataError by default (`on_bad="raise"`), or, with `on_bad="drop"`, the
   sketch is dropped and counted in the `dropped` dict the caller passes in.
@@ -25,18 +27,18 @@ are read by `sketchlab.data.sources.load_categories`; ndjson becomes them in
 
 from __future__ import annotations
 
-import ast
 import io
 import os
 import pickle
 import pickletools
 import zipfile
-import zlib
 from collections import Counter
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from sketchlab.data.safezip import (MAX_MEMBER_BYTES, npy_members, numeric_array, open_zip,
+                                    parse_npy_header, read_member_bytes)
 from sketchlab.data.sketches import Sketches
 from sketchlab.errors import ConfigError, DataError
 from sketchlab.fileio import atomic_open
@@ -45,47 +47,11 @@ SPLITS = ("train", "valid", "test")
 # A stored sketch longer than this is taken for corruption, not for a drawing (the official files
 # stay in the hundreds). Pass a larger `max_points` to read unusual data.
 DEFAULT_MAX_POINTS = 10_000
-# Refuse a zip member that would inflate beyond this (a zip bomb, or not sketch data).
-MAX_MEMBER_BYTES = 4 << 30
 
 
 # ============================================================================================
 # Reading .npy members safely
 # ============================================================================================
-
-
-def _parse_npy_header(data: bytes, where: str) -> tuple[np.dtype, tuple[int, ...], bool, int]:
-    """Parse a `.npy` header: `(dtype, shape, fortran_order, offset of the data)`.
-
-    The header is a Python dict literal; `ast.literal_eval` reads it without running anything.
-    """
-    magic = b"\x93NUMPY"
-    if len(data) < 10 or data[:6] != magic:
-        raise DataError(f"{where}: not a .npy array (bad magic bytes)")
-    major = data[6]
-    if major == 1:
-        hlen, start = int.from_bytes(data[8:10], "little"), 10
-    elif major in (2, 3):
-        hlen, start = int.from_bytes(data[8:12], "little"), 12
-    else:
-        raise DataError(f"{where}: unsupported .npy format version {major}.{data[7]}")
-    if hlen > 100_000 or start + hlen > len(data):
-        raise DataError(f"{where}: .npy header is truncated or absurdly long ({hlen} bytes)")
-    text = data[start:start + hlen].decode("utf8" if major == 3 else "latin1")
-    try:
-        header = ast.literal_eval(text)
-    except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
-        raise DataError(f"{where}: unreadable .npy header ({e})") from e
-    if (not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}
-            or not isinstance(header["shape"], tuple)
-            or not all(isinstance(d, int) and d >= 0 for d in header["shape"])
-            or not isinstance(header["fortran_order"], bool)):
-        raise DataError(f"{where}: malformed .npy header {text.strip()[:200]!r}")
-    try:
-        dtype = np.lib.format.descr_to_dtype(header["descr"])
-    except (TypeError, ValueError) as e:
-        raise DataError(f"{where}: .npy header names an invalid dtype {header['descr']!r}") from e
-    return dtype, header["shape"], header["fortran_order"], start + hlen
 
 
 class _Refused(Exception):
@@ -199,34 +165,12 @@ def _restricted_unpickle(payload: bytes, where: str):
                         f"({type(e).__name__}: {e})") from None
 
 
-def _open_zip(path: str | os.PathLike) -> zipfile.ZipFile:
-    try:
-        return zipfile.ZipFile(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npz (zip) file, perhaps truncated ({e}); "
-                        f"download or export it again") from None
-
-
-def _npz_members(zf: zipfile.ZipFile) -> dict[str, str]:
-    """Array name -> member name (np.savez stores array `train` as `train.npy`)."""
-    return {n[:-4]: n for n in zf.namelist() if n.endswith(".npy")}
-
-
 def _read_member(zf: zipfile.ZipFile, member: str, where: str,
                  max_bytes: int = MAX_MEMBER_BYTES) -> np.ndarray:
     """Read one `.npy` member: numeric arrays by their header, object arrays through the
-    restricted unpickler."""
-    info = zf.getinfo(member)
-    if info.file_size > max_bytes:
-        raise DataError(f"{where}: member is {info.file_size} bytes uncompressed, over the "
-                        f"{max_bytes}-byte limit")
-    try:
-        data = zf.read(info)
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError) as e:
-        raise DataError(f"{where}: corrupt or truncated zip member ({e})") from None
-    dtype, shape, fortran, offset = _parse_npy_header(data, where)
+    restricted unpickler (sizes checked first: `sketchlab.data.safezip`)."""
+    data = read_member_bytes(zf, member, where, max_bytes)
+    dtype, shape, fortran, offset = parse_npy_header(data, where)
     if dtype.hasobject:
         if dtype != np.dtype(object):
             raise DataError(f"{where}: structured dtype with Python objects {dtype} is not "
@@ -236,12 +180,7 @@ def _read_member(zf: zipfile.ZipFile, member: str, where: str,
             raise DataError(f"{where}: pickled payload is not the object array its header "
                             f"announces (shape {shape})")
         return arr
-    count = int(np.prod(shape, dtype=np.int64))
-    if len(data) - offset < count * dtype.itemsize:
-        raise DataError(f"{where}: truncated array data ({len(data) - offset} bytes for "
-                        f"{count} x {dtype})")
-    return np.frombuffer(data, dtype=dtype, count=count, offset=offset).reshape(
-        shape, order="F" if fortran else "C")
+    return numeric_array(data, dtype, shape, fortran, offset, where)
 
 
 # ============================================================================================
@@ -311,8 +250,8 @@ def _check_on_bad(on_bad: str) -> None:
 
 def npz_keys(path: str | os.PathLike) -> list[str]:
     """The array names stored in an `.npz` file (without reading any of them)."""
-    with _open_zip(path) as zf:
-        return sorted(_npz_members(zf))
+    with open_zip(path) as zf:
+        return sorted(npy_members(zf))
 
 
 def load_npz(path: str | os.PathLike, splits: Sequence[str] = SPLITS, *,
@@ -326,8 +265,8 @@ def load_npz(path: str | os.PathLike, splits: Sequence[str] = SPLITS, *,
     """
     _check_on_bad(on_bad)
     out: dict[str, Sketches] = {}
-    with _open_zip(path) as zf:
-        members = _npz_members(zf)
+    with open_zip(path) as zf:
+        members = npy_members(zf)
         for split in splits:
             if split not in members:
                 raise DataError(f"{path}: no split {split!r}; the file holds {sorted(members)}")
@@ -347,8 +286,8 @@ def load_npz_split(path: str | os.PathLike, split: str = "train", **kw) -> Sketc
 
 def read_npz_array(path: str | os.PathLike, key: str) -> np.ndarray:
     """Any one array of an `.npz` (e.g. `train_key_ids`), object arrays through the safe reader."""
-    with _open_zip(path) as zf:
-        members = _npz_members(zf)
+    with open_zip(path) as zf:
+        members = npy_members(zf)
         if key not in members:
             raise DataError(f"{path}: no array {key!r}; the file holds {sorted(members)}")
         return _read_member(zf, members[key], f"{path} [{key}]")

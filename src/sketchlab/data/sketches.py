@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
-import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from sketchlab.data.strokes import (BadDrawing, check_finite, from_polylines, parse_drawing,
-                                    to_polylines)
+from sketchlab.data.safezip import npy_members, open_zip, read_plain_array
+from sketchlab.data.strokes import (BadDrawing, check_finite, from_polylines, json_values,
+                                    parse_drawing, to_polylines)
 from sketchlab.errors import DataError
 from sketchlab.fileio import atomic_open, atomic_savez
 
@@ -193,7 +195,7 @@ class Sketches:
             try:
                 with opener(path, "rb") as fh:
                     return cls._from_ndjson_lines(fh, str(path))
-            except (OSError, EOFError) as e:
+            except (OSError, EOFError, zlib.error) as e:
                 raise DataError(f"{path}: cannot read ({e})") from None
         return cls._from_ndjson_lines(source, "ndjson line")
 
@@ -203,19 +205,22 @@ class Sketches:
         for lineno, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise DataError(f"{where}:{lineno}: invalid JSON ({e})") from None
-            if not isinstance(obj, dict) or "drawing" not in obj:
-                raise DataError(f"{where}:{lineno}: no \"drawing\" field; expected QuickDraw "
-                                f"ndjson, {{\"word\": ..., \"drawing\": [[xs, ys], ...]}} a line")
-            word = obj.get("word")
-            if word is not None and not isinstance(word, str):
-                raise DataError(f"{where}:{lineno}: \"word\" must be a string, got {word!r}")
-            drawings.append(obj["drawing"])
-            words.append(word)
-            linenos.append(lineno)
+            # several objects glued on one line (raw QuickDraw exports) are each read
+            objs, problem = json_values(line)
+            if problem is not None:
+                raise DataError(f"{where}:{lineno}: {problem}")
+            for obj in objs:
+                if not isinstance(obj, dict) or "drawing" not in obj:
+                    raise DataError(f"{where}:{lineno}: no \"drawing\" field; expected QuickDraw "
+                                    f"ndjson, {{\"word\": ..., \"drawing\": [[xs, ys], ...]}} "
+                                    f"a line")
+                word = obj.get("word")
+                if word is not None and not isinstance(word, str):
+                    raise DataError(f"{where}:{lineno}: \"word\" must be a string, got "
+                                    f"{str(word)[:60]!r}")
+                drawings.append(obj["drawing"])
+                words.append(word)
+                linenos.append(lineno)
         if not drawings:
             raise DataError(f"{where}: no drawings")
         missing = [n for n, w in zip(linenos, words) if w is None]
@@ -328,7 +333,29 @@ class Sketches:
 
     # ---- files -----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Write a pickle-free `.npz` atomically (temp file, then rename)."""
+        """Write a pickle-free `.npz` atomically (temp file, then rename).
+
+        Refuses (DataError, nothing written) what `load` would refuse: NaN or inf in the points
+        or codes (what a NaN temperature or NaN weights produce), pen values other than 0/1."""
+        bad = ~np.isfinite(self.points).all(axis=1)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise DataError(f"{path}: not written: sketch {_owner(self.offsets, row)} holds NaN "
+                            f"or inf (a NaN or huge temperature, or weights that are NaN, give "
+                            f"such sketches); {int(bad.sum())} of {len(self.points)} points "
+                            f"are not finite")
+        if self.z is not None and not np.isfinite(self.z).all():
+            raise DataError(f"{path}: not written: the latent codes z hold NaN or inf (weights "
+                            f"that are NaN?)")
+        pens = self.points[:, 2]
+        bad = (pens != 0) & (pens != 1)
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise DataError(f"{path}: not written: sketch {_owner(self.offsets, row)} has pen "
+                            f"value {pens[row]:g}; stroke-3 pens are 0 (down) or 1 (lifted)")
+        if not (math.isfinite(self.scale_factor) and self.scale_factor > 0):
+            raise DataError(f"{path}: not written: scale_factor {self.scale_factor} is not a "
+                            f"finite number > 0")
         arrays = {
             "points": self.points,
             "offsets": self.offsets,
@@ -347,26 +374,123 @@ class Sketches:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Sketches":
-        """Read a file written by `save` (never unpickles anything)."""
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                if "points" not in f or "offsets" not in f:
-                    raise DataError(f"{path}: not a sketchlab Sketches file (no 'points'/'offsets' "
-                                    f"arrays; keys are {sorted(f.files)}). For sketch-rnn npz files "
-                                    f"use sketchlab.data.npz.load_npz.")
-                kw = dict(points=f["points"], offsets=f["offsets"])
-                for key in ("category", "z", "component"):
-                    if key in f:
-                        kw[key] = f[key]
-                if "category_names" in f:
-                    kw["category_names"] = tuple(f["category_names"].tolist())
-                if "scale_factor" in f:
-                    kw["scale_factor"] = float(f["scale_factor"])
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
-            raise DataError(f"{path}: cannot read as a sketchlab Sketches npz ({e})") from e
-        out = cls(**kw)
-        check_finite(out.points, str(path))
-        return out
+        """Read a file written by `save` (never unpickles anything).
+
+        Every array is checked against what `save` writes before a `Sketches` is built: a
+        DataError names the file, the array and the problem (an index out of range, lengths that
+        disagree, strings where numbers belong, NaN, a pen value other than 0/1, ...)."""
+        path = Path(path)
+        with open_zip(path) as zf:
+            members = npy_members(zf)
+            if "points" not in members or "offsets" not in members:
+                raise DataError(f"{path}: not a sketchlab Sketches file (no 'points'/'offsets' "
+                                f"arrays; keys are {sorted(members)}). For sketch-rnn npz files "
+                                f"use sketchlab.data.npz.load_npz.")
+            arrays = {key: read_plain_array(zf, members[key], f"{path} [{key}]")
+                      for key in _SAVED_KEYS if key in members}
+        return cls(**_checked_fields(arrays, path))
+
+
+# What `Sketches.save` writes; `load` reads these and ignores other arrays.
+_SAVED_KEYS = ("points", "offsets", "scale_factor", "format", "category", "category_names", "z",
+               "component")
+_FORMAT = "sketchlab.Sketches"
+_FORMAT_VERSION = 1
+
+
+def _checked_fields(arrays: dict[str, np.ndarray], path: Path) -> dict:
+    """The keyword arguments of `Sketches(...)` from a file's arrays, each checked."""
+    def fail(key: str, problem: str):
+        raise DataError(f"{path}: '{key}' {problem}; the file is damaged or was not written by "
+                        f"sketchlab (Sketches.save)")
+
+    def kind_of(key: str, kinds: str, what: str) -> np.ndarray:
+        arr = arrays[key]
+        if arr.dtype.kind not in kinds:
+            fail(key, f"holds {arr.dtype} values, not {what}")
+        return arr
+
+    fmt = arrays.get("format")
+    if fmt is not None:
+        if fmt.dtype.kind != "U" or fmt.shape != ():
+            fail("format", f"is a {fmt.dtype} array of shape {fmt.shape}, not a format name")
+        name, _, version = str(fmt).partition("/")
+        if name != _FORMAT or not version.isdigit():
+            fail("format", f"is {str(fmt)[:80]!r}, not {_FORMAT}/{_FORMAT_VERSION}")
+        if int(version) > _FORMAT_VERSION:
+            raise DataError(f"{path}: written in {_FORMAT} format {version}, newer than this "
+                            f"sketchlab reads ({_FORMAT_VERSION}); upgrade sketchlab")
+
+    points = kind_of("points", "iuf", "numbers")
+    if points.ndim != 2 or points.shape[1] != 3:
+        fail("points", f"has shape {points.shape}, not (n, 3) rows of (dx, dy, pen_lifted)")
+    points = points.astype(np.float32)
+    offsets = kind_of("offsets", "iu", "integers")
+    if offsets.ndim != 1 or len(offsets) == 0:
+        fail("offsets", f"has shape {offsets.shape}, not (n_sketches + 1,)")
+    offsets = offsets.astype(np.int64)
+    if offsets[0] != 0 or offsets[-1] != len(points):
+        fail("offsets", f"runs from {offsets[0]} to {offsets[-1]}, not from 0 to the "
+                        f"{len(points)} points")
+    if np.any(np.diff(offsets) < 0):
+        fail("offsets", f"decreases at sketch {int(np.argmax(np.diff(offsets) < 0))}")
+    n = len(offsets) - 1
+    bad = ~np.isfinite(points).all(axis=1)
+    if bad.any():
+        row = int(np.argmax(bad))
+        fail("points", f"row {row} (sketch {_owner(offsets, row)}) holds NaN or inf")
+    bad = (points[:, 2] != 0) & (points[:, 2] != 1)
+    if bad.any():
+        row = int(np.argmax(bad))
+        fail("points", f"row {row} (sketch {_owner(offsets, row)}) has pen value "
+                       f"{points[row, 2]:g}; stroke-3 pens are 0 (down) or 1 (lifted)")
+    out: dict = {"points": points, "offsets": offsets}
+
+    if "scale_factor" in arrays:
+        sf = kind_of("scale_factor", "iuf", "a number")
+        if sf.shape != ():
+            fail("scale_factor", f"has shape {sf.shape}, not a single number")
+        value = float(sf)
+        if not (math.isfinite(value) and value > 0):
+            fail("scale_factor", f"is {value}, not a finite number > 0")
+        out["scale_factor"] = value
+
+    names: tuple[str, ...] = ()
+    if "category_names" in arrays:
+        arr = kind_of("category_names", "U", "strings")
+        if arr.ndim != 1:
+            fail("category_names", f"has shape {arr.shape}, not a list of names")
+        names = tuple(str(c) for c in arr.tolist())
+        if len(set(names)) != len(names):
+            fail("category_names", "names a category twice")
+        out["category_names"] = names
+    for key in ("category", "component"):
+        if key not in arrays:
+            continue
+        arr = kind_of(key, "iu", "integer indices")
+        if arr.shape != (n,):
+            fail(key, f"has shape {arr.shape}, not one index for each of the {n} sketches")
+        arr = arr.astype(np.int64)
+        if n and arr.min() < 0:
+            fail(key, f"holds the negative index {int(arr.min())}")
+        if key == "category" and names and n and arr.max() >= len(names):
+            fail(key, f"holds index {int(arr.max())} but 'category_names' has only "
+                      f"{len(names)} names")
+        out[key] = arr
+    if "z" in arrays:
+        z = kind_of("z", "iuf", "numbers")
+        if z.ndim != 2 or z.shape[0] != n:
+            fail("z", f"has shape {z.shape}, not one code for each of the {n} sketches "
+                      f"(n, z_size)")
+        if not np.isfinite(z).all():
+            fail("z", "holds NaN or inf")
+        out["z"] = z.astype(np.float32)
+    return out
+
+
+def _owner(offsets: np.ndarray, row: int) -> int:
+    """The sketch that point `row` belongs to."""
+    return int(np.searchsorted(offsets, row, side="right") - 1)
 
 
 def _number_depth(obj, depth: int = 0) -> int | None:

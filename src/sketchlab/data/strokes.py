@@ -15,6 +15,7 @@ Formats used throughout sketchlab (all float32 unless said otherwise):
 
 from __future__ import annotations
 
+import json
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -112,6 +113,43 @@ class BadDrawing(DataError):
 
 
 _SEQUENCE = (list, tuple, np.ndarray)
+_DECODER = json.JSONDecoder()
+
+
+def json_values(line: str | bytes) -> tuple[list, str | None]:
+    """The JSON values on one ndjson line, and what could not be read (None when all could).
+
+    A line normally holds one object. Raw QuickDraw exports also hold lines where two objects
+    are glued together (`...]]}{"word": ...`): each is recovered (json.JSONDecoder.raw_decode
+    walks them). Whatever follows the last readable value (a torn object, garbage) is reported,
+    not raised; a line with no readable value gives `([], problem)`. Never raises for bad input
+    (nesting too deep for the parser included)."""
+    try:
+        text = line.decode("utf-8") if isinstance(line, (bytes, bytearray)) else str(line)
+    except UnicodeDecodeError as e:
+        return [], f"invalid JSON (not UTF-8 text: {e.reason} at byte {e.start})"
+    try:
+        return [json.loads(text)], None
+    except RecursionError:
+        return [], "invalid JSON (nested too deeply)"
+    except ValueError as e:
+        first_error = e
+    values, i, n = [], 0, len(text)
+    while True:
+        while i < n and text[i] in " \t\r\n":
+            i += 1
+        if i >= n:
+            break
+        try:
+            value, i = _DECODER.raw_decode(text, i)
+        except RecursionError:
+            return values, "invalid JSON (nested too deeply)"
+        except ValueError as e:
+            if not values:
+                return [], f"invalid JSON ({first_error})"
+            return values, f"invalid JSON after {len(values)} object(s) ({e})"
+        values.append(value)
+    return values, None
 
 
 def parse_drawing(drawing, *, extra_lists: bool = False) -> list[np.ndarray]:
@@ -141,7 +179,7 @@ def parse_drawing(drawing, *, extra_lists: bool = False) -> list[np.ndarray]:
             continue  # an empty stroke draws nothing
         try:
             line = np.array((xs, ys), dtype=np.float64).T
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):   # OverflowError: an int beyond float64
             raise BadDrawing("non-numeric coordinates", f"stroke {j}") from None
         if line.ndim != 2:  # nested lists: not one number per coordinate
             raise BadDrawing("non-numeric coordinates", f"stroke {j}: nested lists")

@@ -46,6 +46,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.util
+import math
 import types
 import typing
 import warnings
@@ -177,6 +178,8 @@ def check_options(options) -> None:
         choices = _literal_choices(hints.get(f.name))
         if isinstance(value, str) and choices is not None and value not in choices:
             raise ConfigError(f"{f.name}={value!r}: choose one of {', '.join(map(str, choices))}")
+        if isinstance(value, float) and not math.isfinite(value):   # e.g. --temperature nan
+            raise ConfigError(f"{f.name}={value}: must be a finite number")
     bs = options.batch_size
     if isinstance(bs, bool) or not isinstance(bs, (int, np.integer)) or bs < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {bs}")

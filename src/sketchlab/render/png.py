@@ -177,10 +177,13 @@ def read_curves(csv_path: str | os.PathLike, x: str = "step",
     finite number (validation losses are logged less often than training losses).
     """
     try:
-        with open(csv_path, newline="") as fh:
+        with open(csv_path, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
     except OSError as e:
         raise DataError(f"{csv_path}: cannot read the log ({e.strerror or e})") from e
+    except (UnicodeDecodeError, csv.Error) as e:   # a binary file, NUL bytes, a huge field
+        raise DataError(f"{csv_path}: not a CSV text file ({type(e).__name__}: "
+                        f"{str(e)[:120]}); give a training log such as RUN/log.csv") from None
     if not rows:
         raise DataError(f"{csv_path}: no rows to plot")
     columns = list(rows[0].keys())

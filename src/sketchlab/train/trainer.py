@@ -7,6 +7,14 @@ checkpoints that a killed run resumes from, NaN protection, AMP, CSV/TensorBoard
 bar, and multi-GPU data parallelism under `torchrun` (the entry point first calls
 `init_distributed`, which starts the process group; the trainer only reads whether one exists).
 
+Faults: one training at a time holds the run directory (`checkpoint.RunLock`); a checkpoint is one
+file committed by one rename, so a run killed at any moment (SIGKILL included) resumes from the
+last complete one, with `log.csv` cut back to its step, and ends with the same weights, bit for
+bit, as a run never killed. Non-finite steps are skipped; when they persist (or the weights or
+the validation loss turn NaN) the trainer goes back to the last checkpoint with new batches and
+half the learning rate, at most `MAX_NAN_RESTORES` times, then stops with a message saying what
+to change. Weights that hold NaN or inf are never written.
+
 Batches are the model's `make_batch` of the sketches; when the data carries categories, each batch
 also holds `category`, the sketches' int64 indices into the run's categories (a classifier's
 targets; the other models ignore it).
@@ -14,7 +22,9 @@ targets; the other models ignore it).
 Reproducibility: the order of epoch `e` is `default_rng([seed, e]).permutation(N)` and the
 augmentation RNG of step `s` is `default_rng([seed, 1, s])`, so a resumed run sees exactly the
 batches an uninterrupted one would. After the r-th rewind to the best checkpoint both seeds gain
-a word r, so retried epochs see a new order, as the seeds' do.
+a word r, so retried epochs see a new order, as the seeds' do (after the k-th NaN restore, words
+r and k). Validation runs under its own fixed torch seed, so validating the same weights twice
+gives the same number and does not move the training's random stream.
 """
 
 from __future__ import annotations
@@ -33,7 +43,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from sketchlab.errors import CheckpointError, ConfigError, DataError
+from sketchlab.errors import CheckpointError, ConfigError, DataError, OutputError
+from sketchlab.fileio import remove_stale_temporaries
 from sketchlab.nn.device import pick_device
 from sketchlab.progress import Progress
 from sketchlab.train import checkpoint as ckpt
@@ -42,8 +53,21 @@ from sketchlab.train.data import PreparedData, category_labels, prepare_data
 from sketchlab.train.graphed import GraphedTrainer, load_optimizer_state_in_place
 from sketchlab.train.runlog import RunLog
 
-# Consecutive non-finite steps after which the trainer rewinds to the last checkpoint.
+# Consecutive non-finite steps after which the trainer goes back to the last checkpoint.
 MAX_BAD_STEPS = 5
+# Returns to the last checkpoint after divergence before the trainer gives up, and the factor
+# on the learning rate each one applies (it stays for the rest of the run, resumes included).
+MAX_NAN_RESTORES = 3
+NAN_LR_BACKOFF = 0.5
+
+
+def _check_limit(name: str, value, integer: bool) -> None:
+    if value is None:
+        return
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float))
+          and (isinstance(value, int) or not integer) and math.isfinite(value) and value >= 0)
+    if not ok:
+        raise ConfigError(f"{name}={value!r}: must be {'a whole' if integer else 'a'} number >= 0")
 
 
 def learning_rate(cfg, step: int) -> float:
@@ -134,6 +158,9 @@ class Trainer:
         self.cfg = model.config
         self.data = data
         self.run_dir = Path(run_dir)
+        _check_limit("max_steps", max_steps, integer=True)
+        _check_limit("max_epochs", max_epochs, integer=True)
+        _check_limit("max_seconds", max_seconds, integer=False)
         if zoo.is_inside_zoo(self.run_dir) or str(run_dir).startswith(zoo.PREFIX):
             raise ConfigError(f"--out {run_dir}: the pretrained zoo is read-only; train into a "
                               f"folder of your own (`sketchlab zoo train NAME --out DIR` "
@@ -168,6 +195,16 @@ class Trainer:
         self.graph_mode = (device.type == "cuda" and getattr(self.cfg, "cuda_graph", False)
                            and self.world == 1 and model.graph_key(0) is not None)
         self.optimizer = self._make_optimizer()
+        if getattr(self.cfg, "reload_best", False) and not self.cfg.patience:
+            # every validation that does not improve would rewind, with nothing to end it: the
+            # step counter could circle below max_steps forever
+            raise ConfigError("reload_best=True with patience=0 rewinds after every validation "
+                              "that does not improve and never stops, so the run may never "
+                              "reach max_steps: set patience (the RPCL seeds use 5) or "
+                              "reload_best=False")
+        if self.cfg.clip_mode not in ("value", "norm", "global_norm", "none"):
+            raise ConfigError(f"clip_mode={self.cfg.clip_mode!r}: choose value, norm, global_norm "
+                              f"or none")
         self.graphed = None
         if self.graph_mode:
             self.graphed = GraphedTrainer(self.model, self.optimizer, self.params, self._graph_step_fn)
@@ -194,9 +231,19 @@ class Trainer:
         self.best_valid = math.inf
         self.bad_evals = 0
         self.rewinds = 0                 # rewinds to the best checkpoint so far (seeds retried epochs)
+        self.nan_restores = 0            # returns to the last checkpoint after divergence
+        self.lr_scale = 1.0              # NAN_LR_BACKOFF ** nan_restores
         self.elapsed = 0.0
         self.stopped_early = False
         self.last_eval_step = -1
+        self._moved = False              # set when a checkpoint is loaded mid-epoch (rewind, restore)
+        self._log_rows: int | None = None  # log.csv rows when the loaded checkpoint was written
+        self._runlog: RunLog | None = None
+        # Per-term sums and counts since the last log row: a model may report a term only on
+        # some steps (RPCL-pix2seqH computes L_R only on its sequence steps), so each term is
+        # averaged over its own steps. Checkpointed, so a resumed run logs the same averages.
+        self._term_sums: dict[str, float] = {}
+        self._term_counts: dict[str, int] = {}
 
     # ---- set-up --------------------------------------------------------------------------------
     def _make_optimizer(self):
@@ -259,80 +306,115 @@ class Trainer:
             "best_valid": self.best_valid,
             "bad_evals": self.bad_evals,
             "rewinds": self.rewinds,
+            "nan_restores": self.nan_restores,
+            "lr_scale": self.lr_scale,
+            "last_eval_step": self.last_eval_step,
             "elapsed": self.elapsed,
+            "log_rows": self._runlog.rows if self._runlog is not None else None,
+            "term_sums": dict(self._term_sums),
+            "term_counts": dict(self._term_counts),
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": cuda_rng,
         }
 
     def save(self, best: bool = False) -> None:
+        """Write the latest checkpoint (and the best one first when `best`). Each is one file
+        committed by one rename; a failed write (disk full) leaves the previous one intact."""
         if not self.is_main:
             return
-        if not (self.run_dir / "config.json").is_file():
-            ckpt.write_run_config(self.run_dir, self.model_name, self.cfg, self.data.scale_factor,
-                                  self.data.categories,
-                                  extra={"train_size": len(self.data.splits["train"]),
-                                         **self.run_info})
-        meta = {"model": self.model_name, "step": self.step}
-        ckpt.save_weights(self.run_dir / "model.safetensors", self.model, meta)
-        ckpt.save_state(self.run_dir / "state.pt", self._state())
-        if best:
-            ckpt.save_weights(self.run_dir / "best.safetensors", self.model, meta)
-            ckpt.save_state(self.run_dir / "best_state.pt", self._state())
+        try:
+            if not (self.run_dir / "config.json").is_file():
+                ckpt.write_run_config(self.run_dir, self.model_name, self.cfg,
+                                      self.data.scale_factor, self.data.categories,
+                                      extra={"train_size": len(self.data.splits["train"]),
+                                             **self.run_info})
+            meta = {"model": self.model_name, "step": self.step}
+            state = self._state()
+            # best first: a kill between the two leaves the latest checkpoint older than the
+            # best one, and the resumed run re-validates that step and finds the same best.
+            if best:
+                ckpt.save_checkpoint(self.run_dir, "best", self.model, state, meta)
+            ckpt.save_checkpoint(self.run_dir, "latest", self.model, state, meta)
+        except OutputError as e:
+            raise CheckpointError(f"{e}: the checkpoint of step {self.step} was not written; the "
+                                  f"previous one is intact. Free disk space (or fix the folder) "
+                                  f"and run the same command again to resume from it") from None
 
-    def _load(self, weights: Path, state_path: Path) -> None:
-        meta = ckpt.load_weights(weights, self.model, self.model_name)
-        state = ckpt.load_state(state_path)
-        if state.get("model") != self.model_name:
-            raise CheckpointError(f"{state_path}: state of a {state.get('model')!r} run, "
-                                  f"not {self.model_name!r}")
-        if "step" in meta and int(meta["step"]) != int(state["step"]):
-            # Killed between the two renames: the weights are newer than the optimizer state.
-            self.say(f"note: {weights.name} is at step {meta['step']} but {state_path.name} at "
-                     f"{state['step']}; resuming from the weights' step with the older optimizer state")
-            state["step"] = int(meta["step"])
-        self._load_optimizer(state["optimizer"])
+    def _load(self, which: str) -> None:
+        """Load checkpoint `which` ("latest" or "best"): weights, optimizer, counters, RNGs."""
+        state = ckpt.load_checkpoint(self.run_dir, which, self.model, self.model_name)
+        state_path = self.run_dir / ckpt.CHECKPOINT_FILES[which][0]
+        try:
+            self._load_optimizer(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError, TypeError) as e:
+            raise CheckpointError(f"{state_path}: its optimizer state does not fit this model "
+                                  f"({str(e)[:200]})") from None
+        if state["batch_in_epoch"] > self.batches_per_epoch:
+            raise CheckpointError(f"{state_path}: batch {state['batch_in_epoch']} of an epoch of "
+                                  f"{self.batches_per_epoch} batches: not this data; resume with "
+                                  f"the same data, or choose a new --out")
         self.step = int(state["step"])
         self.epoch = int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.best_valid = float(state["best_valid"])
         self.bad_evals = int(state["bad_evals"])
         self.rewinds = int(state.get("rewinds", 0))
+        self.nan_restores = int(state.get("nan_restores", 0))
+        self.lr_scale = float(state.get("lr_scale", 1.0))
+        self.last_eval_step = int(state.get("last_eval_step", -1))
         self.elapsed = float(state.get("elapsed", 0.0))
+        if which == "latest":
+            self._log_rows = state.get("log_rows")
+            self._term_sums = dict(state.get("term_sums") or {})
+            self._term_counts = dict(state.get("term_counts") or {})
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self._moved = True
 
     def maybe_resume(self) -> bool:
         """Resume from `run_dir` if it holds a checkpoint of this model. Returns True if resumed."""
-        state_path = self.run_dir / "state.pt"
-        if not state_path.is_file():
+        if not ckpt.has_checkpoint(self.run_dir, "latest"):
             return False
         info = ckpt.read_run_config(self.run_dir, expect_model=self.model_name)
-        if abs(float(info.get("scale_factor", 0)) - self.data.scale_factor) > 1e-6 * self.data.scale_factor:
+        saved_scale = float(info.get("scale_factor", 0))
+        if abs(saved_scale - self.data.scale_factor) > 1e-6 * self.data.scale_factor:
             raise CheckpointError(f"{self.run_dir}: its data scale factor {info.get('scale_factor')} "
                                   f"differs from this data's {self.data.scale_factor}; resume with "
                                   f"the same data and categories, or choose a new --out")
-        self._load(self.run_dir / "model.safetensors", state_path)
+        saved_cats = info.get("categories")
+        if saved_cats and list(saved_cats) != list(self.data.categories):
+            raise CheckpointError(f"{self.run_dir}: this run was trained on categories "
+                                  f"{', '.join(saved_cats)}, not {', '.join(self.data.categories)}; "
+                                  f"resume with the run's categories, or choose a new --out")
+        try:
+            self._load("latest")
+        except ckpt.InconsistentCheckpoint as e:
+            # an older run directory killed between its two renames: its best pair may be whole
+            if not ckpt.has_checkpoint(self.run_dir, "best"):
+                raise
+            self._load("best")
+            self.say(f"note: {e}; resuming from the best checkpoint instead")
         self.say(f"resumed {self.run_dir} at step {self.step} (epoch {self.epoch}, "
                  f"batch {self.batch_in_epoch}/{self.batches_per_epoch})")
         return True
 
     def _rewind_to_best(self, reason: str) -> None:
-        best_w, best_s = self.run_dir / "best.safetensors", self.run_dir / "best_state.pt"
         if self.distributed:
             dist.barrier()
-        if best_w.is_file() and best_s.is_file():
+        if ckpt.has_checkpoint(self.run_dir, "best"):
             # The seeds rewind weights, buffers and the step counter, but the retried epochs
             # see new data: their numpy RNG runs on. Here the data order and the batch RNG are
             # seeded by (epoch, step, rewinds) and the torch RNG is not rewound, so a retry is
             # not a replay of the epoch that just failed (it would fail again, identically).
-            keep = (self.best_valid, self.bad_evals, self.rewinds + 1)
+            keep = (self.best_valid, self.bad_evals, self.rewinds + 1, self.nan_restores,
+                    self.lr_scale)
             rng = torch.get_rng_state()
             cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
             moments = None if self.cfg.rewind_optimizer else copy.deepcopy(self.optimizer.state_dict())
-            self._load(best_w, best_s)
-            self.best_valid, self.bad_evals, self.rewinds = keep
+            self._load("best")
+            self.best_valid, self.bad_evals, self.rewinds, self.nan_restores, self.lr_scale = keep
             torch.set_rng_state(rng)
             if cuda_rng is not None:
                 torch.cuda.set_rng_state(cuda_rng, self.device)
@@ -342,7 +424,10 @@ class Trainer:
 
     # ---- batches -------------------------------------------------------------------------------
     def _retry(self) -> list[int]:
-        """Extra seed words after a rewind (none before: runs without rewinds keep their data)."""
+        """Extra seed words after a rewind or a NaN restore (none before: runs without either
+        keep their data)."""
+        if self.nan_restores:
+            return [self.rewinds, self.nan_restores]
         return [self.rewinds] if self.rewinds else []
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
@@ -379,17 +464,28 @@ class Trainer:
     # ---- evaluation ----------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split: str = "valid") -> dict[str, float]:
-        self.model.eval()
-        sums: dict[str, float] = {}
-        count = 0
-        for batch in self.valid_batches(split):
-            batch = to_device(batch, self.device)
-            with self._autocast():
-                out = self.model.loss(batch, self.step)
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            count += 1
-        self.model.train()
+        """The mean of each loss term over the split's batches, in eval mode, under a fixed torch
+        seed (a VAE's sampled codes, ...): the same weights always score the same, and the
+        training's random stream is left where it was."""
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        mps_rng = torch.mps.get_rng_state() if self.device.type == "mps" else None
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(int(np.random.SeedSequence([self.cfg.seed, 2]).generate_state(1)[0]))
+            self.model.eval()
+            sums: dict[str, float] = {}
+            count = 0
+            try:
+                for batch in self.valid_batches(split):
+                    batch = to_device(batch, self.device)
+                    with self._autocast():
+                        out = self.model.loss(batch, self.step)
+                    for k, v in out.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    count += 1
+            finally:
+                self.model.train()
+        if mps_rng is not None:
+            torch.mps.set_rng_state(mps_rng)
         return {k: v / max(count, 1) for k, v in sums.items()}
 
     # ---- the loop ------------------------------------------------------------------------------
@@ -404,32 +500,49 @@ class Trainer:
 
     def train(self) -> dict:
         """Run until max_steps / max_epochs / the time limit / early stopping. Returns a summary."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if (self.run_dir / "config.json").is_file():   # never write into another model's run
-            ckpt.read_run_config(self.run_dir, expect_model=self.model_name)
-        self.maybe_resume()
-        if self.max_seconds is not None:
-            self._deadline = time.time() + self.max_seconds
-        self.model.train()
-        self._open_session()
-        try:
-            while not self._should_stop():
-                self._train_epoch()
-            self._finish()
-        except KeyboardInterrupt:
-            self.save()
-            self.say(f"interrupted: checkpoint written at step {self.step}; run the same command "
-                     f"to resume")
-            raise
-        finally:
-            self._close_session()
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise CheckpointError(f"{self.run_dir}: a file, not a run directory; give --out a "
+                                  f"folder")
+        lock = ckpt.RunLock(self.run_dir, self.say) if self.is_main else nullcontext()
+        with lock:
+            if self.is_main:
+                removed = remove_stale_temporaries(self.run_dir)
+                if removed:
+                    self.say(f"note: removed {len(removed)} unfinished temporary file(s) of a "
+                             f"killed write ({', '.join(p.name for p in removed[:3])}"
+                             f"{', ...' if len(removed) > 3 else ''})")
+            if (self.run_dir / "config.json").is_file():   # never write into another model's run
+                ckpt.read_run_config(self.run_dir, expect_model=self.model_name)
+            self.maybe_resume()
+            self._moved = False
+            if self.max_seconds is not None:
+                self._deadline = time.time() + self.max_seconds
+            self.model.train()
+            self._open_session()
+            try:
+                while not self._should_stop():
+                    self._train_epoch()
+                self._finish()
+            except KeyboardInterrupt:
+                try:
+                    self.save()
+                    self.say(f"interrupted: checkpoint written at step {self.step}; run the same "
+                             f"command to resume")
+                except CheckpointError as e:
+                    self.say(f"interrupted: no checkpoint written ({e})")
+                raise
+            finally:
+                self._close_session()
         return {"step": self.step, "epoch": self.epoch, "best_valid": self.best_valid,
                 "stopped_early": self.stopped_early, "elapsed": self.elapsed}
 
     def _open_session(self) -> None:
         """What one `train()` call holds: the log, the progress bar, the prefetch thread, and the
         running sums of the loss terms between two log rows."""
-        self._runlog = RunLog(self.run_dir, self.is_main)
+        # Rows beyond the checkpoint were written by a run killed after them: drop them (a
+        # fresh run drops a log left by a run killed before its first checkpoint).
+        self._runlog = RunLog(self.run_dir, self.is_main, keep_rows=self._log_rows,
+                              fresh=not ckpt.has_checkpoint(self.run_dir), first_step=self.step)
         self._bar = None
         if self.progress and self.is_main:
             total = self.max_steps
@@ -437,10 +550,6 @@ class Trainer:
                                  initial=min(self.step, total or self.step))
         self._pool = ThreadPoolExecutor(max_workers=1)   # prepares the next batch during a step
         self._bad_steps = 0
-        # Per-term sums and counts: a model may report a term only on some steps (RPCL-pix2seqH
-        # computes L_R only on its sequence steps), so each term is averaged over its own steps.
-        self._term_sums: dict[str, float] = {}
-        self._term_counts: dict[str, int] = {}
         self._t_last = time.time()
 
     def _close_session(self) -> None:
@@ -452,26 +561,30 @@ class Trainer:
     def _train_epoch(self) -> None:
         """Train on the rest of the current epoch (from `batch_in_epoch`), then close the epoch.
 
-        Returns early when a stop condition holds, or after repeated non-finite steps restored the
-        last checkpoint (the caller's loop then carries on from the restored position)."""
+        Returns early when a stop condition holds, or when a checkpoint was loaded mid-epoch (a
+        rewind to the best one, a restore after divergence): the caller's loop then carries on
+        from the loaded position, with that position's batch order."""
         order = self._epoch_order(self.epoch)
         pending = None
         while self.batch_in_epoch < self.batches_per_epoch and not self._should_stop():
             step = self.step
             batch, pending = self._next_batch(order, pending)
-            lr = learning_rate(self.cfg, step)
+            lr = learning_rate(self.cfg, step) * self.lr_scale
             terms = self._train_step(self._step_input(batch, step), step, lr, self._forward)
             if terms is None:
-                if self._skip_step(step):
-                    return
-                continue
-            self._bad_steps = 0
-            self.step += 1
-            self.batch_in_epoch += 1
-            self._log_step(terms, lr)
-            self._validate_or_checkpoint()
+                self._skip_step(step)
+            else:
+                self._bad_steps = 0
+                self.step += 1
+                self.batch_in_epoch += 1
+                self._log_step(terms, lr)
+                self._validate_or_checkpoint()
+            if self._moved:
+                self._moved = False
+                return
         if self.batch_in_epoch >= self.batches_per_epoch:
             self._end_epoch()
+            self._moved = False
 
     @property
     def _forward(self):
@@ -479,11 +592,14 @@ class Trainer:
         return self.ddp if self.ddp is not None else self.model
 
     def _next_batch(self, order: np.ndarray, pending):
-        """This position's batch (prefetched by the previous call when there was one) and the
-        future of the next batch of the epoch, started on the prefetch thread."""
+        """This position's batch (prefetched by the previous call when it guessed this
+        position) and the next batch of the epoch, started on the prefetch thread."""
         b, step = self.batch_in_epoch, self.step
-        batch = pending.result() if pending is not None else self._train_batch(order, b, step)
-        pending = (self._pool.submit(self._train_batch, order, b + 1, step + 1)
+        if pending is not None and pending[0] == (b, step):
+            batch = pending[1].result()
+        else:   # first call, or a skipped step moved the position differently than guessed
+            batch = self._train_batch(order, b, step)
+        pending = (((b + 1, step + 1), self._pool.submit(self._train_batch, order, b + 1, step + 1))
                    if b + 1 < self.batches_per_epoch else None)
         return batch, pending
 
@@ -495,18 +611,24 @@ class Trainer:
         with torch.no_grad():
             return self.model.prepare_step(batch)
 
-    def _skip_step(self, step: int) -> bool:
-        """A non-finite step left the parameters as they were. After MAX_BAD_STEPS in a row, go
-        back to the last checkpoint and return True; otherwise move on to the next batch."""
+    def _skip_step(self, step: int) -> None:
+        """A non-finite step left the parameters as they were. After MAX_BAD_STEPS in a row, or
+        when the forward pass left NaN in the buffers (batch-norm statistics), go back to the
+        last checkpoint; otherwise move on to the next batch."""
         self._bad_steps += 1
         self.say(f"step {step}: non-finite loss or gradient; update skipped "
                  f"({self._bad_steps} in a row)")
         if self._bad_steps >= MAX_BAD_STEPS:
-            self._recover_from_nan()
-            self._bad_steps = 0
-            return True
-        self.batch_in_epoch += 1
-        return False
+            self._restore_after_divergence(f"{self._bad_steps} non-finite steps in a row")
+        elif not self._weights_finite():
+            self._restore_after_divergence("the forward pass left NaN or inf in the model's "
+                                           "buffers")
+        else:
+            self.batch_in_epoch += 1
+
+    def _weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(t).all()) for t in self.model.state_dict().values()
+                   if t.is_floating_point())
 
     def _log_step(self, terms: dict[str, float], lr: float) -> None:
         """Count the step's time and terms; a log.csv row of the averages every few steps."""
@@ -531,7 +653,14 @@ class Trainer:
         if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
             self._validate()
         elif self.step % max(1, self.cfg.checkpoint_every) == 0:
-            self.save()
+            self._checkpoint()
+
+    def _checkpoint(self, best: bool = False) -> None:
+        """`save`, unless the weights turned NaN or inf: then back to the last checkpoint."""
+        if self._weights_finite():
+            self.save(best)
+        else:
+            self._restore_after_divergence("the weights hold NaN or inf")
 
     def _end_epoch(self) -> None:
         self.epoch += 1
@@ -540,13 +669,16 @@ class Trainer:
             self._validate()
 
     def _finish(self) -> None:
-        """A run cut by max_steps or the time limit still validates and gets its best checkpoint."""
+        """A run cut by max_steps or the time limit still validates and gets its best checkpoint
+        (a cut is not a plateau: that validation neither counts against patience nor rewinds)."""
         if self._deadline is not None and time.time() >= self._deadline:
             self.say(f"time limit of {self.max_seconds:.0f}s reached at step {self.step}")
         if self.last_eval_step != self.step and not self.stopped_early:
-            self._validate()
+            self._validate(cut=True)
+            if self._moved:   # diverged at the very end: the restored checkpoint stands
+                self._moved = False
         else:
-            self.save()
+            self._checkpoint()
 
     def _train_step(self, batch, step: int, lr: float, forward) -> dict[str, float] | None:
         """One optimisation step; the loss terms as floats, or None if it was not finite."""
@@ -595,7 +727,9 @@ class Trainer:
         terms["_finite"] = finite
         return terms
 
-    def _validate(self) -> None:
+    def _validate(self, cut: bool = False) -> None:
+        """Validate; keep the best checkpoint; count patience, stop early or rewind (not when
+        `cut`: the final validation of a run stopped by a step or time limit)."""
         self.last_eval_step = self.step
         metrics = self.evaluate("valid")
         key = self.cfg.valid_metric
@@ -603,7 +737,13 @@ class Trainer:
             raise ConfigError(f"valid_metric={key!r} is not a loss term of {self.model_name} "
                               f"(terms: {sorted(metrics)})")
         value = metrics[key]
-        row = {"step": self.step, "epoch": self.epoch, "lr": learning_rate(self.cfg, self.step),
+        if not math.isfinite(value) or not self._weights_finite():
+            self._restore_after_divergence(
+                f"step {self.step}: validation {key} is {value}" if not math.isfinite(value)
+                else f"step {self.step}: the weights hold NaN or inf")
+            return
+        row = {"step": self.step, "epoch": self.epoch,
+               "lr": learning_rate(self.cfg, self.step) * self.lr_scale,
                "elapsed": round(self.elapsed, 2)}
         row.update({f"valid_{k}": v for k, v in metrics.items()})
         self._runlog.write(row)
@@ -615,8 +755,8 @@ class Trainer:
             self.bad_evals = 0
             self.save(best=True)
             return
-        if self.step < getattr(self.cfg, "patience_start", 0):
-            self.save()      # still in a warm-up phase: not held against the model
+        if cut or self.step < getattr(self.cfg, "patience_start", 0):
+            self.save()      # a cut, or a warm-up phase: not held against the model
             return
         self.bad_evals += 1
         if self.cfg.patience and self.bad_evals >= self.cfg.patience:
@@ -628,19 +768,43 @@ class Trainer:
             self._rewind_to_best(f"no improvement ({self.bad_evals}/{self.cfg.patience})")
         self.save()
 
-    def _recover_from_nan(self) -> None:
-        """Too many non-finite steps in a row: go back to the last checkpoint on disk."""
-        weights, state = self.run_dir / "model.safetensors", self.run_dir / "state.pt"
-        if weights.is_file() and state.is_file():
-            self._load(weights, state)
-            self.say(f"recovered from repeated non-finite steps: restored the checkpoint of step "
-                     f"{self.step}; if it happens again, lower learning_rate or grad_clip")
-        else:
-            raise DataError("the loss is non-finite from the first steps and there is no "
-                            "checkpoint to go back to: check the data (NaN, huge offsets) or lower "
-                            "learning_rate")
+    def _restore_after_divergence(self, reason: str) -> None:
+        """The loss, the gradients or the weights went non-finite: go back to the last checkpoint
+        on disk and retry with new batches and a lower learning rate; after MAX_NAN_RESTORES such
+        returns, stop with what to change."""
+        cfg = self.cfg
+        clip = (f"grad_clip (now {cfg.grad_clip:g})" if cfg.clip_mode != "none"
+                else "clip the gradients (clip_mode=global_norm,grad_clip=1)")
+        advice = (f"lower learning_rate (now {cfg.learning_rate:g}; --hparams "
+                  f"learning_rate=..., or --lr for `sketchlab classifier train`) or {clip}, or "
+                  f"check the data for NaN or huge offsets")
+        if not ckpt.has_checkpoint(self.run_dir, "latest"):
+            raise DataError(f"training diverged at step {self.step} ({reason}) before the first "
+                            f"checkpoint, so there is none to go back to: {advice}")
+        if self.nan_restores >= MAX_NAN_RESTORES:
+            raise ConfigError(f"training diverged ({reason}) again after {self.nan_restores} "
+                              f"returns to the last checkpoint with new batches and the learning "
+                              f"rate cut to x{self.lr_scale:g}: {advice}. The last good "
+                              f"checkpoint (step {self._checkpoint_step()}) is kept in "
+                              f"{self.run_dir}")
+        keep = (self.rewinds, self.nan_restores + 1, self.lr_scale * NAN_LR_BACKOFF)
+        self._load("latest")
+        self.rewinds, self.nan_restores, self.lr_scale = keep
+        self._bad_steps = 0
+        if self.is_main:
+            self._runlog.truncate(self._log_rows)
+        self.say(f"{reason}: restored the checkpoint of step {self.step}; retrying with new "
+                 f"batches and the learning rate x{self.lr_scale:g} (return "
+                 f"{self.nan_restores} of at most {MAX_NAN_RESTORES}); if it happens again, "
+                 f"lower learning_rate or grad_clip")
+
+    def _checkpoint_step(self) -> int | str:
+        try:
+            return ckpt.load_state(self.run_dir / "state.pt")["step"]
+        except CheckpointError:
+            return "?"
 
 
 # prepare_data and PreparedData are re-exported: callers build the trainer's input with them.
-__all__ = ["MAX_BAD_STEPS", "PreparedData", "Trainer", "clip_gradients", "init_distributed",
+__all__ = ["MAX_BAD_STEPS", "MAX_NAN_RESTORES", "NAN_LR_BACKOFF", "PreparedData", "Trainer", "clip_gradients", "init_distributed",
            "learning_rate", "prepare_data", "to_device"]
