@@ -26,7 +26,7 @@ RPCL_HP = ("cnn_channels=[16,32,64,128],dec_model=lstm,dec_rnn_size=256,use_recu
 
 RECIPES = {
     "sketch-rnn-spg5": dict(
-        model="sketch-rnn", categories=SPG5, data=SPG_DATA, data_dir="data/spg20", max_steps=4000,
+        model="sketch-rnn", categories=SPG5, data=SPG_DATA, data_dir="data/spg20", max_steps=3500,
         hparams="enc_rnn_size=128,dec_rnn_size=256,z_size=64,max_seq_len=143,"
                 "use_recurrent_dropout=0,eval_every=500,patience=0",
         description="sketch-rnn VAE (bi-LSTM encoder, LSTM decoder, 20-Gaussian head) on five "
@@ -34,15 +34,15 @@ RECIPES = {
                     "cacti and pigs; completes partial drawings.",
         differs=["encoder LSTM 128 and decoder LSTM 256 (paper: 256 / 512, HyperLSTM in the "
                  "large models), z 64 (paper 128)", "no recurrent dropout (paper: keep 0.9)",
-                 "4,000 steps (paper: hundreds of thousands)"]),
+                 "3,500 steps (paper: hundreds of thousands)"]),
     "rpcl-pix2seq-spg5": dict(
         model="rpcl-pix2seq", categories=SPG5, data=SPG_DATA, data_dir="data/spg20",
-        max_steps=4000, hparams=RPCL_HP,
+        max_steps=3500, hparams=RPCL_HP,
         description="RPCL-pix2seq: a 48x48 image -> CNN -> z with a 10-Gaussian prior learned "
                     "by rival penalised EM -> LSTM decoder, on five SPG categories.",
         differs=["CNN widths 16-128 (paper 32-256), LSTM-256 decoder (paper HyperLSTM-2048), "
                  "z 64 (paper 128), batch 100 (paper 200)", "no recurrent dropout",
-                 "no early stopping (4,000 steps)"]),
+                 "no early stopping (3,500 steps)"]),
     "rpcl-pix2seqh-spg5": dict(
         model="rpcl-pix2seqh", categories=SPG5, data=SPG_DATA, data_dir="data/spg20",
         max_steps=2000, hparams=RPCL_HP + ",image_phase_steps=400",
@@ -51,26 +51,26 @@ RECIPES = {
         differs=["as rpcl-pix2seq-spg5", "image phase 400 steps (paper 1,000)"]),
     "sp-gra2seq-spg5": dict(
         model="sp-gra2seq", categories=SPG5, data=SPG_DATA, data_dir="data/spg20",
-        max_steps=1500,
+        max_steps=1000,
         hparams="graph_picture_size=64,cnn_channels=[8,16,32,64,128],dec_rnn_size=256,z_size=64,"
                 "num_mixture=10,batch_size=50,eval_every=500,patience=0,reload_best=0",
         description="SP-gra2seq: 21 image patches -> CNN -> synonymous-proximity graph -> GCN -> "
                     "z -> LSTM decoder; heals sketches whose patches are masked.",
         differs=["64-px patches (paper 256), CNN widths 8-128, LSTM-256 decoder (paper 1024), "
                  "z 64 (paper 128), K = 10 centroids (code 50), batch 50 (paper 128)",
-                 "no early stopping (1,500 steps)"]),
+                 "no early stopping (1,000 steps)"]),
     "sketchgloc-spg5": dict(
         model="sketchgloc", categories=SPG5, data=SPG_DATA, data_dir="data/spg20",
-        max_steps=2000,
+        max_steps=1500,
         hparams="enc_rnn_size=64,dec_model=lstm,dec_rnn_size=256,z_size=64,batch_size=100,"
                 "use_recurrent_dropout=0,re_scale=0.1,eval_every=500,patience=0,reload_best=0",
         description="SketchGloc: strokes -> bi-LSTM per stroke -> nine grid graphs -> GCN -> z -> "
                     "decoder of absolute positions; puts misplaced strokes back.",
         differs=["encoder LSTM 64, LSTM-256 decoder (rebranch: HyperLSTM-1024), z 64 (128)",
-                 "reorganisation noise 0.1 in training", "2,000 steps"]),
+                 "reorganisation noise 0.1 in training", "1,500 steps"]),
     "sketchknitter-spg5": dict(
         model="sketchknitter", categories=SPG5, data=SPG_DATA, data_dir="data/spg20",
-        max_steps=4000,
+        max_steps=3500,
         hparams="class_cond=1,layout=sequence,num_points=96,model_channels=64,channel_mult=[1,2],"
                 "num_res_blocks=1,batch_size=32,learning_rate=0.0002,ema_rate=0.999,"
                 "eval_every=500,checkpoint_every=250",
@@ -80,7 +80,7 @@ RECIPES = {
                  "sketchlab's 'sequence' UNet layout, 64 channels, mult (1, 2), one res block "
                  "(1.4M parameters; the original: points as channels, 20.3M)",
                  "batch 32, lr 2e-4, EMA 0.999 (original: batch 4... 256, lr 1e-4, EMA 0.9999)",
-                 "4,000 steps (original 50,001)"]),
+                 "3,500 steps (original 50,001)"]),
     "sketch-rnn-sheep": dict(
         model="sketch-rnn", categories=["aaron_sheep"], data=SHEEP_DATA,
         data_dir="../shared/data/sketchrnn", max_steps=2000,
