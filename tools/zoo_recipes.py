@@ -45,20 +45,20 @@ RECIPES = {
                  "no early stopping (3,500 steps)"]),
     "rpcl-pix2seqh-spg5": dict(
         model="rpcl-pix2seqh", categories=SPG5, data=SPG_DATA, data_dir="data/spg20",
-        max_steps=2000, hparams=RPCL_HP + ",image_phase_steps=400",
+        max_steps=1500, hparams=RPCL_HP + ",image_phase_steps=400",
         description="RPCL-pix2seqH: RPCL-pix2seq with a two-level prior (level-k Gaussians, "
                     "level-l units), on five SPG categories.",
-        differs=["as rpcl-pix2seq-spg5", "image phase 400 steps (paper 1,000)"]),
+        differs=["as rpcl-pix2seq-spg5, but 1,500 steps", "image phase 400 steps (paper 1,000)"]),
     "sp-gra2seq-spg5": dict(
         model="sp-gra2seq", categories=SPG5, data=SPG_DATA, data_dir="data/spg20",
-        max_steps=1000,
+        max_steps=1500,
         hparams="graph_picture_size=64,cnn_channels=[8,16,32,64,128],dec_rnn_size=256,z_size=64,"
                 "num_mixture=10,batch_size=50,eval_every=500,patience=0,reload_best=0",
         description="SP-gra2seq: 21 image patches -> CNN -> synonymous-proximity graph -> GCN -> "
                     "z -> LSTM decoder; heals sketches whose patches are masked.",
         differs=["64-px patches (paper 256), CNN widths 8-128, LSTM-256 decoder (paper 1024), "
                  "z 64 (paper 128), K = 10 centroids (code 50), batch 50 (paper 128)",
-                 "no early stopping (1,000 steps)"]),
+                 "no early stopping (1,500 steps)"]),
     "sketchgloc-spg5": dict(
         model="sketchgloc", categories=SPG5, data=SPG_DATA, data_dir="data/spg20",
         max_steps=1500,
@@ -70,7 +70,7 @@ RECIPES = {
                  "reorganisation noise 0.1 in training", "1,500 steps"]),
     "sketchknitter-spg5": dict(
         model="sketchknitter", categories=SPG5, data=SPG_DATA, data_dir="data/spg20",
-        max_steps=3500,
+        max_steps=8000,
         hparams="class_cond=1,layout=sequence,num_points=96,model_channels=64,channel_mult=[1,2],"
                 "num_res_blocks=1,batch_size=32,learning_rate=0.0002,ema_rate=0.999,"
                 "eval_every=500,checkpoint_every=250",
@@ -80,7 +80,7 @@ RECIPES = {
                  "sketchlab's 'sequence' UNet layout, 64 channels, mult (1, 2), one res block "
                  "(1.4M parameters; the original: points as channels, 20.3M)",
                  "batch 32, lr 2e-4, EMA 0.999 (original: batch 4... 256, lr 1e-4, EMA 0.9999)",
-                 "3,500 steps (original 50,001)"]),
+                 "8,000 steps (original 50,001)"]),
     "sketch-rnn-sheep": dict(
         model="sketch-rnn", categories=["aaron_sheep"], data=SHEEP_DATA,
         data_dir="../shared/data/sketchrnn", max_steps=2000,

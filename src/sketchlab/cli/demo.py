@@ -160,11 +160,11 @@ class Demo:
                 continue
             weights = m.module.prior_weights().detach().cpu().numpy()
             alive = np.nonzero(weights > m.config.alive_threshold)[0]
-            short = name.rsplit("-spg5", 1)[0]
+            short = "rpcl-H" if name.startswith("rpcl-pix2seqh") else "rpcl"
             for k in alive:
-                sk = m.sample(6, component=int(k), seed=self.seed)
+                sk = m.sample(6, component=int(k), seed=self.seed, temperature=0.25)
                 rows.append(list(sk))
-                titles.append([f"{short} k={k} ({weights[k]:.2f})"] * len(sk))
+                titles.append([f"{short} k={k}, w={weights[k]:.2f}"] * len(sk))
         if rows:
             self.grid(rows, titles, "components.png")
 
@@ -241,7 +241,10 @@ def cmd_demo(args) -> int:
         return run_training_demo(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    # One thread: the demo's work is small sequential steps (batches of 6-60 sketches), where a
+    # second thread gains little and, on a busy machine, loses badly (measured on 2 cores beside
+    # three trainings: 11 s with one thread, 698 s with two spinning at each step's barrier).
+    torch.set_num_threads(1)
     if not zoo.names():
         print("no pretrained models are installed: training a small one instead (--train)")
         return run_training_demo(args)
