@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from sketchlab import runs, zoo
 from sketchlab.cli import main
@@ -142,3 +143,30 @@ def test_a_pretrained_model_on_a_data_folder_asks_for_it(tiny_run, tmp_path, mon
     assert main(["sample", "on-files", "--condition-on", "test", "--data-dir", str(data),
                  "--out", str(out)]) == 0
     assert len(Sketches.load(out)) > 0
+
+
+def test_a_knitter_export_ships_the_ema_network_only(tmp_path, monkeypatch):
+    """SketchKnitter samples with its EMA network: the export leaves the training network out
+    (half the file) and loading restores it as the EMA's copy."""
+    from safetensors import safe_open
+
+    import sketchlab
+
+    run = tmp_path / "knitter"
+    assert main(["train", "sketchknitter", "--categories", "star,fish", "--limit-per-category",
+                 "16", "--out", str(run), "--max-steps", "2", "--no-progress", "--device", "cpu",
+                 "--hparams", "num_points=32,model_channels=32,lift_dim=16,channel_mult=[1,2],"
+                              "num_res_blocks=1,batch_size=4,diffusion_steps=30,eval_every=0,"
+                              "class_cond=1"]) == 0
+    monkeypatch.setattr(zoo, "ZOO_DIR", tmp_path / "zoo")
+    out = runs.export_to_zoo(run, "tiny-knitter", {}, zoo_dir=zoo.ZOO_DIR)
+    with safe_open(str(out / zoo.WEIGHTS), framework="pt") as f:
+        keys = list(f.keys())
+    assert keys and not any(k.startswith("unet.") for k in keys)
+    assert any(k.startswith("ema.module.") for k in keys)
+    model = sketchlab.load("tiny-knitter", device="cpu")
+    unet, ema = model.module.unet.state_dict(), model.module.ema.module.state_dict()
+    assert unet.keys() == ema.keys() and all(torch.equal(unet[k], ema[k]) for k in unet)
+    a = model.sample(2, seed=0, sampler="ddim", steps=4)
+    b = model.sample(2, seed=0, sampler="ddim", steps=4, use_ema=False)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zoo_recipes import RECIPES  # noqa: E402
 
-from sketchlab import __version__, zoo  # noqa: E402
+from sketchlab import __version__, runs, zoo  # noqa: E402
 from sketchlab.cli import main  # noqa: E402
 from sketchlab.fileio import atomic_write_json  # noqa: E402
 from sketchlab.train import checkpoint as ckpt  # noqa: E402
@@ -138,7 +138,7 @@ def main_build(args) -> int:
     }
     if recipe["model"] == "sketch-rnn" and recipe["categories"] == ["aaron_sheep"]:
         card["metrics"]["valid_loss"] = round(float(state["best_valid"]), 4)
-    zoo.export_run(run, args.name, card, dtype=args.dtype)
+    runs.export_to_zoo(run, args.name, card, dtype=args.dtype)
     if args.skip_eval:
         return 0
     t0 = time.time()

@@ -72,6 +72,14 @@ def resolve(path_or_name: str | Path) -> Path:
     raise zoo.unknown_name_error(text)
 
 
+def export_to_zoo(run_dir: str | Path, name: str, card: dict[str, Any], **kw) -> Path:
+    """`zoo.export_run` shipping only what the run's model needs (`SketchModel.shipped_state`):
+    `sketchlab zoo add` and tools/zoo_build.py."""
+    model_name = _run_info(Path(run_dir), None)["model"]
+    return zoo.export_run(run_dir, name, card, shipped=get_model_class(model_name).shipped_state,
+                          **kw)
+
+
 def open_run(run_dir: str | Path, device: str | torch.device = "cpu", which: str | None = None,
              expect_model: str | None = None) -> Run:
     """Rebuild the model of a run directory or pretrained name (see `resolve`) and load its

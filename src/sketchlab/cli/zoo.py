@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from sketchlab import zoo
+from sketchlab import runs, zoo
 from sketchlab.cli import main
 from sketchlab.errors import ConfigError
 
@@ -22,8 +22,9 @@ EPILOG = """examples:
 def headline(card: dict) -> str:
     """The one metric that says how good an entry is, for the table."""
     m = card.get("metrics", {})
-    for key, label in (("rec@1", "Rec@1"), ("valid_accuracy", "acc"), ("sample_rec@1", "Rec@1"),
-                       ("valid_loss", "valid loss")):
+    for key, label in (("rec@1", "Rec@1 (redrawn)"), ("test_accuracy", "test accuracy"),
+                       ("ddim30_rec@1", "Rec@1 (DDIM-30 samples)"),
+                       ("heal30_rec@1", "Rec@1 (healed at 0.3)"), ("valid_loss", "valid loss")):
         if key in m and m[key] is not None:
             return f"{label} {m[key]:.3f}"
     return "-"
@@ -81,8 +82,8 @@ def cmd_train(args) -> int:
 
 def cmd_add(args) -> int:
     extra = json.loads(Path(args.card).read_text()) if args.card else {}
-    out = zoo.export_run(args.run, args.name, extra, dtype=args.dtype,
-                         zoo_dir=args.zoo_dir or zoo.ZOO_DIR)
+    out = runs.export_to_zoo(args.run, args.name, extra, dtype=args.dtype,
+                             zoo_dir=args.zoo_dir or zoo.ZOO_DIR)
     card = json.loads((out / zoo.CARD).read_text())
     print(f"{args.run} -> {out} ({card['weights']['bytes'] / 1e6:.2f} MB, {args.dtype})")
     return 0

@@ -208,6 +208,18 @@ class SketchModel(nn.Module):
             self.scale_factor = 1.0
         self.categories: tuple[str, ...] = ()
 
+    # ---- pretrained exports ------------------------------------------------------------------
+    @classmethod
+    def shipped_state(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The part of a trained state dict that a pretrained export ships (default: all of it);
+        `complete_state` restores the rest on load."""
+        return state
+
+    @classmethod
+    def complete_state(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A loaded state dict made whole again after `shipped_state` left parts out."""
+        return state
+
     # ---- data preparation (before the model exists) -----------------------------------------
     @classmethod
     def filter_sketches(cls, config, sketches: Sketches) -> Sketches:

@@ -519,6 +519,22 @@ class SketchKnitter(SketchModel):
     def on_step_end(self, step: int) -> None:
         self.ema.update(self.unet)
 
+    @classmethod
+    def shipped_state(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A pretrained export keeps the EMA network only: it is the one that samples
+        (`use_ema`), and the training network would double the file."""
+        return {k: v for k, v in state.items() if not k.startswith("unet.")}
+
+    @classmethod
+    def complete_state(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """An export without the training network gets it back as a copy of the EMA one (so
+        `use_ema=False` samples the same weights)."""
+        if any(k.startswith("unet.") for k in state):
+            return state
+        restored = {"unet." + k[len("ema.module."):]: v for k, v in state.items()
+                    if k.startswith("ema.module.")}
+        return {**state, **restored}
+
     def load_original_weights(self, state_dict: dict, ema: bool = True) -> None:
         """Load a state dict of the original `UNetModel` (its `model*.pt` or `ema_*.pt`, read
         with `torch.load(path, weights_only=True)`) into the UNet and, by default, the EMA copy.

@@ -37,7 +37,7 @@ from sketchlab import __version__
 from sketchlab.config import to_dict
 from sketchlab.errors import CheckpointError
 from sketchlab.fileio import atomic_write, atomic_write_text
-from sketchlab.models.base import MODELS
+from sketchlab.models.base import MODELS, SketchModel
 
 if os.name == "posix":
     import fcntl
@@ -347,7 +347,10 @@ def load_weights(path, model: torch.nn.Module, model_name: str) -> dict[str, str
 
 def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], path,
                             model_name: str) -> None:
-    """`model.load_state_dict(state)` after checking names, shapes and finiteness."""
+    """`model.load_state_dict(state)` after checking names, shapes and finiteness (a sketch
+    model first restores what its pretrained export left out: `SketchModel.complete_state`)."""
+    if isinstance(model, SketchModel):
+        state = model.complete_state(state)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
@@ -107,9 +107,11 @@ def verify(name: str) -> Path:
 
 def export_run(run_dir: str | os.PathLike, name: str, card: dict[str, Any], *,
                 weights: str = "best.safetensors", dtype: str = "float16",
-                zoo_dir: str | os.PathLike = ZOO_DIR) -> Path:
+                zoo_dir: str | os.PathLike = ZOO_DIR,
+                shipped: Callable[[dict], dict] | None = None) -> Path:
     """Copy a trained run into the zoo as entry `name`: its config (the training machine's data
-    path dropped), its weights cast to `dtype`, and `card` completed with the weights' hash.
+    path dropped), its weights cast to `dtype` (only the part `shipped` keeps, when given: the
+    model's `shipped_state`), and `card` completed with the weights' hash.
     A developer tool (`sketchlab zoo add`): the installed zoo is otherwise never written."""
     run_dir = Path(run_dir)
     src = run_dir / weights
@@ -122,6 +124,8 @@ def export_run(run_dir: str | os.PathLike, name: str, card: dict[str, Any], *,
     with safe_open(str(src), framework="pt") as f:
         meta = dict(f.metadata() or {})
         state = {k: f.get_tensor(k) for k in f.keys()}
+    if shipped is not None:
+        state = shipped(state)
     cast = getattr(torch, dtype)
     state = {k: (v.to(cast) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
     blob = save(state, metadata=meta)
