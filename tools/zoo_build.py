@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo_recipes import RECIPES  # noqa: E402
+from zoo_recipes import BARS, RECIPES  # noqa: E402
 
 from sketchlab import __version__, runs, zoo  # noqa: E402
 from sketchlab.cli import main  # noqa: E402
@@ -149,6 +149,11 @@ def main_build(args) -> int:
         for png in Path(d).glob("*_map.png"):
             png.replace(Path(args.figures) / png.name)
     card["metrics"].update(metrics)
+    card["bars"] = {k: {"bar": bar, "reached": card["metrics"].get(k),
+                        "met": card["metrics"].get(k) is not None and card["metrics"][k] >= bar}
+                    for k, bar in BARS.get(args.name, {}).items()}
+    if recipe.get("notes"):
+        card["notes"] = recipe["notes"]
     card["evaluation"] = {"split": recipe["data"]["evaluated_on"], "judge": args.judge,
                           "commands": commands, "seconds": round(time.time() - t0)}
     final = json.loads((zoo.ZOO_DIR / args.name / zoo.CARD).read_text())
