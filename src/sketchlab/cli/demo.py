@@ -198,12 +198,17 @@ class Demo:
                                                       for j in range(3)]
         self.grid(rows, titles, "completion.png")
 
-    def animation(self, drawn: list[Sketches]) -> None:
-        if not drawn:
+    def animation(self, inputs: Sketches | None, drawn: list[Sketches]) -> None:
+        """The judge-picked sketch-rnn drawings (the inputs) drawn stroke by stroke; without
+        them, the first samples of each model."""
+        if inputs is not None and len(inputs):
+            pool = inputs.in_units(1.0)
+        elif drawn:
+            pool = Sketches.concat([d.select(np.arange(min(4, len(d)))).in_units(1.0)
+                                    for d in drawn])
+        else:
             return
-        pool = Sketches.concat([d.select(np.arange(min(4, len(d)))).in_units(1.0)
-                                for d in drawn])
-        save_drawing_gif(pool, self.out / "drawing.gif", frames=30, cols=min(8, len(pool)),
+        save_drawing_gif(pool, self.out / "drawing.gif", frames=30, cols=min(5, len(pool)),
                          cell=112)
         self.wrote("drawing.gif")
 
@@ -258,7 +263,7 @@ def cmd_demo(args) -> int:
         demo.interpolation(inputs)
     demo.components()
     demo.completion()
-    demo.animation(drawn)
+    demo.animation(inputs, drawn)
     demo.table()
     print(f"sketchlab demo: {len(demo.written)} files in {out}/ in {time.time() - t0:.0f}s")
     return 0
