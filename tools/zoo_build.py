@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo_recipes import BARS, RECIPES  # noqa: E402
+from zoo_recipes import BARS, NOTES, RECIPES  # noqa: E402
 
 from sketchlab import __version__, runs, zoo  # noqa: E402
 from sketchlab.cli import main  # noqa: E402
@@ -115,7 +115,21 @@ def evaluate(name: str, recipe: dict, judge: str, data_dir: str, tmp: Path) -> t
     return metrics, commands
 
 
+def judge_card(name: str, card: dict) -> dict:
+    """The card's bars (met or not, from its metrics) and the notes on what the run showed."""
+    card["bars"] = {k: {"bar": bar, "reached": card["metrics"].get(k),
+                        "met": card["metrics"].get(k) is not None and card["metrics"][k] >= bar}
+                    for k, bar in BARS.get(name, {}).items()}
+    if name in NOTES:
+        card["notes"] = NOTES[name]
+    return card
+
+
 def main_build(args) -> int:
+    if args.notes_only:     # the measured card kept; its bars and notes written again
+        path = zoo.ZOO_DIR / args.name / zoo.CARD
+        atomic_write_json(path, judge_card(args.name, json.loads(path.read_text())))
+        return 0
     recipe = RECIPES[args.name]
     run = Path(args.run)
     state = torch.load(run / "state.pt", map_location="cpu", weights_only=True)
@@ -149,11 +163,7 @@ def main_build(args) -> int:
         for png in Path(d).glob("*_map.png"):
             png.replace(Path(args.figures) / png.name)
     card["metrics"].update(metrics)
-    card["bars"] = {k: {"bar": bar, "reached": card["metrics"].get(k),
-                        "met": card["metrics"].get(k) is not None and card["metrics"][k] >= bar}
-                    for k, bar in BARS.get(args.name, {}).items()}
-    if recipe.get("notes"):
-        card["notes"] = recipe["notes"]
+    judge_card(args.name, card)
     card["evaluation"] = {"split": recipe["data"]["evaluated_on"], "judge": args.judge,
                           "commands": commands, "seconds": round(time.time() - t0)}
     final = json.loads((zoo.ZOO_DIR / args.name / zoo.CARD).read_text())
@@ -166,11 +176,13 @@ def main_build(args) -> int:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=sorted(RECIPES))
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", help="the trained run (not needed with --notes-only)")
     p.add_argument("--judge", default="judge-spg5")
     p.add_argument("--data-dir", default="data/spg20")
     p.add_argument("--dtype", default="float16")
     p.add_argument("--figures", default="docs/results/zoo")
     p.add_argument("--machine", default="2 shared CPU cores (torch 2.13 CPU build), 1 thread")
     p.add_argument("--skip-eval", action="store_true")
+    p.add_argument("--notes-only", action="store_true",
+                   help="rewrite the packaged card's bars and notes, keeping its measurements")
     sys.exit(main_build(p.parse_args()))
