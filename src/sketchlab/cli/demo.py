@@ -40,9 +40,9 @@ SAMPLERS = ("sketch-rnn-spg5", "rpcl-pix2seq-spg5", "rpcl-pix2seqh-spg5", "sketc
             "sketch-rnn-sheep")
 REDRAWERS = ("sketch-rnn-spg5", "rpcl-pix2seq-spg5", "rpcl-pix2seqh-spg5", "sp-gra2seq-spg5",
              "sketchgloc-spg5")
-HEALERS = {"sp-gra2seq-spg5": (0.3, "30 % of patches masked"),
-           "sketchgloc-spg5": (0.3, "strokes moved (0.3)"),
-           "sketchknitter-spg5": (0.3, "noised to t = 0.3 T")}
+HEALERS = {"sp-gra2seq-spg5": (0.3, "30 % masked"),        # captions fit a 112-pixel cell
+           "sketchgloc-spg5": (0.3, "strokes moved"),
+           "sketchknitter-spg5": (0.3, "noised to 0.3 T")}
 SHEEP = "sketch-rnn-sheep"
 PER_CATEGORY = 2
 KNITTER_DDIM = {"sampler": "ddim", "steps": 30, "spacing": "even"}   # DDIM-30, deterministic
@@ -146,7 +146,7 @@ class Demo:
             opts = KNITTER_DDIM if m.name == "sketchknitter" else {}
             corrupted = m.corrupt(inputs, strength, seed=self.seed)
             healed = m.heal(inputs, strength, seed=self.seed, **opts)
-            short = name.rsplit("-spg5", 1)[0]
+            short = name.rsplit("-spg5", 1)[0].replace("sketchknitter", "knitter")
             rows += [list(corrupted), list(healed)]
             titles += [[what] * len(inputs), [f"{short} healed"] * len(inputs)]
         if len(rows) > 1:
