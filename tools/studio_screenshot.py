@@ -1,6 +1,6 @@
 """Take the README's picture of the studio: a drawing on the pad, completed by a pretrained model.
 
-    python tools/studio_screenshot.py [--model sketch-rnn-sheep] [--out docs/studio.png]
+    python tools/studio_screenshot.py [--model sketch-rnn-spg5] [--out docs/studio.png]
 
 Serves the studio on a free local port (as `sketchlab serve --models MODEL` does), drives Debian's
 chromium with Playwright (as the browser tests do): draws DRAWING stroke by stroke, asks for four
@@ -22,10 +22,9 @@ from playwright.sync_api import sync_playwright
 
 from sketchlab.studio import Studio, StudioSettings, create_app, load_models
 
-# A sheep's woolly back and its head, in the pad's units (a 256 box): the model draws the rest.
-DRAWING = [[(70, 120), (80, 100), (100, 92), (120, 98), (140, 90), (162, 96), (180, 110),
-            (186, 130)],
-           [(70, 120), (56, 118), (46, 128), (50, 142), (64, 146), (72, 136)]]
+# A cactus's trunk, in the pad's units (a 256 box): the model adds the arms (or not).
+DRAWING = [[(112, 224), (110, 150), (110, 90), (116, 66), (130, 58), (144, 66), (150, 90),
+            (150, 150), (152, 224)]]
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -38,7 +37,7 @@ def free_port() -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="sketch-rnn-sheep")
+    p.add_argument("--model", default="sketch-rnn-spg5")
     p.add_argument("--temperature", default="0.3")
     p.add_argument("--seed", default="1")
     p.add_argument("--out", default="docs/studio.png")

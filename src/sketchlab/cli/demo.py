@@ -181,20 +181,28 @@ class Demo:
                  self.out / "interpolation.png")
         self.wrote("interpolation.png")
 
-    def completion(self) -> None:
-        m = self.model(SHEEP)
-        if m is None:
+    def completion(self, inputs: Sketches | None) -> None:
+        """Partial drawings (the first strokes, about a third of the points) continued three
+        ways: sheep by sketch-rnn-sheep, or else the inputs by sketch-rnn-spg5."""
+        m = self.model(SHEEP) if SHEEP in self.installed else None
+        if m is not None:
+            whole, what = m.sample(8, seed=self.seed + 1), ["sheep"] * 8
+        elif inputs is not None and self.model(SKETCHER) is not None:
+            m = self.models[SKETCHER]
+            whole = inputs.select(np.arange(0, len(inputs), PER_CATEGORY))   # one per category
+            what = [whole.category_name(i) or "drawing" for i in range(len(whole))]
+        else:
             return
-        sheep = m.sample(8, seed=self.seed + 1)
-        partial = []
-        for s in [s for s in sheep if len(s) >= 3][:4]:
+        partial, names = [], []
+        for s, name in [(s, w) for s, w in zip(whole, what) if len(s) >= 3][:5]:
             lifts = np.nonzero(s[:, 2] > 0)[0]
             cut = next((int(i) + 1 for i in lifts if i + 1 >= 0.3 * len(s)), max(1, len(s) // 3))
             partial.append(s[:cut])
+            names.append(name)
         prefix = Sketches.from_list(partial)
         done = m.complete(prefix, n=3, seed=self.seed)
         rows = [list(prefix)] + [[done[3 * i + j] for i in range(len(prefix))] for j in range(3)]
-        titles = [["partial sheep"] * len(prefix)] + [[f"completion {j + 1}"] * len(prefix)
+        titles = [[f"partial {n}" for n in names]] + [[f"completion {j + 1}"] * len(prefix)
                                                       for j in range(3)]
         self.grid(rows, titles, "completion.png")
 
@@ -262,7 +270,7 @@ def cmd_demo(args) -> int:
         demo.healing(inputs)
         demo.interpolation(inputs)
     demo.components()
-    demo.completion()
+    demo.completion(inputs)
     demo.animation(inputs, drawn)
     demo.table()
     print(f"sketchlab demo: {len(demo.written)} files in {out}/ in {time.time() - t0:.0f}s")
