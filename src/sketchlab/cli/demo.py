@@ -224,16 +224,11 @@ class Demo:
         cards = [zoo.read_card(n) for n in sorted(self.installed)]
         atomic_write_json(self.out / "zoo.json", {c["name"]: {k: c.get(k) for k in (
             "model", "data", "metrics", "steps", "cpu_minutes", "weights")} for c in cards})
-        keys = []
+        lines = ["| entry | model | steps | weights | held-out metrics (bar) |",
+                 "|---|---|---:|---:|---|"]
         for c in cards:
-            keys += [k for k in c.get("metrics", {}) if k not in keys]
-        lines = ["| entry | model | " + " | ".join(keys) + " |",
-                 "|---|---|" + "---:|" * len(keys)]
-        for c in cards:
-            m = c.get("metrics", {})
-            cells = [f"{m[k]:.3f}" if isinstance(m.get(k), float) else str(m.get(k, "-"))
-                     for k in keys]
-            lines.append(f"| {c['name']} | {c['model']} | " + " | ".join(cells) + " |")
+            lines.append(f"| {c['name']} | {c['model']} | {c.get('steps', '-')} | "
+                         f"{c['weights']['bytes'] / 1e6:.1f} MB | {zoo.summary(c)} |")
         atomic_write_text(self.out / "zoo.md", "\n".join(lines) + "\n")
         self.wrote("zoo.md")
         self.wrote("zoo.json")

@@ -105,6 +105,26 @@ def verify(name: str) -> Path:
     return folder
 
 
+SUMMARY_METRICS = ("rec@1", "ret@1", "heal10_rec@1", "heal30_rec@1", "ddpm_rec@1", "ddim30_rec@1",
+                   "test_accuracy", "live_components", "nmi_component_category", "valid_loss")
+
+
+def summary(card: dict[str, Any]) -> str:
+    """An entry's main held-out metrics in one line, each with its bar where the card has one:
+    "rec@1 0.700 (below 0.75); ret@1 0.600"."""
+    metrics, bars = card.get("metrics", {}), card.get("bars", {})
+    parts = []
+    for key in SUMMARY_METRICS:
+        value = metrics.get(key)
+        if value is None:
+            continue
+        text = f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
+        if key in bars:
+            text += f" ({'meets' if bars[key]['met'] else 'below'} {bars[key]['bar']:g})"
+        parts.append(text)
+    return "; ".join(parts) or "-"
+
+
 def export_run(run_dir: str | os.PathLike, name: str, card: dict[str, Any], *,
                 weights: str = "best.safetensors", dtype: str = "float16",
                 zoo_dir: str | os.PathLike = ZOO_DIR,
@@ -142,5 +162,5 @@ def export_run(run_dir: str | os.PathLike, name: str, card: dict[str, Any], *,
     return out
 
 
-__all__ = ["export_run", "PREFIX", "ZOO_DIR", "entry_dir", "is_inside_zoo", "names", "read_card", "verify",
+__all__ = ["export_run", "summary", "PREFIX", "ZOO_DIR", "entry_dir", "is_inside_zoo", "names", "read_card", "verify",
            "sha256_file", "unknown_name_error"]
