@@ -386,29 +386,18 @@ def main(argv=None):
                 data["rnn"].append({"cell": kind, "errors": {"all": error_text(e)}})
                 log(traceback.format_exc())
             report.save(data, "cpu")
-    if "diffusion" in sections:
-        log("diffusion ...")
+    # Each section is measured apart: one that fails records its error and the others still run.
+    for name, bench in (("diffusion", bench_diffusion), ("batches", bench_batches),
+                        ("import", bench_import)):
+        if name not in sections:
+            continue
+        log(f"{name} ...")
         try:
-            data["diffusion"] = bench_diffusion(args)
+            data[name] = bench(args)
         except Exception as e:
-            data["diffusion"] = {"errors": {"all": error_text(e)}}
+            data[name] = {"errors": {"all": error_text(e)}}
             log(traceback.format_exc())
         report.save(data, "cpu")
-    if "batches" in sections:
-        log("batches ...")
-        try:
-            data["batches"] = bench_batches(args)
-        except Exception as e:
-            data["batches"] = {"errors": {"all": error_text(e)}}
-            log(traceback.format_exc())
-        report.save(data, "cpu")
-    if "import" in sections:
-        log("import ...")
-        try:
-            data["import"] = bench_import(args)
-        except Exception as e:
-            data["import"] = {"errors": {"all": error_text(e)}}
-            log(traceback.format_exc())
     data["load_end"] = load()
     data["total_s"] = round(time.perf_counter() - t_start, 1)
     report.emit(data, "cpu", indent=1)
