@@ -225,6 +225,7 @@ def _write_category(cat: _Category, out_dir: Path, fractions: tuple[float, float
 
 # Plain files are cut into byte ranges of about this size (at line ends); a gzip file is one task.
 DEFAULT_CHUNK_BYTES = 4 << 20
+_MIN_CHUNK_BYTES = 256 << 10
 # Below this many bytes in all, the import runs in this process: starting workers costs more.
 _MIN_PARALLEL_BYTES = 2 << 20
 # Drawings converted in one vectorised RDP pass.
@@ -365,7 +366,8 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
     Returns that report.
 
     `processes` (default: every core this process may use) convert chunks of about
-    `chunk_bytes` (default 4 MiB; a gzip file is one chunk) in parallel; the chunks are merged
+    `chunk_bytes` (default: a 16th of the input per process, 256 KiB to 4 MiB; a gzip file is
+    one chunk) in parallel; the chunks are merged
     in file and line order, so the npz files are the same bit for bit whatever the number of
     processes. Imports of less than 2 MiB run in this process.
     """
@@ -424,9 +426,16 @@ def import_ndjson(sources: Sequence[str | os.PathLike], out_dir: str | os.PathLi
             examples[reason].append(f"{file_name}:{lineno}")
 
     total_bytes = sum(f.stat().st_size for f in files)
-    tasks = _plan_tasks(files, int(chunk_bytes or DEFAULT_CHUNK_BYTES))
-    n_proc = min(int(processes or default_processes()), len(tasks))
-    if total_bytes < _MIN_PARALLEL_BYTES and chunk_bytes is None:
+    explicit_chunks = chunk_bytes is not None
+    n_proc = int(processes or default_processes())
+    if chunk_bytes is None:
+        # About 16 chunks per process (at most 4 MiB each): the last chunks to finish are small,
+        # so the processes end together (whole files as chunks left one of two cores idle for
+        # up to a file's time).
+        chunk_bytes = min(DEFAULT_CHUNK_BYTES, max(_MIN_CHUNK_BYTES, total_bytes // (16 * n_proc)))
+    tasks = _plan_tasks(files, int(chunk_bytes))
+    n_proc = min(n_proc, len(tasks))
+    if total_bytes < _MIN_PARALLEL_BYTES and not explicit_chunks:
         n_proc = 1
     wanted_keys = frozenset(wanted) if wanted is not None else None
     jobs = [(os.fspath(files[k]), a, b, fmt, wanted_keys, _file_category(files[k]), max_points,
