@@ -357,3 +357,21 @@ def test_the_data_folder_of_the_tour_is_ignored_by_git():
 
     ignored = (REPO / ".gitignore").read_text().split()
     assert "/data" in ignored and "/runs/" in ignored      # /data: a folder or a link to one
+
+
+@pytest.mark.parametrize("given, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_the_command_makes_openmp_threads_wait_passively_unless_told(given, expected):
+    """A fresh `sketchlab` process sets OMP_WAIT_POLICY before torch loads (spinning threads
+    starve each other on busy cores); a value the user set is kept."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = ("import os, sys; from sketchlab import cli; cli.main([]); "
+            "print(os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == f"{expected} True"
