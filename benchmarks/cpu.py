@@ -15,8 +15,8 @@ machine whose load drifts slows them alike; quote the medians and the pairwise r
                   same hidden size: an LSTM decoder with keep 1.0 on the "cudnn" path
   Before timing, the fast path's loss and gradients are checked against the reference (same
   dropout masks, fp32).
-* diffusion: SketchKnitter's default network (20.3M parameters, 96 points) sampling `--batch`
-  sketches: the plain fp32 eager loop (`fast=False`) against the fast path (`fast=True`: fp32
+* diffusion: SketchKnitter's default network (20.3M parameters, 96 points; or with
+  `--diffusion-model sketchknitter-spg5` the zoo's 1.4M one) sampling `--batch` sketches: the plain fp32 eager loop (`fast=False`) against the fast path (`fast=True`: fp32
   static buffers on a CPU; `--compile-diffusion` adds torch.compile). A reverse step costs the same at
   every t, so each is timed over `--steps` steps and the sketches/s of DDPM-1000 and DDIM-30 are
   extrapolated from the time per step (both samplers are timed).
@@ -175,15 +175,20 @@ def bench_rnn(kind: str, args) -> dict:
 def bench_diffusion(args) -> dict:
     from sketchlab.models.sketchknitter import Config, SketchKnitter
 
-    res = {"batch": args.diffusion_batch, "timed_steps": args.steps, "load_before": load(), "errors": {}}
+    res = {"batch": args.diffusion_batch, "timed_steps": args.steps, "load_before": load(),
+           "network": args.diffusion_model, "errors": {}}
     torch.manual_seed(0)
-    model = SketchKnitter(Config(faithful=True))
-    with torch.no_grad():  # zero-initialised layers re-drawn so the output depends on the input
-        for p in model.unet.parameters():
-            if p.dim() > 1 and not p.any():
-                p.normal_(0.0, 0.02)
-    model.ema.copy_from(model.unet)
-    model.set_data_stats(1.0, lengths=np.arange(8, model.config.num_points + 1))
+    if args.diffusion_model == "default":
+        model = SketchKnitter(Config(faithful=True))
+        with torch.no_grad():  # zero-initialised layers re-drawn so the output depends on the input
+            for p in model.unet.parameters():
+                if p.dim() > 1 and not p.any():
+                    p.normal_(0.0, 0.02)
+        model.ema.copy_from(model.unet)
+        model.set_data_stats(1.0, lengths=np.arange(8, model.config.num_points + 1))
+    else:  # a pretrained entry: the network a CPU user samples (e.g. sketchknitter-spg5)
+        from sketchlab.api import load as load_model
+        model = load_model(args.diffusion_model, device="cpu").module
     model.eval()
     res["parameters_m"] = round(sum(p.numel() for p in model.unet.parameters()) / 1e6, 2)
     B, K = args.diffusion_batch, args.steps
@@ -354,6 +359,9 @@ def main(argv=None):
     ap.add_argument("--hyper-emb", type=int, default=32)
     ap.add_argument("--reps", type=int, default=5, help="timed training steps per variant")
     ap.add_argument("--diffusion-batch", type=int, default=16)
+    ap.add_argument("--diffusion-model", default="default",
+                    help="'default': SketchKnitter's default network (20.3M parameters, random "
+                         "weights); or a pretrained name such as sketchknitter-spg5 (1.4M)")
     ap.add_argument("--steps", type=int, default=5, help="reverse steps timed per sampling call")
     ap.add_argument("--diffusion-reps", type=int, default=3)
     shared = Path(os.environ.get("SKETCHLAB_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
