@@ -125,8 +125,9 @@ NOTES = {
                        "training sketches; those weights ship (the run went on to step 5,817; the "
                        "recipe stops at 5,500, which picks the same weights). Rec@1 on the test "
                        "sketches: 0.744 at 3,500, 0.700 at 4,000, 0.728 at 4,500 (0.724 as "
-                       "shipped, in float16; 250 sketches: about +-0.03), just below the 0.75 bar. Next to try: the paper's recurrent "
-                       "dropout (keep 0.9), which costs 1.07x per step on a CPU.",
+                       "shipped, in float16; 250 sketches: about +-0.03), just below the 0.75 "
+                       "bar. Next to try: the paper's recurrent dropout (keep 0.9), which costs "
+                       "1.07x per step on a CPU.",
     "rpcl-pix2seq-spg5": "The validation reconstruction cost is best at step 2,000 (47.6) and "
                          "rises after it: without recurrent dropout the model overfits SPG's "
                          "3,000 training sketches (the paper trains on 70,000 per category); "
