@@ -1,9 +1,9 @@
 """Take the README's picture of the studio: a drawing on the pad, completed by a pretrained model.
 
-    python tools/studio_screenshot.py [--model sketch-rnn-spg5] [--out docs/studio.png]
+    python tools/studio_screenshot.py [--model sketch-rnn-spg5] [--drawing cactus|apple] [--out docs/studio.png]
 
 Serves the studio on a free local port (as `sketchlab serve --models MODEL` does), drives Debian's
-chromium with Playwright (as the browser tests do): draws DRAWING stroke by stroke, asks for four
+chromium with Playwright (as the browser tests do): draws one of DRAWINGS stroke by stroke, asks for four
 completions at a low temperature and saves the page. A developer tool: the package never runs it.
 """
 
@@ -22,9 +22,13 @@ from playwright.sync_api import sync_playwright
 
 from sketchlab.studio import Studio, StudioSettings, create_app, load_models
 
-# A cactus's trunk, in the pad's units (a 256 box): the model adds the arms (or not).
-DRAWING = [[(112, 224), (110, 150), (110, 90), (116, 66), (130, 58), (144, 66), (150, 90),
-            (150, 150), (152, 224)]]
+# Partial drawings in the pad's units (a 256 box): the model continues them.
+DRAWINGS = {
+    "cactus": [[(112, 224), (110, 150), (110, 90), (116, 66), (130, 58), (144, 66), (150, 90),
+                (150, 150), (152, 224)]],        # a trunk: arms, or not
+    "apple": [[(141, 85), (174, 99), (196, 127), (199, 161), (183, 192), (153, 212), (115, 215),
+               (82, 201), (60, 173), (57, 139), (73, 108), (103, 88), (128, 84)]],  # a stem?
+}
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -41,6 +45,7 @@ def main() -> int:
     p.add_argument("--temperature", default="0.3")
     p.add_argument("--seed", default="1")
     p.add_argument("--out", default="docs/studio.png")
+    p.add_argument("--drawing", default="cactus", choices=sorted(DRAWINGS))
     args = p.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -59,7 +64,7 @@ def main() -> int:
         page.wait_for_selector("body[data-ready=true]", timeout=20000)
         box = page.locator("#pad").bounding_box()
         sx, sy = box["width"] / 256, box["height"] / 256
-        for stroke in DRAWING:
+        for stroke in DRAWINGS[args.drawing]:
             page.mouse.move(box["x"] + stroke[0][0] * sx, box["y"] + stroke[0][1] * sy)
             page.mouse.down()
             for x, y in stroke[1:]:
