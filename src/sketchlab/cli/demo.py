@@ -115,6 +115,8 @@ class Demo:
             titles = [self.label(sk, i, f"{tag} ") if sk.category_names
                       else (f"{tag} k={sk.component[i]}" if sk.component is not None else tag)
                       for i in range(len(sk))]
+            # A sequence model may end a sketch at its first step: say so, not an empty cell.
+            titles = [f"{title} (empty)" if len(sk[i]) == 0 else title for i, title in enumerate(titles)]
             file = f"samples_{name}.png"
             save_grid(sk, self.out / file, cols=5, titles=titles)
             self.wrote(file)
