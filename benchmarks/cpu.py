@@ -16,8 +16,9 @@ machine whose load drifts slows them alike; quote the medians and the pairwise r
   Before timing, the fast path's loss and gradients are checked against the reference (same
   dropout masks, fp32).
 * diffusion: SketchKnitter's default network (20.3M parameters, 96 points; or with
-  `--diffusion-model sketchknitter-spg5` the zoo's 1.4M one) sampling `--batch` sketches: the plain fp32 eager loop (`fast=False`) against the fast path (`fast=True`: fp32
-  static buffers on a CPU; `--compile-diffusion` adds torch.compile). A reverse step costs the same at
+  `--diffusion-model sketchknitter-spg5` the zoo's 1.4M one) sampling `--batch` sketches: the
+  plain fp32 eager loop (`fast=False`) against the fast path (`fast=True`: fp32 static buffers
+  on a CPU; `--compile-diffusion` adds torch.compile). A reverse step costs the same at
   every t, so each is timed over `--steps` steps and the sketches/s of DDPM-1000 and DDIM-30 are
   extrapolated from the time per step (both samplers are timed).
 * batches: building training batches on the CPU: SP-gra2seq's patch planning of 128 sheep

@@ -58,5 +58,5 @@ def test_the_zoo_demo_draws_every_figure(tiny_zoo, tmp_path, monkeypatch, capsys
     # every input above its redrawings: one row per conditional model under the inputs' row
     inputs, recon = Image.open(out / "inputs.png"), Image.open(out / "reconstructions.png")
     assert recon.height > 5 * inputs.height
-    assert "| judge-spg5 | sketch-a-net |" in (out / "zoo.md").read_text()
+    assert "| `judge-spg5` | sketch-a-net |" in (out / "zoo.md").read_text()
     assert "not installed" not in capsys.readouterr().out

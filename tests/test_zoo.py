@@ -46,6 +46,14 @@ def test_export_casts_to_float16_and_records_the_hash(tiny_zoo):
     assert json.loads((tiny_zoo / "tiny-doodles" / "config.json").read_text())["data_dir"] == "builtin"
 
 
+def test_the_markdown_table_has_a_row_per_entry_with_its_metrics(tiny_zoo):
+    lines = zoo.markdown_table().splitlines()
+    assert lines[0].startswith("| entry | model | steps |") and len(lines) == 3
+    card = zoo.read_card("tiny-doodles")
+    assert lines[2].startswith("| `tiny-doodles` | sketch-rnn |")
+    assert lines[2].endswith(f"| {zoo.summary(card)} |") and "valid_loss 1.000" in lines[2]
+
+
 def test_names_resolve_and_a_local_path_wins(tiny_zoo, tmp_path, monkeypatch):
     assert runs.resolve("tiny-doodles") == tiny_zoo / "tiny-doodles"
     assert runs.resolve("zoo:tiny-doodles") == tiny_zoo / "tiny-doodles"

@@ -116,7 +116,8 @@ class Demo:
                       else (f"{tag} k={sk.component[i]}" if sk.component is not None else tag)
                       for i in range(len(sk))]
             # A sequence model may end a sketch at its first step: say so, not an empty cell.
-            titles = [f"{title} (empty)" if len(sk[i]) == 0 else title for i, title in enumerate(titles)]
+            titles = [f"{title} (empty)" if len(sk[i]) == 0 else title
+                      for i, title in enumerate(titles)]
             file = f"samples_{name}.png"
             save_grid(sk, self.out / file, cols=5, titles=titles)
             self.wrote(file)
@@ -226,12 +227,8 @@ class Demo:
         cards = [zoo.read_card(n) for n in sorted(self.installed)]
         atomic_write_json(self.out / "zoo.json", {c["name"]: {k: c.get(k) for k in (
             "model", "data", "metrics", "steps", "cpu_minutes", "weights")} for c in cards})
-        lines = ["| entry | model | steps | weights | held-out metrics (bar) |",
-                 "|---|---|---:|---:|---|"]
-        for c in cards:
-            lines.append(f"| {c['name']} | {c['model']} | {c.get('steps', '-')} | "
-                         f"{c['weights']['bytes'] / 1e6:.1f} MB | {zoo.summary(c)} |")
-        atomic_write_text(self.out / "zoo.md", "\n".join(lines) + "\n")
+        atomic_write_text(self.out / "zoo.md", zoo.markdown_table(sorted(self.installed)) +
+                          "\n\\* wall-clock training minutes on 2 shared CPU cores\n")
         self.wrote("zoo.md")
         self.wrote("zoo.json")
 

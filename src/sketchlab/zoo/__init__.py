@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from safetensors import safe_open
@@ -123,6 +123,22 @@ def summary(card: dict[str, Any]) -> str:
             text += f" ({'meets' if bars[key]['met'] else 'below'} {bars[key]['bar']:g})"
         parts.append(text)
     return "; ".join(parts) or "-"
+
+
+def markdown_table(entries: Sequence[str] | None = None) -> str:
+    """The zoo as a Markdown table (the README's and `sketchlab demo`'s zoo.md): steps trained
+    (and the step whose weights ship, when earlier), training minutes, weights, `summary`."""
+    lines = ["| entry | model | steps | train min* | weights | held-out metrics (bar) |",
+             "|---|---|---:|---:|---:|---|"]
+    for name in (entries if entries is not None else names()):
+        c = read_card(name)
+        steps = str(c.get("steps", "-"))
+        if c.get("step") and c.get("steps") and c["step"] != c["steps"]:
+            steps += f" (best: {c['step']})"
+        lines.append(f"| `{name}` | {c['model']} | {steps} | {c.get('train_minutes', '-')} "
+                     f"| {c['weights']['bytes'] / 1e6:.1f} MB {c['weights']['dtype']} "
+                     f"| {summary(c)} |")
+    return "\n".join(lines) + "\n"
 
 
 def export_run(run_dir: str | os.PathLike, name: str, card: dict[str, Any], *,
