@@ -107,8 +107,10 @@ class Demo:
             m = self.model(name)
             if m is None:
                 continue
+            # the entry's own default (sketch-rnn-sheep's card says 0.5), else 0.25
             t = m.options.temperature
-            t = 0.25 if t is None and name != "sketchknitter-spg5" else t
+            if t is None and name != "sketchknitter-spg5":
+                t = getattr(m.config, "temperature", None) or 0.25
             opts = KNITTER_DDIM if m.name == "sketchknitter" else {}
             sk = m.sample(10, temperature=t, seed=self.seed, **opts)
             tag = f"T={t:g}" if t is not None else "DDIM-30"
