@@ -107,9 +107,10 @@ class Demo:
             m = self.model(name)
             if m is None:
                 continue
-            # the entry's own default (sketch-rnn-sheep's card says 0.5), else 0.25
+            # the entry's own default temperature (sketch-rnn-sheep's config: 0.5); SketchKnitter
+            # has none to show (its noise scale stays 1), so its captions name the sampler
             t = m.options.temperature
-            if t is None and name != "sketchknitter-spg5":
+            if t is None and m.name != "sketchknitter":
                 t = getattr(m.config, "temperature", None) or 0.25
             opts = KNITTER_DDIM if m.name == "sketchknitter" else {}
             sk = m.sample(10, temperature=t, seed=self.seed, **opts)
