@@ -361,7 +361,9 @@ def test_config_defaults_are_the_codes():
     assert (c.learning_rate, c.decay_rate, c.min_learning_rate, c.grad_clip, c.clip_mode) == (1e-3, 0.9999, 1e-5, 1.0, "norm")
     assert (c.patience, c.reload_best, c.eval_every, c.valid_metric) == (5, True, 0, "recon")
     assert (c.scale_mode, c.node_mask) == ("faithful", "faithful")
+    assert c.use_recurrent_dropout is False     # the original builds it but switches it off
     m = SPGra2Seq(Config(max_seq_len=10))
+    assert m.decoder.recurrent_dropout_keep == 1.0
     assert m.bn1.momentum == 0.1 and m.bn1.eps == 1e-5 and m.bn2.momentum == 0.1
     assert m.fc_init.bias is None and m.head.linear.bias is None and m.fc_mu.bias is None
     assert m.decoder.state_size == 2048 and m.fc_init.weight.shape == (2048, 128)
@@ -435,6 +437,23 @@ def test_loss_terms_centroid_update_and_eval(doodles):
     out = m.loss(vb)
     assert set(out) >= {"loss", "recon"} and "cluster" not in out
     assert torch.equal(out["loss"], out["recon"])
+
+
+def test_recurrent_dropout_switch(doodles):
+    """use_recurrent_dropout=True drops the decoder's cell input in training only (two draws of one
+    teacher-forced pass differ, eval passes agree); off (the default) it is deterministic."""
+    for use in (True, False):
+        m = build(doodles, use_recurrent_dropout=use, recurrent_dropout_prob=0.5)
+        assert m.decoder.recurrent_dropout_keep == (0.5 if use else 1.0)
+        x = torch.randn(3, 7, 5 + m.config.z_size)
+        z = torch.randn(3, m.config.z_size)
+        passes = []
+        for train in (True, True, False, False):
+            m.train(train)
+            torch.manual_seed(len(passes))
+            passes.append(m.decoder.sequence(x, m.initial_state(z))[0])
+        assert torch.equal(passes[0], passes[1]) is not use
+        assert torch.equal(passes[2], passes[3])
 
 
 def test_training_masks_with_the_batch_generator(doodles):
