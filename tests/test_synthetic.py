@@ -211,3 +211,26 @@ def test_written_npz_reads_through_the_safe_loader(tmp_path):
     expected = Y.make_doodles(10, ["star"], 2, "train")
     assert np.array_equal(loaded["train"].points, expected.points)
     assert np.array_equal(loaded["train"].offsets, expected.offsets)
+
+
+def test_partial_sheep_grow_one_part_at_a_time():
+    """The demo's partial sheep: each drawing is the previous one plus strokes (a head, then two
+    legs), valid stroke-3 of aaron_sheep's size, points about 4 apart."""
+    sheep = Y.partial_sheep()
+    assert len(sheep) == len(Y.PARTIAL_SHEEP) == 3
+    drawings = [validate_stroke3(s, "partial sheep") for s in sheep]
+    assert [int((d[:, 2] > 0).sum()) for d in drawings] == [1, 2, 4]
+    for shorter, longer in zip(drawings, drawings[1:]):
+        assert np.array_equal(longer[:len(shorter)], shorter)
+    xy = to_absolute(drawings[-1])[:, :2]
+    width, height = xy.max(0) - xy.min(0)
+    assert 120 < width < 200 and 60 < height < 110
+    steps = np.hypot(*drawings[0][1:, :2].T)
+    assert np.all(steps < 4.5) and np.median(steps) > 3.5
+
+
+def test_partial_sheep_fit_a_short_model():
+    """A model that takes fewer points gets sparser partial sheep of the same shape."""
+    short = Y.partial_sheep(max_points=30)
+    assert max(short.lengths) <= 30
+    assert [int((s[:, 2] > 0).sum()) for s in short] == [1, 2, 4]

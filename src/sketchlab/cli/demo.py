@@ -9,7 +9,7 @@ It writes, under `--out` (default demo_out/):
   healing.png           per healing model: the corrupted input, then the healed result
   components.png        RPCL-pix2seq(H): samples from each live prior component
   interpolation.png     a walk through RPCL-pix2seq's latent space between two inputs
-  completion.png        sketch-rnn-sheep completing partial sheep (the partial drawing first)
+  completion.png        sketch-rnn-sheep completing three partial sheep (each partial first)
   drawing.gif           sketches being drawn, point by point
   zoo.md, zoo.json      the zoo's metrics, from each entry's card
 Entries that are not installed are skipped with a note. `sketchlab demo --train` trains a small
@@ -29,6 +29,7 @@ import torch
 from sketchlab import api, runs, zoo
 from sketchlab.cli.demo_train import DEMO_MODELS, run_training_demo
 from sketchlab.data.sketches import Sketches
+from sketchlab.data.synthetic import PARTIAL_SHEEP, partial_sheep
 from sketchlab.fileio import atomic_write_json, atomic_write_text
 from sketchlab.render import save_grid
 from sketchlab.render.animation import save_drawing_gif
@@ -188,28 +189,33 @@ class Demo:
         self.wrote("interpolation.png")
 
     def completion(self, inputs: Sketches | None) -> None:
-        """Partial drawings (the first strokes, about a third of the points) continued three
-        ways: sheep by sketch-rnn-sheep, or else the inputs by sketch-rnn-spg5."""
+        """Partial drawings continued three ways: three fixed partial sheep (a body; a body and
+        a head; body, head and two legs) by sketch-rnn-sheep, or else the first strokes (about a
+        third of the points) of the inputs by sketch-rnn-spg5."""
         m = self.model(SHEEP) if SHEEP in self.installed else None
         if m is not None:
-            whole, what = m.sample(8, seed=self.seed + 1), ["sheep"] * 8
+            longest = m.max_points()
+            prefix = partial_sheep(longest // 2 if isinstance(longest, int) else 125)
+            names = list(PARTIAL_SHEEP)
         elif inputs is not None and self.model(SKETCHER) is not None:
             m = self.models[SKETCHER]
             whole = inputs.select(np.arange(0, len(inputs), PER_CATEGORY))   # one per category
-            what = [whole.category_name(i) or "drawing" for i in range(len(whole))]
+            partial, names = [], []
+            for i, s in enumerate(whole):
+                if len(s) < 3:
+                    continue
+                lifts = np.nonzero(s[:, 2] > 0)[0]
+                cut = next((int(j) + 1 for j in lifts if j + 1 >= 0.3 * len(s)), max(1, len(s) // 3))
+                partial.append(s[:cut])
+                names.append(whole.category_name(i) or "drawing")
+            prefix = Sketches.from_list(partial[:5])
+            names = names[:5]
         else:
             return
-        partial, names = [], []
-        for s, name in [(s, w) for s, w in zip(whole, what) if len(s) >= 3][:5]:
-            lifts = np.nonzero(s[:, 2] > 0)[0]
-            cut = next((int(i) + 1 for i in lifts if i + 1 >= 0.3 * len(s)), max(1, len(s) // 3))
-            partial.append(s[:cut])
-            names.append(name)
-        prefix = Sketches.from_list(partial)
         done = m.complete(prefix, n=3, seed=self.seed)
         rows = [list(prefix)] + [[done[3 * i + j] for i in range(len(prefix))] for j in range(3)]
-        titles = [[f"partial {n}" for n in names]] + [[f"completion {j + 1}"] * len(prefix)
-                                                      for j in range(3)]
+        titles = [[f"partial: {n}" for n in names]] + [[f"completion {j + 1}"] * len(prefix)
+                                                       for j in range(3)]
         self.grid(rows, titles, "completion.png")
 
     def animation(self, inputs: Sketches | None, drawn: list[Sketches]) -> None:

@@ -41,7 +41,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sketchlab.data.npz import save_sketchrnn_npz
-from sketchlab.data.strokes import rdp_mask
+from sketchlab.data.strokes import from_polylines, rdp_mask
 from sketchlab.data.sketches import Sketches
 from sketchlab.fileio import atomic_write_text
 from sketchlab.errors import ConfigError
@@ -674,6 +674,32 @@ def style_names(sketches: Sketches, style: np.ndarray) -> list[str]:
     """`"category/style"` for each sketch, e.g. `"fish/left"` (for titles and confusion tables)."""
     return [f"{sketches.category_name(i)}/{STYLES[sketches.category_name(i)][int(s)]}"
             for i, s in enumerate(style)]
+
+
+PARTIAL_SHEEP = ("body", "+ head", "+ 2 legs")
+
+
+def partial_sheep(max_points: int = 125) -> Sketches:
+    """Three partial sheep (`PARTIAL_SHEEP`) for sketch-rnn-sheep to complete, as its web demos ask
+    a visitor to start one: a woolly body (a scalloped ellipse), then a head, then two legs.
+    In aaron_sheep's units (a sheep about 150 wide, y down), points about 4 apart, or further
+    apart where that keeps every drawing within `max_points` (a model's length leaves room to
+    finish it)."""
+    t = np.linspace(0.0, 2 * np.pi, 721)
+
+    def wool(cx, cy, rx, ry, bumps):
+        r = 1 + 0.13 * np.abs(np.sin(bumps * t / 2))      # `bumps` arcs bulging outward
+        return np.stack([cx + rx * r * np.cos(t), cy + ry * r * np.sin(t)], 1)
+
+    legs = [np.array([[x, 72.0], [x, 84.0], [x, 96.0]]) for x in (60.0, 75.0)]
+    loops = [wool(90, 45, 60, 32, 14), wool(20, 30, 14, 17, 6)]
+    lengths = [_arc_length(v) for v in loops]
+    # each loop takes ceil(length / spacing) points: leave one spare per loop
+    loop_points = max(8, max_points - sum(len(leg) for leg in legs) - len(loops))
+    spacing = max(4.0, sum(cum[-1] for cum in lengths) / loop_points)
+    body, head = (_at(v, cum, np.arange(0.0, cum[-1], spacing)) for v, cum in zip(loops, lengths))
+    drawings = ([body], [body, head], [body, head, *legs])
+    return Sketches.from_list([from_polylines(d) for d in drawings])
 
 
 def write_npz_dataset(out_dir: str | os.PathLike, n_per_category: int = 1000, seed: int = 0,
