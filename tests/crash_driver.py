@@ -156,7 +156,9 @@ def crash(work: Path, spec: dict) -> dict:
     while sum(o == killed for o in outcomes) < kills and len(outcomes) < 2 * kills:
         kind = rng.choice(kinds)
         if kind == "timed":
-            delay = rng.uniform(0.05, min(1.5, 0.5 * t_ref))
+            # at most a fifth of the uninterrupted run: a few timed kills must not add up to a
+            # whole run (the child would finish before the kill, and the kills run short)
+            delay = rng.uniform(0.05, min(1.5, 0.2 * t_ref))
             pid = spawn(work / "crash", steps)
             time.sleep(delay)
             try:
