@@ -96,7 +96,7 @@ def test_identity_samples_score_like_the_reference(data_dir):
     res = E.evaluate_sets({"copy": samples}, ref, StatsJudge(), real=real, config=FAST)
     rows = {r["set"]: r for r in res["rows"]}
     assert list(rows) == ["reference", "real", "copy"]
-    assert rows["copy"]["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert rows["copy"]["fid"] == pytest.approx(0.0, abs=1e-4)   # sqrtm rounding
     assert (rows["copy"]["precision"], rows["copy"]["recall"]) == (1.0, 1.0)
     assert rows["copy"]["rec@1"] == rows["reference"]["rec@1"] == 1.0
     assert rows["copy"]["is"] == pytest.approx(rows["reference"]["is"])
@@ -130,7 +130,8 @@ def test_compare_runs_ret_is_one_for_identity_generation(data_dir):
     assert {k: rows["ident"][k] for k in ("ret@1", "ret@10", "ret@50")} == {
         "ret@1": 1.0, "ret@10": 1.0, "ret@50": 1.0}
     assert rows["swap"]["ret@1"] == 0.0 and rows["swap"]["ret@10"] == 1.0   # N = 10
-    assert rows["ident"]["fid"] == pytest.approx(0.0, abs=1e-6)
+    # identical sets: 0 up to the matrix square root's rounding (which varies with BLAS threads)
+    assert rows["ident"]["fid"] == pytest.approx(0.0, abs=1e-4)
     with pytest.raises(DataError, match="one per reference"):
         E.compare_runs(["r"], lambda p: E.RunHooks("r", lambda ref: ref.select([0])), ref,
                        StatsJudge(), config=FAST)
