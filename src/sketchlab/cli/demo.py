@@ -194,12 +194,12 @@ class Demo:
         third of the points) of the inputs by sketch-rnn-spg5."""
         m = self.model(SHEEP) if SHEEP in self.installed else None
         if m is not None:
-            longest = m.max_points()
-            prefix = partial_sheep(longest // 2 if isinstance(longest, int) else 125)
+            longest = m.max_points()       # half of it left for the completion
+            prefix = partial_sheep(longest // 2) if isinstance(longest, int) else partial_sheep()
             names = list(PARTIAL_SHEEP)
         elif inputs is not None and self.model(SKETCHER) is not None:
             m = self.models[SKETCHER]
-            whole = inputs.select(np.arange(0, len(inputs), PER_CATEGORY))   # one per category
+            whole = inputs.select(np.arange(0, len(inputs), PER_CATEGORY)[:5])   # one per category
             partial, names = [], []
             for i, s in enumerate(whole):
                 if len(s) < 3:
@@ -208,8 +208,7 @@ class Demo:
                 cut = next((int(j) + 1 for j in lifts if j + 1 >= 0.3 * len(s)), max(1, len(s) // 3))
                 partial.append(s[:cut])
                 names.append(whole.category_name(i) or "drawing")
-            prefix = Sketches.from_list(partial[:5])
-            names = names[:5]
+            prefix = Sketches.from_list(partial)
         else:
             return
         done = m.complete(prefix, n=3, seed=self.seed)
